@@ -1,0 +1,357 @@
+//! One typed configuration tree, layered: defaults < pixbox.toml < `PIXBOX_*` environment < flags.
+//!
+//! Every key is documented with its default and environment variable in `pixbox.toml` at the
+//! repository root. Environment names are `PIXBOX_` + the key in upper case, with the section
+//! name in front for keys inside a section (`PIXBOX_WORKER_SCHEDULE` is `[worker] schedule`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::imaging::PixelLimits;
+use crate::sandbox::{RouteConfig, SandboxSettings};
+
+/// Which parts of the service this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// HTTP api only.
+    Api,
+    /// Background worker only.
+    Worker,
+    /// Both in one process.
+    All,
+}
+
+/// Where images are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Directories under `data_dir` (the embedded default).
+    Fs,
+    /// Amazon S3 or an S3-compatible endpoint.
+    S3,
+}
+
+/// Where jobs are queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// A durable queue in `data_dir` (the embedded default).
+    Embedded,
+    /// Amazon SQS or an SQS-compatible endpoint.
+    Sqs,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub role: Role,
+    pub log: String,
+    pub storage: StorageKind,
+    pub queue: QueueKind,
+    pub temp_bucket: String,
+    pub permanent_bucket: String,
+    pub queue_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_queue_name: Option<String>,
+    pub create_resources: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    pub limits: UploadLimits,
+    pub worker: WorkerSettings,
+    pub sandbox: SandboxSettings,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:3000".into(),
+            data_dir: "./data".into(),
+            role: Role::All,
+            log: "info".into(),
+            storage: StorageKind::Fs,
+            queue: QueueKind::Embedded,
+            temp_bucket: "pixbox-temp".into(),
+            permanent_bucket: "pixbox-permanent".into(),
+            queue_name: "pixbox-jobs".into(),
+            queue_url: None,
+            dead_letter_queue_name: None,
+            create_resources: false,
+            endpoint_url: None,
+            limits: UploadLimits::default(),
+            worker: WorkerSettings::default(),
+            sandbox: SandboxSettings::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Limits on what an upload may contain (`[limits]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadLimits {
+    /// Largest request body, in bytes.
+    pub max_request_bytes: u64,
+    /// Largest single image, in bytes.
+    pub max_image_bytes: u64,
+    /// Most images in one request.
+    pub max_images: u32,
+    /// Most pixels (width x height) one image may have.
+    pub max_pixels: u64,
+    /// Longest side one image may have, in pixels.
+    pub max_side: u32,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        let pixels = PixelLimits::default();
+        UploadLimits {
+            max_request_bytes: 100 << 20,
+            max_image_bytes: 40 << 20,
+            max_images: 20,
+            max_pixels: pixels.max_pixels,
+            max_side: pixels.max_side,
+        }
+    }
+}
+
+impl UploadLimits {
+    pub fn pixels(&self) -> PixelLimits {
+        PixelLimits { max_pixels: self.max_pixels, max_side: self.max_side }
+    }
+}
+
+/// The background worker (`[worker]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// When a tick starts: a cron expression with seconds (6 fields).
+    pub schedule: String,
+    /// Jobs processed at once; 0 means one per CPU core.
+    pub concurrency: usize,
+    /// Messages received per queue call (1..=10).
+    pub batch_size: u32,
+    /// How long a received job stays hidden from other workers, in seconds. Long jobs extend it.
+    pub visibility_timeout_secs: u32,
+    /// After this many receives a job is dead-lettered and reported failed.
+    pub max_receives: u32,
+    /// Longest time one tick keeps draining the queue, in seconds.
+    pub tick_budget_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            schedule: "*/10 * * * * *".into(),
+            concurrency: 0,
+            batch_size: 10,
+            visibility_timeout_secs: 60,
+            max_receives: 5,
+            tick_budget_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("unknown environment variable {name}: no such setting (see pixbox.toml for every key)")]
+    UnknownEnv { name: String },
+    #[error("environment variable {name}={value:?}: {reason}")]
+    BadEnv { name: String, value: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Sections whose keys are reachable as `PIXBOX_<SECTION>_<KEY>`.
+const SECTIONS: &[&str] = &["limits", "worker", "sandbox"];
+/// `PIXBOX_*` variables that are not settings.
+const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
+
+impl Config {
+    /// Loads the layers. `file` is an explicit config path; without one, `./pixbox.toml` is used if
+    /// it exists. `env` is the process environment (a parameter so tests can pass their own).
+    /// `flags` are the command-line overrides, applied last.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default()).expect("defaults serialize");
+        let defaults = table.clone();
+
+        let implicit = Path::new("pixbox.toml");
+        let file = file.or(implicit.exists().then_some(implicit));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            let from_file: toml::Table = text
+                .parse()
+                .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
+            merge(&mut table, from_file);
+        }
+
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("PIXBOX_") else { continue };
+            if NOT_SETTINGS.contains(&name.as_str()) || key.starts_with("TEST_") {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            let path: Vec<&str> = match SECTIONS.iter().find(|s| key.starts_with(&format!("{s}_"))) {
+                Some(section) => vec![section, &key[section.len() + 1..]],
+                None => vec![&key],
+            };
+            let value = typed_env_value(&defaults, &path, &name, &value)?;
+            set(&mut table, &path, value);
+        }
+        merge(&mut table, flags);
+
+        let config: Config =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads from the real process environment.
+    pub fn from_env(file: Option<&Path>, flags: toml::Table) -> Result<Config, ConfigError> {
+        Config::load(file, std::env::vars(), flags)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10).contains(&self.worker.batch_size) {
+            return Err(ConfigError::Invalid("worker.batch_size must be between 1 and 10".into()));
+        }
+        if self.worker.max_receives == 0 {
+            return Err(ConfigError::Invalid("worker.max_receives must be at least 1".into()));
+        }
+        if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 {
+            return Err(ConfigError::Invalid("sandbox limits must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Where compiled plugins are cached.
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.sandbox.cache_dir.clone().unwrap_or_else(|| crate::sandbox::default_cache_dir(&self.data_dir))
+    }
+
+    /// The dead-letter queue's name.
+    pub fn dead_letter_queue(&self) -> String {
+        self.dead_letter_queue_name.clone().unwrap_or_else(|| format!("{}-dlq", self.queue_name))
+    }
+
+    /// Worker concurrency with 0 resolved to the number of cores.
+    pub fn worker_concurrency(&self) -> usize {
+        match self.worker.concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Parses an environment value into the type the default has at `path` (text when unknown).
+fn typed_env_value(defaults: &toml::Table, path: &[&str], name: &str, value: &str) -> Result<toml::Value, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadEnv { name: name.into(), value: value.into(), reason: reason.into() };
+    let mut current = defaults;
+    for (i, part) in path.iter().enumerate() {
+        match current.get(*part) {
+            Some(toml::Value::Table(t)) if i + 1 < path.len() => current = t,
+            Some(toml::Value::Integer(_)) => {
+                return value.trim().parse().map(toml::Value::Integer).map_err(|_| bad("expected a whole number"));
+            }
+            Some(toml::Value::Boolean(_)) => {
+                return value.trim().parse().map(toml::Value::Boolean).map_err(|_| bad("expected true or false"));
+            }
+            Some(toml::Value::String(_)) => return Ok(toml::Value::String(value.into())),
+            Some(_) => return Err(bad("this setting can only be set in pixbox.toml")),
+            // Optional keys have no default in the table; they are all text.
+            None if OPTIONAL_TEXT_KEYS.contains(&path.join(".").as_str()) => {
+                return Ok(toml::Value::String(value.into()));
+            }
+            None => return Err(ConfigError::UnknownEnv { name: name.into() }),
+        }
+    }
+    Err(ConfigError::UnknownEnv { name: name.into() })
+}
+
+/// Keys that default to "unset" and so are missing from the serialized defaults.
+const OPTIONAL_TEXT_KEYS: &[&str] = &["queue_url", "dead_letter_queue_name", "endpoint_url", "sandbox.cache_dir"];
+
+fn set(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut current = table;
+    for part in parents {
+        current = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("sections are tables");
+    }
+    current.insert(last.to_string(), value);
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pixbox.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:1\"\n[worker]\nbatch_size = 3\nschedule = \"* * * * * *\"\n")
+            .unwrap();
+        let mut flags = toml::Table::new();
+        flags.insert("listen".into(), "127.0.0.1:9".into());
+        let config = Config::load(
+            Some(&file),
+            env(&[("PIXBOX_WORKER_BATCH_SIZE", "7"), ("PIXBOX_LISTEN", "127.0.0.1:2"), ("OTHER", "x")]),
+            flags,
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9", "flags win over env and file");
+        assert_eq!(config.worker.batch_size, 7, "env wins over file");
+        assert_eq!(config.worker.schedule, "* * * * * *", "file wins over defaults");
+        assert_eq!(config.worker.max_receives, 5, "defaults fill the rest");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = Config::load(None, env(&[("PIXBOX_WORKER_BATCHSIZE", "7")]), toml::Table::new()).unwrap_err();
+        assert!(err.to_string().contains("PIXBOX_WORKER_BATCHSIZE"), "{err}");
+        let err =
+            Config::load(None, env(&[("PIXBOX_SANDBOX_TIME_BUDGET_MS", "soon")]), toml::Table::new()).unwrap_err();
+        assert!(err.to_string().contains("whole number"), "{err}");
+        let err = Config::load(None, env(&[("PIXBOX_STORAGE", "floppy")]), toml::Table::new()).unwrap_err();
+        assert!(err.to_string().contains("floppy"), "{err}");
+        let config =
+            Config::load(None, env(&[("PIXBOX_ENDPOINT_URL", "http://127.0.0.1:1")]), toml::Table::new()).unwrap();
+        assert_eq!(config.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+}

@@ -1,0 +1,132 @@
+//! What the host may know about an image without decoding it: its format (from magic bytes) and
+//! its dimensions (from the header). Pixels are only ever decoded inside the sandbox.
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// The image formats pixbox accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl Format {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Webp => "image/webp",
+            Format::Gif => "image/gif",
+        }
+    }
+
+    /// The file extension used in keys.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+            Format::Gif => "gif",
+        }
+    }
+
+    fn image_format(self) -> image::ImageFormat {
+        match self {
+            Format::Jpeg => image::ImageFormat::Jpeg,
+            Format::Png => image::ImageFormat::Png,
+            Format::Webp => image::ImageFormat::WebP,
+            Format::Gif => image::ImageFormat::Gif,
+        }
+    }
+}
+
+/// Format and size read from an image's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Header {
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    #[error("not a supported image: expected JPEG, PNG, WebP or GIF")]
+    UnknownFormat,
+    #[error("unreadable {} header: {reason}", format.media_type())]
+    Unreadable { format: Format, reason: String },
+}
+
+/// Recognises a supported format from the first bytes; names and declared types are ignored.
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    match image::guess_format(bytes).ok()? {
+        image::ImageFormat::Jpeg => Some(Format::Jpeg),
+        image::ImageFormat::Png => Some(Format::Png),
+        image::ImageFormat::WebP => Some(Format::Webp),
+        image::ImageFormat::Gif => Some(Format::Gif),
+        _ => None,
+    }
+}
+
+/// Reads format and dimensions from the header only; no pixel buffer is allocated, so a tiny file
+/// that claims to be 100000x100000 costs microseconds.
+pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
+    let format = sniff(bytes).ok_or(HeaderError::UnknownFormat)?;
+    let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
+        .into_dimensions()
+        .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
+    Ok(Header { format, width, height })
+}
+
+/// Size limits checked against the header before any plugin runs (`[limits]` in pixbox.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PixelLimits {
+    /// Most pixels (width x height) an input may have.
+    pub max_pixels: u64,
+    /// Longest side an input may have, in pixels.
+    pub max_side: u32,
+}
+
+impl Default for PixelLimits {
+    fn default() -> Self {
+        // pict-rs ships 40 MP and 10 000 px per side; both cover any camera photo.
+        PixelLimits { max_pixels: 40_000_000, max_side: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("image is {width}x{height}, wider or taller than the limit of {max_side} pixels per side")]
+    SideTooLong { width: u32, height: u32, max_side: u32 },
+    #[error("image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels")]
+    TooManyPixels { width: u32, height: u32, pixels: u64, max_pixels: u64 },
+}
+
+impl PixelLimits {
+    pub fn check(&self, header: &Header) -> Result<(), LimitError> {
+        let Header { width, height, .. } = *header;
+        if width > self.max_side || height > self.max_side {
+            return Err(LimitError::SideTooLong { width, height, max_side: self.max_side });
+        }
+        if header.pixels() > self.max_pixels {
+            return Err(LimitError::TooManyPixels {
+                width,
+                height,
+                pixels: header.pixels(),
+                max_pixels: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+}

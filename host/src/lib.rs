@@ -1,0 +1,7 @@
+//! pixbox: an image upload-and-resize service whose transforms run in sandboxed WebAssembly
+//! components. The binary (`main.rs`) only parses the command line and calls into this library.
+
+pub mod cli;
+pub mod config;
+pub mod imaging;
+pub mod sandbox;

@@ -1,0 +1,25 @@
+//! The `pixbox` binary: parse the command line, load the configuration, start. Nothing else.
+
+use clap::Parser;
+use pixbox::cli::{Cli, Command, PluginCommand};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = cli.config().and_then(|config| {
+        pixbox::cli::init_tracing(&config);
+        match &cli.command {
+            Command::Serve { .. } => pixbox::cli::serve(config),
+            Command::Transform { plugin, options, key, input, output } => {
+                pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)
+            }
+            Command::Plugin { command: PluginCommand::Info { plugin } } => pixbox::cli::plugin_info(&config, plugin),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Errors of the sandbox: loading a plugin, and running one transform.
+
+use std::time::Duration;
+
+/// A plugin could not be loaded (bad file, not a pixbox component, compile failure).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("cannot read plugin {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("unknown built-in plugin {name:?} (built-ins: {known}); a path to a .wasm file also works")]
+    UnknownBuiltin { name: String, known: String },
+    #[error("{plugin} is not a valid pixbox plugin component: {reason}")]
+    Invalid { plugin: String, reason: String },
+    #[error("{plugin} failed while describing itself (info): {source}")]
+    Info { plugin: String, source: TransformError },
+    #[error("route {prefix:?}: {reason}")]
+    Route { prefix: String, reason: String },
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// One transform call failed. [`TransformError::is_permanent`] tells whether a retry can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransformError {
+    /// The plugin says the input can never be processed.
+    #[error("bad input: {0}")]
+    BadInput(String),
+    /// The plugin does not support an option, value or format.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The plugin reported an internal failure.
+    #[error("plugin failed: {0}")]
+    PluginFailed(String),
+    /// The call ran past its wall-clock budget and was interrupted.
+    #[error("plugin ran past its time budget of {budget:?} and was stopped")]
+    Timeout { budget: Duration },
+    /// The plugin tried to use more linear memory than allowed.
+    #[error("plugin tried to use more than its memory limit of {limit_bytes} bytes")]
+    OutOfMemory { limit_bytes: usize },
+    /// The plugin trapped (a panic, an abort, an invalid operation).
+    #[error("plugin crashed: {0}")]
+    Trap(String),
+    /// The plugin answered with something that is not the image it claims to be.
+    #[error("plugin returned an invalid image: {0}")]
+    InvalidOutput(String),
+    /// The plugin's output is larger than allowed.
+    #[error("plugin output is {size} bytes, over the limit of {limit} bytes")]
+    OutputTooLarge { size: usize, limit: usize },
+    /// The host could not run the plugin right now (for example every sandbox slot is busy).
+    #[error("sandbox unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl TransformError {
+    /// True when running the same input through the same plugin again cannot succeed, so the job
+    /// should be failed for good instead of retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            TransformError::BadInput(_)
+            | TransformError::Unsupported(_)
+            | TransformError::InvalidOutput(_)
+            | TransformError::OutputTooLarge { .. } => true,
+            // Timeouts and memory exhaustion may depend on load or on a limit an operator raises;
+            // traps may be a plugin bug fixed by a redeploy. The queue's receive limit bounds retries.
+            TransformError::PluginFailed(_)
+            | TransformError::Timeout { .. }
+            | TransformError::OutOfMemory { .. }
+            | TransformError::Trap(_)
+            | TransformError::Unavailable(_) => false,
+        }
+    }
+
+    /// A stable kebab-case name for logs, metrics and API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransformError::BadInput(_) => "bad-input",
+            TransformError::Unsupported(_) => "unsupported",
+            TransformError::PluginFailed(_) => "plugin-failed",
+            TransformError::Timeout { .. } => "timeout",
+            TransformError::OutOfMemory { .. } => "out-of-memory",
+            TransformError::Trap(_) => "trap",
+            TransformError::InvalidOutput(_) => "invalid-output",
+            TransformError::OutputTooLarge { .. } => "output-too-large",
+            TransformError::Unavailable(_) => "unavailable",
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The `pixbox` binary as a user runs it: `transform` and `plugin info`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{built_plugin, decode, jpeg, photo, pixbox_bin, png_claiming};
+use image::GenericImageView;
+
+fn pixbox(data_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(pixbox_bin());
+    // Isolated from any pixbox.toml or PIXBOX_* of the machine running the tests.
+    cmd.current_dir(data_dir).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+#[test]
+fn transform_resizes_a_photo_and_reports_its_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("photo.jpg");
+    let output = dir.path().join("out.jpg");
+    std::fs::write(&input, jpeg(&photo(1600, 1200))).unwrap();
+    let run = pixbox(dir.path())
+        .args(["transform", "--option", "width=400", "--option", "height=400"])
+        .arg(&input)
+        .arg(&output)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("1600x1200 image/jpeg") && stdout.contains("-> 400x300 image/jpeg"), "{stdout}");
+    assert!(stdout.contains("memory high-water"), "{stdout}");
+    assert_eq!(decode(&std::fs::read(&output).unwrap()).dimensions(), (400, 300));
+    // The compiled plugin was cached for the next start.
+    let cached = std::fs::read_dir(dir.path().join("plugin-cache")).unwrap().count();
+    assert_eq!(cached, 1);
+}
+
+#[test]
+fn transform_refuses_a_decompression_bomb_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bomb.png");
+    std::fs::write(&input, png_claiming(100_000, 100_000)).unwrap();
+    let started = Instant::now();
+    let run = pixbox(dir.path()).arg("transform").arg(&input).arg(dir.path().join("out.png")).output().unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("100000x100000") && stderr.contains("limit"), "{stderr}");
+    // Refused from the header, before the sandbox is even set up (generous bound for slow CI).
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(!dir.path().join("out.png").exists());
+}
+
+#[test]
+fn transform_reports_a_plugin_failure_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("photo.jpg");
+    std::fs::write(&input, jpeg(&photo(64, 64))).unwrap();
+    let run = pixbox(dir.path())
+        .args(["transform", "--plugin"])
+        .arg(built_plugin("misbehave"))
+        .args(["--option", "mode=panic"])
+        .arg(&input)
+        .arg(dir.path().join("out.jpg"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(stderr.contains("plugin crashed") && stderr.contains("asked to panic"), "{stderr}");
+}
+
+#[test]
+fn plugin_info_prints_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = pixbox(dir.path()).args(["plugin", "info"]).arg(built_plugin("thumbnail")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.starts_with("thumbnail 0.1.0"), "{stdout}");
+    assert!(stdout.contains("size") && stdout.contains("default 256"), "{stdout}");
+
+    std::fs::write(dir.path().join("junk.wasm"), b"junk").unwrap();
+    let run = pixbox(dir.path()).args(["plugin", "info", "junk.wasm"]).output().unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("not a valid pixbox plugin"));
+}

@@ -1,0 +1,100 @@
+//! Shared by pixbox's integration tests: generated images (no binary files in the repository)
+//! and where the built plugins and the `pixbox` binary are.
+
+#![allow(dead_code)] // every test file uses a different part of this module
+
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+
+/// A photo-like test image: smooth gradients plus a fine pattern, so encoders and resizers do
+/// real work and results can be told apart.
+pub fn photo(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let r = (x * 255 / width.max(1)) as u8;
+        let g = (y * 255 / height.max(1)) as u8;
+        let b = (((x / 7) ^ (y / 5)) & 0xff) as u8;
+        Rgb([r, g, b])
+    })
+}
+
+/// An image whose left half is red and right half blue, to check orientation.
+pub fn red_left_blue_right(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, _| if x < width / 2 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) })
+}
+
+pub fn encode(image: &RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(image.clone()).write_to(&mut out, format).expect("encode fixture");
+    out.into_inner()
+}
+
+pub fn jpeg(image: &RgbImage) -> Vec<u8> {
+    encode(image, ImageFormat::Jpeg)
+}
+
+pub fn png(image: &RgbImage) -> Vec<u8> {
+    encode(image, ImageFormat::Png)
+}
+
+/// Inserts an EXIF block with the given orientation tag (1..=8) right after a JPEG's SOI marker.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    assert_eq!(&jpeg[..2], &[0xFF, 0xD8], "not a JPEG");
+    // TIFF header (little endian), one IFD with one entry: 0x0112 Orientation, SHORT, count 1.
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"II*\0");
+    tiff.extend_from_slice(&8u32.to_le_bytes());
+    tiff.extend_from_slice(&1u16.to_le_bytes());
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes());
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A tiny, well-formed PNG whose header claims `width` x `height`: the classic decompression bomb.
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(&crc.finalize().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
+    chunk(&mut out, b"IHDR", &ihdr);
+    // A zlib stream of a few zero bytes: far too little data for the claimed size.
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// Decodes a result for checking (tests may decode; the host never does).
+pub fn decode(bytes: &[u8]) -> DynamicImage {
+    image::load_from_memory(bytes).expect("result decodes")
+}
+
+/// A component built from `plugins/` (`resize`, `thumbnail`, `misbehave`).
+pub fn built_plugin(name: &str) -> PathBuf {
+    PathBuf::from(pixbox::sandbox::BUILT_PLUGINS_DIR).join(format!("{name}.wasm"))
+}
+
+/// The `pixbox` binary of this build (cargo builds it before running these tests).
+pub fn pixbox_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pixbox"))
+}
