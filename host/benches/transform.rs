@@ -38,10 +38,10 @@ fn main() {
 
     let sandbox = Sandbox::new(SandboxSettings::default()).unwrap();
     let plugin = sandbox.load("resize").unwrap();
-    let params = vec![Param { name: "width".into(), value: "1024".into() }, Param {
-        name: "height".into(),
-        value: "1024".into(),
-    }];
+    let params = vec![
+        Param { name: "width".into(), value: "1024".into() },
+        Param { name: "height".into(), value: "1024".into() },
+    ];
     let native_options = imagekit::Options { width: 1024, height: 1024, ..imagekit::Options::default() };
     let vips = which("vipsthumbnail");
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +82,9 @@ fn main() {
                 });
                 row(case.name, "vipsthumbnail 1 thread (whole process)", timing, out_dims, "n/a");
             }
-            None => println!("| {} | vipsthumbnail: not installed (apt-get install libvips-tools) | | | | |", case.name),
+            None => {
+                println!("| {} | vipsthumbnail: not installed (apt-get install libvips-tools) | | | | |", case.name)
+            }
         }
     }
 }
@@ -112,5 +114,9 @@ fn mib(bytes: usize) -> f64 {
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| std::path::Path::new(dir).join(program)).find(|p| p.exists())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.exists())
 }

@@ -98,3 +98,32 @@ pub fn built_plugin(name: &str) -> PathBuf {
 pub fn pixbox_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pixbox"))
 }
+
+/// The S3/SQS emulator the AWS-backed tests use: `PIXBOX_TEST_AWS_ENDPOINT` (scripts/test starts
+/// one and sets it). Without it the tests fail, unless `PIXBOX_TEST_SKIP_AWS=1` explicitly opts out,
+/// in which case they say loudly that they skipped.
+pub fn aws_endpoint(test: &str) -> Option<String> {
+    if let Ok(url) = std::env::var("PIXBOX_TEST_AWS_ENDPOINT") {
+        // The SDK's standard chain needs credentials and a region; emulators accept any.
+        for (k, v) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")] {
+            if std::env::var_os(k).is_none() {
+                // SAFETY: set before any SDK client is built; every test sets the same values.
+                unsafe { std::env::set_var(k, v) };
+            }
+        }
+        return Some(url);
+    }
+    if std::env::var("PIXBOX_TEST_SKIP_AWS").as_deref() == Ok("1") {
+        eprintln!("SKIPPED {test}: PIXBOX_TEST_SKIP_AWS=1, the S3/SQS half of this test did not run");
+        return None;
+    }
+    panic!(
+        "{test} needs an S3/SQS emulator: run ./scripts/test (it starts one), or set \
+         PIXBOX_TEST_AWS_ENDPOINT=http://127.0.0.1:PORT, or opt out with PIXBOX_TEST_SKIP_AWS=1"
+    );
+}
+
+/// A name no other test uses, for buckets and queues (lowercase, S3-safe).
+pub fn unique_name(what: &str) -> String {
+    format!("pixbox-test-{what}-{}", uuid::Uuid::new_v4().simple()).chars().take(60).collect()
+}

@@ -1,0 +1,173 @@
+//! S3 adapter (`aws-sdk-s3`): any S3-compatible endpoint; path-style addressing when an endpoint
+//! is overridden, which LocalStack, moto and MinIO need.
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
+use bytes::Bytes;
+
+use super::{BlobStore, Bucket, GetObject, ObjectInfo, ObjectMeta, StoreError, validate_key, validate_prefix};
+use crate::aws::describe;
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    temp: String,
+    permanent: String,
+}
+
+impl S3Store {
+    /// Connects to the two buckets. With `create`, missing buckets are created; otherwise a missing
+    /// bucket is an error naming it.
+    pub async fn connect(
+        sdk: &aws_config::SdkConfig,
+        temp: &str,
+        permanent: &str,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        let mut config = aws_sdk_s3::config::Builder::from(sdk);
+        if sdk.endpoint_url().is_some() {
+            config = config.force_path_style(true);
+        }
+        let store =
+            S3Store { client: Client::from_conf(config.build()), temp: temp.into(), permanent: permanent.into() };
+        for bucket in [temp, permanent] {
+            match store.client.head_bucket().bucket(bucket).send().await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) && create => {
+                    store.client.create_bucket().bucket(bucket).send().await.map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create bucket {bucket}: {}", describe(&e)))
+                    })?;
+                    tracing::info!(bucket, "created bucket");
+                }
+                Err(e) if is_status(&e, 404) => return Err(StoreError::MissingBucket { bucket: bucket.into() }),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok(store)
+    }
+
+    fn bucket(&self, bucket: Bucket) -> &str {
+        match bucket {
+            Bucket::Temp => &self.temp,
+            Bucket::Permanent => &self.permanent,
+        }
+    }
+
+    fn put_request(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        self.client
+            .put_object()
+            .bucket(self.bucket(bucket))
+            .key(key)
+            .content_type(&meta.content_type)
+            .set_metadata(Some(meta.metadata.clone().into_iter().collect()))
+            .body(SdkByteStream::from(body))
+    }
+}
+
+fn is_status<E>(err: &SdkError<E, HttpResponse>, status: u16) -> bool {
+    err.raw_response().is_some_and(|r| r.status().as_u16() == status)
+}
+
+fn unavailable<E: std::error::Error + 'static>(e: E) -> StoreError {
+    StoreError::Unavailable(format!("s3: {}", describe(&e)))
+}
+
+fn info(
+    content_type: Option<String>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+    size: Option<i64>,
+    etag: Option<String>,
+) -> ObjectInfo {
+    ObjectInfo {
+        meta: ObjectMeta {
+            content_type: content_type.unwrap_or_default(),
+            metadata: metadata.unwrap_or_default().into_iter().collect(),
+        },
+        size: size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+        etag: etag.unwrap_or_default().trim_matches('"').to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for S3Store {
+    async fn put(&self, bucket: Bucket, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError> {
+        validate_key(key)?;
+        self.put_request(bucket, key, body, meta).send().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn put_if_absent(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        body: Bytes,
+        meta: &ObjectMeta,
+    ) -> Result<bool, StoreError> {
+        validate_key(key)?;
+        match self.put_request(bucket, key, body, meta).if_none_match("*").send().await {
+            Ok(_) => Ok(true),
+            // 412: the key exists. 409: a concurrent conditional write is in progress.
+            Err(e) if e.code() == Some("PreconditionFailed") || is_status(&e, 412) || is_status(&e, 409) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn get(&self, bucket: Bucket, key: &str) -> Result<GetObject, StoreError> {
+        validate_key(key)?;
+        let out = match self.client.get_object().bucket(self.bucket(bucket)).key(key).send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) || is_status(&e, 404) => {
+                return Err(StoreError::NotFound { key: key.into() });
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let info = info(out.content_type, out.metadata, out.content_length, out.e_tag);
+        let body = tokio_util::io::ReaderStream::new(out.body.into_async_read());
+        Ok(GetObject { info, body: Box::pin(body) })
+    }
+
+    async fn head(&self, bucket: Bucket, key: &str) -> Result<ObjectInfo, StoreError> {
+        validate_key(key)?;
+        match self.client.head_object().bucket(self.bucket(bucket)).key(key).send().await {
+            Ok(out) => Ok(info(out.content_type, out.metadata, out.content_length, out.e_tag)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) || is_status(&e, 404) => {
+                Err(StoreError::NotFound { key: key.into() })
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn delete(&self, bucket: Bucket, key: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        self.client.delete_object().bucket(self.bucket(bucket)).key(key).send().await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<String>, StoreError> {
+        validate_prefix(prefix)?;
+        let mut keys = Vec::new();
+        let mut pages =
+            self.client.list_objects_v2().bucket(self.bucket(bucket)).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(unavailable)?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        for bucket in [&self.temp, &self.permanent] {
+            self.client.head_bucket().bucket(bucket).send().await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}

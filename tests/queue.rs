@@ -1,0 +1,103 @@
+//! The job queue conformance suite, run against the embedded queue and against the SQS adapter on
+//! the S3/SQS emulator that scripts/test starts; plus restart safety of the embedded queue.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pixbox::queue::conformance::{self, MAX_RECEIVES};
+use pixbox::queue::{EmbeddedQueue, JobQueue, QueueError, SqsQueue, SqsSettings};
+
+fn embedded(dir: &tempfile::TempDir) -> Arc<dyn JobQueue> {
+    Arc::new(EmbeddedQueue::open(&dir.path().join("jobs.sqlite"), MAX_RECEIVES).unwrap())
+}
+
+async fn sqs(test: &str) -> Option<Arc<dyn JobQueue>> {
+    let endpoint = common::aws_endpoint(test)?;
+    let sdk = pixbox::aws::sdk_config(Some(&endpoint)).await;
+    let name = common::unique_name("q");
+    let dlq = format!("{name}-dlq");
+    let settings = SqsSettings {
+        name: &name,
+        url: None,
+        dead_letter_name: &dlq,
+        create: true,
+        max_receives: MAX_RECEIVES,
+        visibility_timeout_secs: 30,
+    };
+    Some(Arc::new(SqsQueue::connect(&sdk, &settings).await.unwrap()))
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::conformance::$name(&*super::embedded(&dir)).await;
+                }
+            )*
+        }
+        mod sqs {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(queue) = super::sqs(concat!("sqs::", stringify!($name))).await {
+                        super::conformance::$name(&*queue).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance_tests!(
+    batch_send_receive,
+    batch_limits,
+    visibility_timeout_redelivers,
+    extend_visibility_keeps_hidden,
+    delete_removes,
+    dead_letter_after_max_receives,
+    check_answers,
+);
+
+/// Dropping and reopening the embedded queue keeps undelivered and in-flight messages.
+#[tokio::test]
+async fn embedded_queue_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite");
+    let in_flight_id = {
+        let queue = EmbeddedQueue::open(&path, 5).unwrap();
+        queue.send_batch(&["received".to_string(), "never received".to_string()]).await.unwrap();
+        let got = queue.receive(1, Duration::ZERO, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got[0].body, "received");
+        got[0].message_id.clone()
+        // The queue is dropped here with one message in flight and one never delivered.
+    };
+    let queue = EmbeddedQueue::open(&path, 5).unwrap();
+    let first = queue.receive(10, Duration::ZERO, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(first.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(), ["never received"]);
+    let again = conformance::receive_n(&queue, 1, Duration::from_secs(30), Duration::from_secs(5)).await;
+    assert_eq!(again.len(), 1, "the in-flight message reappears after its visibility timeout");
+    assert_eq!(again[0].message_id, in_flight_id);
+    assert_eq!(again[0].receive_count, 2, "the receive count survived the restart");
+}
+
+#[tokio::test]
+async fn sqs_without_create_names_the_missing_queue() {
+    let Some(endpoint) = common::aws_endpoint("sqs_without_create_names_the_missing_queue") else { return };
+    let sdk = pixbox::aws::sdk_config(Some(&endpoint)).await;
+    let name = common::unique_name("missing");
+    let settings = SqsSettings {
+        name: &name,
+        url: None,
+        dead_letter_name: &name,
+        create: false,
+        max_receives: 5,
+        visibility_timeout_secs: 30,
+    };
+    let err = SqsQueue::connect(&sdk, &settings).await.unwrap_err();
+    assert!(matches!(&err, QueueError::MissingQueue { name: n } if n == &name), "{err:?}");
+}

@@ -1,0 +1,81 @@
+//! The blob store conformance suite, run against the filesystem adapter and against the S3 adapter
+//! on the S3/SQS emulator that scripts/test starts.
+
+mod common;
+
+use std::sync::Arc;
+
+use pixbox::storage::{BlobStore, FsStore, S3Store, StoreError, conformance};
+
+fn fs_store(dir: &tempfile::TempDir) -> Arc<dyn BlobStore> {
+    Arc::new(FsStore::open(dir.path(), "temp", "permanent", true).unwrap())
+}
+
+async fn s3_store(test: &str) -> Option<Arc<dyn BlobStore>> {
+    let endpoint = common::aws_endpoint(test)?;
+    let sdk = pixbox::aws::sdk_config(Some(&endpoint)).await;
+    let store = S3Store::connect(&sdk, &common::unique_name("tmp"), &common::unique_name("perm"), true).await.unwrap();
+    Some(Arc::new(store))
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        mod fs {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::conformance::$name(&*super::fs_store(&dir)).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(store) = super::s3_store(concat!("s3::", stringify!($name))).await {
+                        super::conformance::$name(&*store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance_tests!(
+    round_trip,
+    large_body,
+    not_found,
+    overwrite_and_create_once,
+    delete_idempotent,
+    list_by_prefix,
+    unusual_keys,
+    invalid_keys_refused,
+    check_answers,
+);
+
+#[tokio::test]
+async fn fs_store_without_create_names_the_missing_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = FsStore::open(dir.path(), "temp", "permanent", false).unwrap_err();
+    assert!(matches!(err, StoreError::MissingBucket { .. }), "{err:?}");
+    assert!(err.to_string().contains("create_resources"), "{err}");
+}
+
+#[tokio::test]
+async fn s3_store_without_create_names_the_missing_bucket() {
+    let Some(endpoint) = common::aws_endpoint("s3_store_without_create_names_the_missing_bucket") else { return };
+    let sdk = pixbox::aws::sdk_config(Some(&endpoint)).await;
+    let missing = common::unique_name("missing");
+    let err = S3Store::connect(&sdk, &missing, &missing, false).await.unwrap_err();
+    assert!(matches!(&err, StoreError::MissingBucket { bucket } if bucket == &missing), "{err:?}");
+}
+
+#[tokio::test]
+async fn fs_writes_leave_no_temporary_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = fs_store(&dir);
+    conformance::round_trip(&*store).await;
+    conformance::overwrite_and_create_once(&*store).await;
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
