@@ -176,12 +176,27 @@ pub fn plugin_info(config: &Config, spec: &str) -> anyhow::Result<()> {
 
 /// Logs go to stderr; `log` in the configuration (or `RUST_LOG`) is an env-filter directive.
 pub fn init_tracing(config: &Config) {
+    // The scheduler crate logs its own start-up at info; that is noise for pixbox's users.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tokio_cron_scheduler=warn,{}", config.log)));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
-/// `pixbox serve`.
-pub fn serve(_config: Config) -> anyhow::Result<()> {
-    bail!("`pixbox serve` is not available yet: the upload/worker pipeline is still being built")
+/// `pixbox serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let running = crate::server::start(&config).await?;
+        if let Some(addr) = running.addr {
+            println!("pixbox listening on http://{addr} (role {:?})", config.role);
+        }
+        crate::server::shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight work");
+        running.stop().await;
+        Ok(())
+    })
 }

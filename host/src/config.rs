@@ -354,4 +354,29 @@ mod tests {
             Config::load(None, env(&[("PIXBOX_ENDPOINT_URL", "http://127.0.0.1:1")]), toml::Table::new()).unwrap();
         assert_eq!(config.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
     }
+
+    /// The annotated pixbox.toml at the repository root documents every key with its default: it
+    /// must parse, and change nothing.
+    #[test]
+    fn documented_file_matches_the_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixbox.toml");
+        let config = Config::load(Some(&file), Vec::new(), toml::Table::new()).unwrap();
+        assert_eq!(toml::Table::try_from(config).unwrap(), toml::Table::try_from(Config::default()).unwrap());
+        let text = std::fs::read_to_string(&file).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (key, value) in &defaults {
+            let keys: Vec<String> = match value {
+                toml::Value::Table(t) => t.keys().map(|k| format!("PIXBOX_{}_{}", key, k).to_uppercase()).collect(),
+                toml::Value::Array(_) => continue,
+                _ => vec![format!("PIXBOX_{key}").to_uppercase()],
+            };
+            for env in keys {
+                assert!(text.contains(&env), "pixbox.toml does not document {env}");
+            }
+        }
+        for key in OPTIONAL_TEXT_KEYS {
+            let env = format!("PIXBOX_{}", key.replace('.', "_")).to_uppercase();
+            assert!(text.contains(&env), "pixbox.toml does not document {env}");
+        }
+    }
 }

@@ -89,6 +89,25 @@ pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
     Ok(Header { format, width, height })
 }
 
+/// Whether the file ends the way a complete file of its format ends, checked without decoding:
+/// JPEG's end-of-image marker, PNG's IEND chunk, GIF's trailer, or WebP's RIFF length. Catches
+/// uploads cut off in transfer before they are queued.
+pub fn is_complete(bytes: &[u8], format: Format) -> bool {
+    match format {
+        // Some encoders pad after the marker; tolerate trailing zero bytes.
+        Format::Jpeg => {
+            let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            bytes[..end].ends_with(&[0xFF, 0xD9])
+        }
+        Format::Png => bytes.ends_with(b"IEND\xAE\x42\x60\x82"),
+        Format::Gif => bytes.last() == Some(&0x3B),
+        Format::Webp => bytes
+            .get(4..8)
+            .map(|n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize + 8)
+            .is_some_and(|riff| bytes.len() >= riff),
+    }
+}
+
 /// Size limits checked against the header before any plugin runs (`[limits]` in pixbox.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PixelLimits {

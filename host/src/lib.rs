@@ -1,11 +1,15 @@
 //! pixbox: an image upload-and-resize service whose transforms run in sandboxed WebAssembly
 //! components. The binary (`main.rs`) only parses the command line and calls into this library.
 
+pub mod api;
 pub mod aws;
 pub mod backends;
 pub mod cli;
 pub mod config;
 pub mod imaging;
+pub mod jobs;
 pub mod queue;
 pub mod sandbox;
+pub mod server;
 pub mod storage;
+pub mod worker;

@@ -1,0 +1,151 @@
+//! `GET /download/{key}` (and `?key=`): the result with its real type, or where the job stands;
+//! `GET /status/{key}` (and `?key=`): the job's state as JSON.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, key_path};
+use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
+use crate::storage::{Bucket, StoreError, validate_key};
+
+#[derive(Debug, Deserialize)]
+pub struct KeyQuery {
+    key: Option<String>,
+}
+
+/// The JSON of `/status` (and of `/download` while not done).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub key: String,
+    /// `pending`, `done` or `failed`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    pub status_url: String,
+    pub download_url: String,
+}
+
+pub async fn download_by_path(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download(&state, &key, &headers).await
+}
+
+pub async fn download_by_query(
+    State(state): State<ApiState>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download(&state, &required(query.key)?, &headers).await
+}
+
+pub async fn status_by_path(State(state): State<ApiState>, Path(key): Path<String>) -> Result<Json<Status>, ApiError> {
+    status(&state, &key).await.map(Json)
+}
+
+pub async fn status_by_query(
+    State(state): State<ApiState>,
+    Query(query): Query<KeyQuery>,
+) -> Result<Json<Status>, ApiError> {
+    status(&state, &required(query.key)?).await.map(Json)
+}
+
+fn required(key: Option<String>) -> Result<String, ApiError> {
+    key.filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing-key", "the query parameter key is required"))
+}
+
+fn checked(key: &str) -> Result<(), ApiError> {
+    validate_key(key)?;
+    if key.starts_with(RESERVED_PREFIX) {
+        return Err(not_found(key));
+    }
+    Ok(())
+}
+
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no image with key {key:?}"))
+}
+
+async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
+    checked(key)?;
+    let mut status = Status {
+        key: key.into(),
+        state: "pending",
+        error: None,
+        media_type: None,
+        size: None,
+        status_url: key_path("status", key),
+        download_url: key_path("download", key),
+    };
+    match jobs::state(&*state.store, key).await? {
+        JobState::Done(info) => {
+            status.state = "done";
+            status.media_type = Some(info.meta.content_type);
+            status.size = Some(info.size);
+        }
+        JobState::Pending => {}
+        JobState::Failed(failure) => {
+            status.state = "failed";
+            status.error = Some(failure);
+        }
+        JobState::Unknown => return Err(not_found(key)),
+    }
+    Ok(status)
+}
+
+async fn download(state: &ApiState, key: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+    checked(key)?;
+    let object = match state.store.get(Bucket::Permanent, key).await {
+        Ok(object) => object,
+        Err(StoreError::NotFound { .. }) => {
+            let status = status(state, key).await?;
+            return Ok(match status.state {
+                "failed" => {
+                    let reason = status.error.as_ref().map_or("unknown", |f| f.message.as_str());
+                    let body = serde_json::json!({
+                        "code": "processing-failed",
+                        "message": format!("{key} could not be processed: {reason}"),
+                        "status": status,
+                    });
+                    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+                }
+                "pending" => (StatusCode::ACCEPTED, Json(status)).into_response(),
+                // Finished between the two reads: the client may simply ask again.
+                _ => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let etag = format!("\"{}\"", object.info.etag);
+    let mut response = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut response = Body::from_stream(object.body).into_response();
+        if let Ok(len) = HeaderValue::from_str(&object.info.size.to_string()) {
+            response.headers_mut().insert(header::CONTENT_LENGTH, len);
+        }
+        response
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&object.info.meta.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    // Keys are never reused, so a result never changes under its key.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    Ok(response)
+}

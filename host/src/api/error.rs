@@ -1,0 +1,48 @@
+//! The api's one error type: an HTTP status, a stable kebab-case `code` and a human `message`,
+//! rendered as JSON. Internal details are logged, never sent.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// A backend failure: logged with its detail, reported without it.
+    pub fn unavailable(context: &str, detail: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {detail}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{context}: a backend is not answering; try again later"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}
+
+impl From<crate::storage::StoreError> for ApiError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        match e {
+            crate::storage::StoreError::InvalidKey { key, reason } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid-key", format!("invalid key {key:?}: {reason}"))
+            }
+            e => ApiError::unavailable("storage", e),
+        }
+    }
+}

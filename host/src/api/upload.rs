@@ -1,0 +1,221 @@
+//! `POST /upload`: multipart, one or more images. Each image is checked from its bytes (format
+//! from magic bytes, size and completeness from the header and trailer; nothing is decoded), stored
+//! in the temp bucket under a new key, and only when every image is stored is one job per image
+//! queued. If anything fails, the images already stored are removed and nothing is queued.
+
+use axum::Json;
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, Query, State};
+use axum::http::StatusCode;
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, key_path};
+use crate::imaging::{self, Format, Header};
+use crate::jobs::{Job, RESERVED_PREFIX};
+use crate::queue::MAX_BATCH;
+use crate::storage::{Bucket, ObjectMeta};
+
+/// Longest prefix accepted.
+const MAX_PREFIX_BYTES: usize = 200;
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UploadResponse {
+    pub images: Vec<Uploaded>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Uploaded {
+    pub key: String,
+    pub status_url: String,
+    pub download_url: String,
+    pub media_type: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: usize,
+}
+
+pub async fn upload(
+    State(state): State<ApiState>,
+    Query(query): Query<UploadQuery>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-multipart",
+            format!("send the images as multipart/form-data: {}", e.body_text()),
+        )
+    })?;
+    let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
+    let mut stored: Vec<Uploaded> = Vec::new();
+    let result = async {
+        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+            if field.name() == Some("prefix") && field.file_name().is_none() {
+                if !stored.is_empty() {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "prefix-after-images",
+                        "the prefix field must come before the images",
+                    ));
+                }
+                let text = field.text().await.map_err(multipart_error)?;
+                prefix = Some(normalise_prefix(&text)?);
+                continue;
+            }
+            let index = stored.len() + 1;
+            if index > state.limits.max_images as usize {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-many-images",
+                    format!("at most {} images per upload", state.limits.max_images),
+                ));
+            }
+            let label = match field.file_name() {
+                Some(name) => format!("image {index} ({name})"),
+                None => format!("image {index}"),
+            };
+            let bytes = read_limited(field, state.limits.max_image_bytes, &label).await?;
+            let header = check(&bytes, &state, &label)?;
+            let key =
+                format!("{}{}.{}", prefix.as_deref().unwrap_or(""), uuid::Uuid::now_v7(), header.format.extension());
+            let meta = ObjectMeta {
+                content_type: header.format.media_type().into(),
+                metadata: [("width", header.width), ("height", header.height)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let size = bytes.len();
+            state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
+            stored.push(Uploaded {
+                status_url: key_path("status", &key),
+                download_url: key_path("download", &key),
+                key,
+                media_type: header.format.media_type(),
+                width: header.width,
+                height: header.height,
+                bytes: size,
+            });
+        }
+        if stored.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no-images",
+                "the upload holds no images: send multipart/form-data with one or more file parts",
+            ));
+        }
+        for chunk in stored.chunks(MAX_BATCH) {
+            let bodies: Vec<String> = chunk.iter().map(|u| Job { key: u.key.clone() }.to_body()).collect();
+            state.queue.send_batch(&bodies).await.map_err(|e| ApiError::unavailable("queue", e))?;
+        }
+        Ok(())
+    }
+    .await;
+
+    match result {
+        Ok(()) => {
+            for image in &stored {
+                tracing::info!(key = image.key, bytes = image.bytes, "uploaded");
+            }
+            Ok((StatusCode::ACCEPTED, Json(UploadResponse { images: stored })))
+        }
+        Err(e) => {
+            // Nothing of a failed request may be processed: remove what was stored.
+            for image in &stored {
+                if let Err(err) = state.store.delete(Bucket::Temp, &image.key).await {
+                    tracing::warn!(key = image.key, "cannot remove the original of a failed upload: {err}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Prefixes select a route: `avatars`, `avatars/` and `avatars/large/` are fine. Letters, digits,
+/// `.`, `_`, `-` and `/` only, so keys stay URL-safe; pixbox's own `.pixbox/` is refused.
+fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = |why: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", format!("prefix {raw:?}: {why}"));
+    if raw.len() > MAX_PREFIX_BYTES {
+        return Err(bad("longer than 200 bytes"));
+    }
+    if !raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/')) {
+        return Err(bad("use letters, digits, '.', '_', '-' and '/' only"));
+    }
+    let prefix = if raw.ends_with('/') { raw.to_string() } else { format!("{raw}/") };
+    if prefix.starts_with(RESERVED_PREFIX) || prefix.starts_with('.') {
+        return Err(bad("prefixes starting with '.' are reserved"));
+    }
+    crate::storage::validate_prefix(&prefix).map_err(|_| bad("empty, '.' or '..' segments are not allowed"))?;
+    Ok(prefix)
+}
+
+/// Reads one part, refusing it as soon as it passes `limit` bytes (the rest is never buffered).
+async fn read_limited(mut field: Field<'_>, limit: u64, label: &str) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "image-too-large",
+                format!("{label} is larger than the limit of {limit} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The header-only checks every image passes before it is stored.
+fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError> {
+    let header = imaging::probe(bytes).map_err(|e| match e {
+        imaging::HeaderError::UnknownFormat => {
+            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-format", format!("{label}: {e}"))
+        }
+        e => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unreadable-image", format!("{label}: {e}")),
+    })?;
+    state
+        .limits
+        .pixels()
+        .check(&header)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too-many-pixels", format!("{label}: {e}")))?;
+    if !imaging::is_complete(bytes, header.format) {
+        let kind = match header.format {
+            Format::Jpeg => "JPEG",
+            Format::Png => "PNG",
+            Format::Webp => "WebP",
+            Format::Gif => "GIF",
+        };
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "truncated-image",
+            format!("{label}: the {kind} file is cut off (its end is missing)"),
+        ));
+    }
+    Ok(header)
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format!("the request body is too large: {}", e.body_text()),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-multipart",
+            format!("not a valid multipart/form-data body: {}", e.body_text()),
+        )
+    }
+}

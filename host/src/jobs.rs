@@ -1,0 +1,96 @@
+//! What the api and the worker agree on: the job message, where results and failure records live,
+//! and how a key's state is read from the store (nothing about jobs is kept in process memory).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{BlobStore, Bucket, ObjectInfo, ObjectMeta, StoreError};
+
+/// The queue message for one image: ids only, never image bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub key: String,
+}
+
+impl Job {
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("job serializes")
+    }
+}
+
+/// Keys under this prefix are pixbox's own bookkeeping; uploads may not use it.
+pub const RESERVED_PREFIX: &str = ".pixbox/";
+
+/// Where the failure record of `key` is kept (permanent bucket).
+pub fn failure_key(key: &str) -> String {
+    format!("{RESERVED_PREFIX}failed/{key}")
+}
+
+/// Why a job failed for good, as stored and as reported by `/status` and `/download`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// A stable kebab-case reason (`bad-input`, `timeout`, `too-many-pixels`, ...).
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// The plugin that ran, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// How many times the job was received.
+    pub attempts: u32,
+}
+
+/// Writes the failure record of `key`.
+pub async fn record_failure(store: &dyn BlobStore, key: &str, failure: &Failure) -> Result<(), StoreError> {
+    let body = Bytes::from(serde_json::to_vec(failure).expect("failure serializes"));
+    let meta = ObjectMeta { content_type: "application/json".into(), metadata: Default::default() };
+    store.put(Bucket::Permanent, &failure_key(key), body, &meta).await
+}
+
+/// Where a key stands.
+#[derive(Debug)]
+pub enum State {
+    Done(ObjectInfo),
+    Pending,
+    Failed(Failure),
+    Unknown,
+}
+
+/// Reads a key's state: result, then failure record, then original. The result is looked up
+/// again after a miss on the original, because the worker may finish between the two reads.
+pub async fn state(store: &dyn BlobStore, key: &str) -> Result<State, StoreError> {
+    if let Some(info) = found(store.head(Bucket::Permanent, key).await)? {
+        return Ok(State::Done(info));
+    }
+    if let Some(failure) = failure(store, key).await? {
+        return Ok(State::Failed(failure));
+    }
+    if found(store.head(Bucket::Temp, key).await)?.is_some() {
+        return Ok(State::Pending);
+    }
+    Ok(match found(store.head(Bucket::Permanent, key).await)? {
+        Some(info) => State::Done(info),
+        None => State::Unknown,
+    })
+}
+
+/// The failure record of `key`, if there is one.
+pub async fn failure(store: &dyn BlobStore, key: &str) -> Result<Option<Failure>, StoreError> {
+    let Some(object) = found(store.get(Bucket::Permanent, &failure_key(key)).await)? else { return Ok(None) };
+    let bytes = object.bytes(64 * 1024).await?;
+    Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| Failure {
+        code: "failed".into(),
+        message: format!("the failure record is unreadable: {e}"),
+        plugin: None,
+        attempts: 0,
+    })))
+}
+
+/// `NotFound` as `None`, other errors as errors.
+pub fn found<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,121 @@
+//! Starts the service for a role: the api (axum on `listen`) and/or the worker (cron ticks), on the
+//! configured backends, and stops it gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, Role};
+use crate::sandbox::{Routes, Sandbox};
+use crate::worker::Worker;
+use crate::worker::runner::Runner;
+
+/// A started service.
+pub struct Running {
+    /// Where the api listens (None for the worker role).
+    pub addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    api: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    worker: Option<Runner>,
+}
+
+/// Connects the backends and starts what the role asks for. Binds before returning, so `addr` is
+/// ready for requests (port 0 picks a free port).
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let (store, queue) = crate::backends::connect(config).await?;
+    let shutdown = CancellationToken::new();
+
+    let worker = if matches!(config.role, Role::Worker | Role::All) {
+        let mut settings = config.sandbox.clone();
+        settings.cache_dir = Some(config.plugin_cache_dir());
+        // Compiling plugins takes a moment: keep it off the async threads.
+        let routes_config = config.routes.clone();
+        let (sandbox, routes) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let sandbox = Sandbox::new(settings)?;
+            let routes = Routes::load(&sandbox, &routes_config)?;
+            Ok((Arc::new(sandbox), Arc::new(routes)))
+        })
+        .await??;
+        for route in routes.iter() {
+            tracing::info!(
+                prefix = route.prefix,
+                plugin = route.plugin.info.name,
+                source = &*route.plugin.source,
+                "route"
+            );
+        }
+        let worker = Worker {
+            store: store.clone(),
+            queue: queue.clone(),
+            sandbox,
+            routes,
+            settings: config.worker.clone(),
+            limits: config.limits.pixels(),
+            max_input_bytes: usize::try_from(config.limits.max_image_bytes).unwrap_or(usize::MAX),
+        };
+        let runner = Runner::start(worker, &config.worker.schedule, config.worker_concurrency()).await?;
+        tracing::info!(schedule = config.worker.schedule, concurrency = config.worker_concurrency(), "worker started");
+        Some(runner)
+    } else {
+        None
+    };
+
+    let (addr, api) = if matches!(config.role, Role::Api | Role::All) {
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(ApiState { store, queue, limits: config.limits.clone() });
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        });
+        tracing::info!(%addr, "api listening");
+        (Some(addr), Some(task))
+    } else {
+        (None, None)
+    };
+    Ok(Running { addr, shutdown, api, worker })
+}
+
+impl Running {
+    /// Stops taking new work, lets in-flight requests and jobs finish, and returns when they have.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker {
+            worker.stop().await;
+        }
+        if let Some(api) = self.api {
+            match api.await {
+                Ok(Err(e)) => tracing::warn!("api: {e}"),
+                Err(e) => tracing::warn!("api task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

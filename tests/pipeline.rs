@@ -1,0 +1,408 @@
+//! End to end: the real app on port 0 (in-process, and as real `pixbox` processes), driven over
+//! HTTP, on each backend: embedded (filesystem + SQLite queue) and S3 + SQS on the emulator.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::GenericImageView;
+use pixbox::config::{Config, QueueKind, Role, StorageKind};
+use pixbox::jobs::Job;
+use pixbox::queue::JobQueue;
+use pixbox::sandbox::{OptionValue, RouteConfig};
+use pixbox::server::Running;
+use pixbox::storage::{BlobStore, Bucket};
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Embedded,
+    Aws,
+}
+
+/// A test's configuration, store and queue (the same the app uses), and its running parts.
+struct Harness {
+    config: Config,
+    store: Arc<dyn BlobStore>,
+    queue: Arc<dyn JobQueue>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+fn route(prefix: &str, plugin: &str, options: &[(&str, i64)]) -> RouteConfig {
+    RouteConfig {
+        prefix: prefix.into(),
+        plugin: plugin.into(),
+        options: options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect(),
+    }
+}
+
+impl Harness {
+    async fn new(backend: Backend, test: &str) -> Option<Harness> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().to_path_buf(),
+            routes: vec![
+                route("", "resize", &[("width", 200), ("height", 200)]),
+                route("avatars/", "thumbnail", &[("size", 64)]),
+                route("strict/", "resize", &[("max-pixels", 100)]),
+            ],
+            ..Config::default()
+        };
+        config.worker.schedule = "* * * * * *".into();
+        config.worker.visibility_timeout_secs = 3;
+        config.worker.max_receives = 3;
+        config.limits.max_images = 4;
+        config.limits.max_request_bytes = 1 << 20;
+        if backend == Backend::Aws {
+            config.endpoint_url = Some(common::aws_endpoint(test)?);
+            config.storage = StorageKind::S3;
+            config.queue = QueueKind::Sqs;
+            config.create_resources = true;
+            config.temp_bucket = common::unique_name("temp");
+            config.permanent_bucket = common::unique_name("perm");
+            config.queue_name = common::unique_name("jobs");
+        }
+        let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
+        Some(Harness { config, store, queue, client: reqwest::Client::new(), _dir: dir })
+    }
+
+    async fn start(&self, role: Role) -> Running {
+        let mut config = self.config.clone();
+        config.role = role;
+        pixbox::server::start(&config).await.unwrap()
+    }
+
+    /// Environment that configures a `pixbox` process like this harness.
+    fn env(&self, role: &str) -> Vec<(String, String)> {
+        let c = &self.config;
+        let mut env = vec![
+            ("PIXBOX_ROLE", role.to_string()),
+            ("PIXBOX_LISTEN", c.listen.clone()),
+            ("PIXBOX_DATA_DIR", c.data_dir.display().to_string()),
+            ("PIXBOX_WORKER_SCHEDULE", c.worker.schedule.clone()),
+            ("PIXBOX_WORKER_VISIBILITY_TIMEOUT_SECS", c.worker.visibility_timeout_secs.to_string()),
+            ("PIXBOX_WORKER_MAX_RECEIVES", c.worker.max_receives.to_string()),
+            ("PIXBOX_TEMP_BUCKET", c.temp_bucket.clone()),
+            ("PIXBOX_PERMANENT_BUCKET", c.permanent_bucket.clone()),
+            ("PIXBOX_QUEUE_NAME", c.queue_name.clone()),
+            ("PIXBOX_LOG", "info".into()),
+        ];
+        if c.storage == StorageKind::S3 {
+            env.push(("PIXBOX_STORAGE", "s3".into()));
+            env.push(("PIXBOX_QUEUE", "sqs".into()));
+            env.push(("PIXBOX_ENDPOINT_URL", c.endpoint_url.clone().unwrap()));
+            env.push(("AWS_ACCESS_KEY_ID", "test".into()));
+            env.push(("AWS_SECRET_ACCESS_KEY", "test".into()));
+            env.push(("AWS_REGION", "us-east-1".into()));
+        }
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// A real `pixbox serve` process (default routes: resize to fit 1024x1024).
+    fn spawn(&self, role: &str) -> Child {
+        Command::new(common::pixbox_bin())
+            .arg("serve")
+            .current_dir(self.config.data_dir.as_path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(self.env(role))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    async fn upload(&self, base: &str, query: &str, files: Vec<(&str, Vec<u8>)>) -> (u16, Value) {
+        let mut form = Form::new();
+        for (name, bytes) in files {
+            form = form.part("images", Part::bytes(bytes).file_name(name.to_string()));
+        }
+        let response = self.client.post(format!("{base}/upload{query}")).multipart(form).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls `/status` until the key is no longer pending.
+    async fn wait_settled(&self, base: &str, key: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let status: Value =
+                self.client.get(format!("{base}/status/{key}")).send().await.unwrap().json().await.unwrap();
+            if status["state"] != "pending" || Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn temp_keys(&self) -> Vec<String> {
+        self.store.list(Bucket::Temp, "").await.unwrap()
+    }
+
+    async fn queue_is_empty(&self) -> bool {
+        self.queue.receive(10, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap().is_empty()
+    }
+}
+
+fn base(running: &Running) -> String {
+    format!("http://{}", running.addr.unwrap())
+}
+
+fn keys(body: &Value) -> Vec<String> {
+    body["images"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_string()).collect()
+}
+
+/// Several images in one upload all end up downloadable, resized, with the right headers.
+async fn multi_image_upload(backend: Backend) {
+    let Some(h) = Harness::new(backend, "multi_image_upload").await else { return };
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    let files = vec![
+        ("wide.jpg", common::jpeg(&common::photo(800, 600))),
+        ("tall.png", common::png(&common::photo(300, 900))),
+        ("small.gif", common::encode(&common::photo(60, 40), image::ImageFormat::Gif)),
+    ];
+    let (status, body) = h.upload(&base, "", files).await;
+    assert_eq!(status, 202, "{body}");
+    let keys = keys(&body);
+    assert_eq!(keys.len(), 3);
+    assert!(keys[0].ends_with(".jpg") && keys[1].ends_with(".png") && keys[2].ends_with(".gif"), "{keys:?}");
+    let expected = [((200, 150), "image/jpeg"), ((67, 200), "image/png"), ((60, 40), "image/png")];
+    for (key, (dims, media_type)) in keys.iter().zip(expected) {
+        let status = h.wait_settled(&base, key, Duration::from_secs(30)).await;
+        assert_eq!(status["state"], "done", "{status}");
+        let response = h.client.get(format!("{base}/download/{key}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], media_type);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(headers["cache-control"].to_str().unwrap().contains("max-age"));
+        let etag = headers["etag"].to_str().unwrap().to_string();
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(common::decode(&bytes).dimensions(), dims, "{key}");
+        // The query form serves the same; a matching ETag gives 304.
+        let again = h.client.get(format!("{base}/download")).query(&[("key", key)]).send().await.unwrap();
+        assert_eq!(again.bytes().await.unwrap(), bytes);
+        let cached =
+            h.client.get(format!("{base}/download/{key}")).header("if-none-match", &etag).send().await.unwrap();
+        assert_eq!(cached.status(), 304);
+    }
+    assert!(h.temp_keys().await.is_empty(), "originals are removed once processed");
+    app.stop().await;
+}
+
+/// A prefix routed to the thumbnail plugin gives its output (square, grayscale).
+async fn prefix_routes_to_thumbnail(backend: Backend) {
+    let Some(h) = Harness::new(backend, "prefix_routes_to_thumbnail").await else { return };
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    let (status, body) =
+        h.upload(&base, "?prefix=avatars", vec![("me.jpg", common::jpeg(&common::photo(400, 300)))]).await;
+    assert_eq!(status, 202, "{body}");
+    let key = &keys(&body)[0];
+    assert!(key.starts_with("avatars/"), "{key}");
+    // The form field works too.
+    let form = Form::new()
+        .text("prefix", "avatars/")
+        .part("images", Part::bytes(common::png(&common::photo(120, 90))).file_name("x.png"));
+    let response = h.client.post(format!("{base}/upload")).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let second = keys(&response.json().await.unwrap())[0].clone();
+    for key in [key, &second] {
+        assert_eq!(h.wait_settled(&base, key, Duration::from_secs(30)).await["state"], "done");
+        let bytes = h.client.get(format!("{base}/download/{key}")).send().await.unwrap().bytes().await.unwrap();
+        let img = common::decode(&bytes);
+        assert_eq!(img.dimensions(), (64, 64), "{key}");
+        assert!(matches!(img.color(), image::ColorType::L8 | image::ColorType::La8));
+    }
+    app.stop().await;
+}
+
+/// Pending while no worker runs (download 202), done once one does; a duplicated message gives one
+/// result and no error.
+async fn pending_then_done_and_duplicates_converge(backend: Backend) {
+    let Some(h) = Harness::new(backend, "pending_then_done_and_duplicates_converge").await else { return };
+    let api = h.start(Role::Api).await;
+    let base = base(&api);
+    let (_, body) = h.upload(&base, "", vec![("a.jpg", common::jpeg(&common::photo(640, 480)))]).await;
+    let key = keys(&body)[0].clone();
+    let status: Value = h.client.get(format!("{base}/status/{key}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["state"], "pending");
+    let response = h.client.get(format!("{base}/download/{key}")).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    // The queue delivers at least once: send the same job again.
+    h.queue.send_batch(&[Job { key: key.clone() }.to_body()]).await.unwrap();
+
+    let worker = h.start(Role::Worker).await;
+    assert_eq!(h.wait_settled(&base, &key, Duration::from_secs(30)).await["state"], "done");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(h.queue_is_empty().await, "both deliveries were settled");
+    let results = h.store.list(Bucket::Permanent, "").await.unwrap();
+    assert_eq!(results, std::slice::from_ref(&key), "one result, no failure record");
+    assert!(h.temp_keys().await.is_empty());
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// Bad uploads get their 4xx with a stable code and create nothing.
+async fn bad_uploads_create_nothing(backend: Backend) {
+    let Some(h) = Harness::new(backend, "bad_uploads_create_nothing").await else { return };
+    let api = h.start(Role::Api).await;
+    let base = base(&api);
+    let good = || ("good.jpg", common::jpeg(&common::photo(64, 64)));
+    let truncated = common::jpeg(&common::photo(400, 300));
+    let truncated = truncated[..truncated.len() / 2].to_vec();
+    type Files = Vec<(&'static str, Vec<u8>)>;
+    let cases: Vec<(&str, Files, u16, &str)> = vec![
+        ("text file", vec![good(), ("notes.txt", b"hello, not an image".to_vec())], 415, "unsupported-format"),
+        ("truncated JPEG", vec![good(), ("cut.jpg", truncated)], 422, "truncated-image"),
+        ("bomb", vec![good(), ("bomb.png", common::png_claiming(100_000, 100_000))], 422, "too-many-pixels"),
+        ("too many files", vec![good(), good(), good(), good(), good()], 413, "too-many-images"),
+        ("oversized body", vec![good(), ("noise.bin", vec![0x55; 1_200_000])], 413, "body-too-large"),
+    ];
+    for (what, files, status, code) in cases {
+        let (got, body) = h.upload(&base, "", files).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert_eq!(body["code"], code, "{what}: {body}");
+        assert!(!body["message"].as_str().unwrap().is_empty());
+        if what == "text file" {
+            assert!(body["message"].as_str().unwrap().contains("image 2 (notes.txt)"), "{body}");
+        }
+    }
+    let only_prefix = Form::new().text("prefix", "avatars/");
+    let response = h.client.post(format!("{base}/upload")).multipart(only_prefix).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], "no-images");
+    let (got, body) = h.upload(&base, "?prefix=../etc", vec![good()]).await;
+    assert_eq!((got, body["code"].as_str()), (400, Some("invalid-prefix")));
+    let not_multipart = h.client.post(format!("{base}/upload")).body("{}").send().await.unwrap();
+    assert_eq!(not_multipart.status(), 415);
+    assert!(h.temp_keys().await.is_empty(), "nothing stored");
+    assert!(h.queue_is_empty().await, "nothing queued");
+    // Unknown keys and routes are JSON 404s; traversal keys are refused.
+    let unknown = h.client.get(format!("{base}/download/nope.jpg")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["code"], "not-found");
+    let traversal = h.client.get(format!("{base}/download")).query(&[("key", "../x")]).send().await.unwrap();
+    assert_eq!(traversal.status(), 400);
+    let health = h.client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = h.client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    api.stop().await;
+}
+
+/// An image the plugin refuses ends failed with the plugin's reason; the original is kept.
+async fn plugin_rejection_is_reported(backend: Backend) {
+    let Some(h) = Harness::new(backend, "plugin_rejection_is_reported").await else { return };
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    let (_, body) = h.upload(&base, "?prefix=strict", vec![("big.png", common::png(&common::photo(50, 50)))]).await;
+    let key = keys(&body)[0].clone();
+    let status = h.wait_settled(&base, &key, Duration::from_secs(30)).await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["error"]["code"], "bad-input");
+    assert!(status["error"]["message"].as_str().unwrap().contains("over the limit of 100 pixels"), "{status}");
+    let response = h.client.get(format!("{base}/download/{key}")).send().await.unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "processing-failed");
+    assert!(body["message"].as_str().unwrap().contains("100 pixels"), "{body}");
+    assert_eq!(h.temp_keys().await, [key], "the original is kept for inspection");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(h.queue_is_empty().await, "a permanent failure is not retried");
+    app.stop().await;
+}
+
+/// A worker process killed mid-batch and started again finishes every job, losing nothing.
+async fn killed_worker_restarts_and_finishes(backend: Backend) {
+    let Some(h) = Harness::new(backend, "killed_worker_restarts_and_finishes").await else { return };
+    let api = h.start(Role::Api).await;
+    let base = base(&api);
+    let files: Vec<(&str, Vec<u8>)> = (0..4).map(|_| ("p.jpg", common::jpeg(&common::photo(2000, 1500)))).collect();
+    let (first, body) = h.upload(&base, "", files.clone()).await;
+    assert_eq!(first, 202, "{body}");
+    let mut all = keys(&body);
+    let (_, body) = h.upload(&base, "", files).await;
+    all.extend(keys(&body));
+
+    let mut worker = h.spawn("worker");
+    // Kill it as soon as the first result lands: the rest of the batch is in flight or waiting.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.store.list(Bucket::Permanent, "").await.unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let done_before = h.store.list(Bucket::Permanent, "").await.unwrap().len();
+    assert!(done_before < all.len(), "killed mid-batch ({done_before} of {} done)", all.len());
+
+    let mut worker = h.spawn("worker");
+    for key in &all {
+        let status = h.wait_settled(&base, key, Duration::from_secs(60)).await;
+        assert_eq!(status["state"], "done", "{status}");
+    }
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let mut results = h.store.list(Bucket::Permanent, "").await.unwrap();
+    results.sort();
+    all.sort();
+    assert_eq!(results, all, "every image has exactly one result and no failure record");
+    assert!(h.temp_keys().await.is_empty());
+    api.stop().await;
+}
+
+/// One `api` process and one `worker` process sharing the backend complete a batch.
+async fn separate_api_and_worker_processes(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "separate_api_and_worker_processes").await else { return };
+    // A fixed free port for the api process, so the test knows where to send requests.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    h.config.listen = format!("127.0.0.1:{port}");
+    let mut api = h.spawn("api");
+    let mut worker = h.spawn("worker");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the api process did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let files = (0..3).map(|_| ("p.png", common::png(&common::photo(1600, 1200)))).collect();
+    let (status, body) = h.upload(&base, "", files).await;
+    assert_eq!(status, 202, "{body}");
+    for key in keys(&body) {
+        let status = h.wait_settled(&base, &key, Duration::from_secs(60)).await;
+        assert_eq!(status["state"], "done", "{status}");
+        let bytes = h.client.get(format!("{base}/download/{key}")).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(common::decode(&bytes).dimensions(), (1024, 768), "default route: fit 1024x1024");
+    }
+    for child in [&mut api, &mut worker] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Embedded).await } )*
+        }
+        mod s3_sqs {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_each_backend!(
+    multi_image_upload,
+    prefix_routes_to_thumbnail,
+    pending_then_done_and_duplicates_converge,
+    bad_uploads_create_nothing,
+    plugin_rejection_is_reported,
+    killed_worker_restarts_and_finishes,
+    separate_api_and_worker_processes,
+);
