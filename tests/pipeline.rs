@@ -386,6 +386,82 @@ async fn separate_api_and_worker_processes(backend: Backend) {
     }
 }
 
+/// A plugin that runs past its time budget is retried through the visibility timeout; after the
+/// last allowed receive the job is reported failed and its message dead-lettered.
+async fn timeouts_retry_then_fail(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "timeouts_retry_then_fail").await else { return };
+    h.config.sandbox.time_budget_ms = 300;
+    h.config.routes.push(RouteConfig {
+        prefix: "slow/".into(),
+        plugin: common::built_plugin("misbehave").display().to_string(),
+        options: [("mode".to_string(), OptionValue::Text("spin".into()))].into_iter().collect(),
+    });
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    let (_, body) = h.upload(&base, "?prefix=slow", vec![("s.png", common::png(&common::photo(8, 8)))]).await;
+    let key = keys(&body)[0].clone();
+    let status = h.wait_settled(&base, &key, Duration::from_secs(60)).await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["error"]["code"], "gave-up");
+    assert_eq!(status["error"]["attempts"], h.config.worker.max_receives);
+    assert!(status["error"]["message"].as_str().unwrap().contains("time budget"), "{status}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dead = Vec::new();
+    while dead.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        dead = h.queue.receive_dead_letters(10).await.unwrap();
+    }
+    assert_eq!(dead.len(), 1, "the job went to the dead-letter queue");
+    assert_eq!(dead[0].body, Job { key: key.clone() }.to_body());
+    app.stop().await;
+}
+
+/// A job that runs longer than the visibility timeout keeps its message hidden (heartbeat), so no
+/// other worker starts it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_jobs_extend_their_visibility() {
+    let h = Harness::new(Backend::Embedded, "long_jobs_extend_their_visibility").await.unwrap();
+    let sandbox = pixbox::sandbox::Sandbox::new(pixbox::sandbox::SandboxSettings::default()).unwrap();
+    let slow = RouteConfig {
+        prefix: String::new(),
+        plugin: common::built_plugin("misbehave").display().to_string(),
+        options: [("mode", "spin"), ("ms", "3500")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), OptionValue::Text(v.into())))
+            .collect(),
+    };
+    let routes = pixbox::sandbox::Routes::load(&sandbox, &[slow]).unwrap();
+    let mut settings = h.config.worker.clone();
+    settings.visibility_timeout_secs = 2;
+    let worker = pixbox::worker::Worker {
+        store: h.store.clone(),
+        queue: h.queue.clone(),
+        sandbox: Arc::new(sandbox),
+        routes: Arc::new(routes),
+        settings,
+        limits: h.config.limits.pixels(),
+        max_input_bytes: 1 << 20,
+    };
+    let key = "long.png";
+    let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
+    h.store.put(Bucket::Temp, key, common::png(&common::photo(8, 8)).into(), &meta).await.unwrap();
+    h.queue.send_batch(&[Job { key: key.into() }.to_body()]).await.unwrap();
+    let delivery = h.queue.receive(1, Duration::ZERO, worker.visibility()).await.unwrap().remove(0);
+    let job = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.process(&delivery).await }
+    });
+    // Past the 2 s visibility timeout the job is still running, and still hidden.
+    for at in [2_500, 3_200] {
+        tokio::time::sleep(Duration::from_millis(if at == 2_500 { 2_500 } else { 700 })).await;
+        let stolen = h.queue.receive(10, Duration::ZERO, Duration::from_secs(30)).await.unwrap();
+        assert!(stolen.is_empty(), "redelivered at {at} ms while still running: {stolen:?}");
+    }
+    let outcome = job.await.unwrap();
+    assert_eq!(outcome, pixbox::worker::Outcome::Done { key: key.into(), plugin: "misbehave".into() });
+    assert!(h.queue_is_empty().await);
+}
+
 macro_rules! on_each_backend {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -405,4 +481,5 @@ on_each_backend!(
     plugin_rejection_is_reported,
     killed_worker_restarts_and_finishes,
     separate_api_and_worker_processes,
+    timeouts_retry_then_fail,
 );
