@@ -294,6 +294,8 @@ async fn bad_uploads_create_nothing(backend: Backend) {
     assert_eq!(health.status(), 200);
     let ready = h.client.get(format!("{base}/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    let doc: Value = h.client.get(format!("{base}/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(doc["paths"]["/upload"]["post"].is_object(), "the OpenAPI document is served");
     api.stop().await;
 }
 

@@ -27,7 +27,7 @@ pub fn failure_key(key: &str) -> String {
 }
 
 /// Why a job failed for good, as stored and as reported by `/status` and `/download`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     /// A stable kebab-case reason (`bad-input`, `timeout`, `too-many-pixels`, ...).
     pub code: String,

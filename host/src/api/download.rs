@@ -12,16 +12,19 @@ use super::{ApiError, ApiState, key_path};
 use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
 use crate::storage::{Bucket, StoreError, validate_key};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeyQuery {
+    /// The image's key, as returned by `/upload`.
     key: Option<String>,
 }
 
 /// The JSON of `/status` (and of `/download` while not done).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub key: String,
     /// `pending`, `done` or `failed`.
+    #[schema(value_type = String, example = "done")]
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
@@ -33,6 +36,30 @@ pub struct Status {
     pub download_url: String,
 }
 
+/// The body of a 422 from `/download`: why processing failed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FailedDownload {
+    /// Always `processing-failed`.
+    pub code: String,
+    pub message: String,
+    pub status: Status,
+}
+
+#[utoipa::path(
+    get,
+    path = "/download/{key}",
+    tag = "images",
+    params(("key" = String, Path, description = "The image's key; may contain `/`")),
+    responses(
+        (status = 200, description = "The result, with its real Content-Type, ETag, Cache-Control and X-Content-Type-Options: nosniff", content_type = "image/*", body = Vec<u8>),
+        (status = 202, description = "Still pending", body = Status),
+        (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
+        (status = 400, description = "`invalid-key`", body = ApiError),
+        (status = 404, description = "`not-found`", body = ApiError),
+        (status = 422, description = "Processing failed for good", body = FailedDownload),
+        (status = 503, description = "`unavailable`", body = ApiError),
+    )
+)]
 pub async fn download_by_path(
     State(state): State<ApiState>,
     Path(key): Path<String>,
@@ -41,6 +68,21 @@ pub async fn download_by_path(
     download(&state, &key, &headers).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/download",
+    tag = "images",
+    params(KeyQuery),
+    responses(
+        (status = 200, description = "The result (as `/download/{key}`)", content_type = "image/*", body = Vec<u8>),
+        (status = 202, description = "Still pending", body = Status),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
+        (status = 404, description = "`not-found`", body = ApiError),
+        (status = 422, description = "Processing failed for good", body = FailedDownload),
+        (status = 503, description = "`unavailable`", body = ApiError),
+    )
+)]
 pub async fn download_by_query(
     State(state): State<ApiState>,
     Query(query): Query<KeyQuery>,
@@ -49,10 +91,34 @@ pub async fn download_by_query(
     download(&state, &required(query.key)?, &headers).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/status/{key}",
+    tag = "images",
+    params(("key" = String, Path, description = "The image's key; may contain `/`")),
+    responses(
+        (status = 200, description = "Where the job stands", body = Status),
+        (status = 400, description = "`invalid-key`", body = ApiError),
+        (status = 404, description = "`not-found`", body = ApiError),
+        (status = 503, description = "`unavailable`", body = ApiError),
+    )
+)]
 pub async fn status_by_path(State(state): State<ApiState>, Path(key): Path<String>) -> Result<Json<Status>, ApiError> {
     status(&state, &key).await.map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "images",
+    params(KeyQuery),
+    responses(
+        (status = 200, description = "Where the job stands", body = Status),
+        (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
+        (status = 404, description = "`not-found`", body = ApiError),
+        (status = 503, description = "`unavailable`", body = ApiError),
+    )
+)]
 pub async fn status_by_query(
     State(state): State<ApiState>,
     Query(query): Query<KeyQuery>,

@@ -6,11 +6,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
+    #[schema(ignore)]
     pub status: StatusCode,
+    /// A stable kebab-case code for programs (`unsupported-format`, `not-found`, ...).
+    #[schema(value_type = String, example = "unsupported-format")]
     pub code: &'static str,
+    /// What went wrong, for humans.
     pub message: String,
 }
 

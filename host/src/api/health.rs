@@ -5,18 +5,32 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::{ApiError, ApiState};
 
 /// How long readiness waits for each backend.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// The body of `/health` and `/ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (health) or `ready` (readiness).
+    #[schema(value_type = String, example = "ok")]
+    pub status: &'static str,
 }
 
-pub async fn ready(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "The store and the queue answer", body = Health),
+    (status = 503, description = "`not-ready`", body = ApiError),
+))]
+pub async fn ready(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
     let not_ready = |what: &str, detail: String| {
         tracing::warn!("not ready: {what}: {detail}");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", format!("the {what} is not answering"))
@@ -31,5 +45,5 @@ pub async fn ready(State(state): State<ApiState>) -> Result<Json<Value>, ApiErro
         Ok(Err(e)) => return Err(not_ready("queue", e.to_string())),
         Err(_) => return Err(not_ready("queue", "timed out".into())),
     }
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(Health { status: "ready" }))
 }

@@ -3,14 +3,15 @@
 mod download;
 mod error;
 mod health;
+pub mod openapi;
 mod upload;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{Method, StatusCode};
+use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
 
@@ -26,20 +27,45 @@ pub struct ApiState {
     pub limits: UploadLimits,
 }
 
-/// Every route of the api.
+/// Every route of the api, with its state.
 pub fn router(state: ApiState) -> Router {
     let body_limit = usize::try_from(state.limits.max_request_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route("/upload", post(upload::upload).layer(DefaultBodyLimit::max(body_limit)))
-        .route("/download", get(download::download_by_query))
-        .route("/download/{*key}", get(download::download_by_path))
-        .route("/status", get(download::status_by_query))
-        .route("/status/{*key}", get(download::status_by_path))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
+    routes(body_limit)
+        .router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no-such-route", "no such route") })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The routes the router serves, as (method, axum path), for checking the OpenAPI document.
+pub fn served_routes() -> Vec<(Method, &'static str)> {
+    routes(0).served
+}
+
+/// A router that remembers what it serves.
+struct RouteTable {
+    router: Router<ApiState>,
+    served: Vec<(Method, &'static str)>,
+}
+
+impl RouteTable {
+    fn route(mut self, method: Method, path: &'static str, handler: MethodRouter<ApiState>) -> Self {
+        self.served.push((method, path));
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+fn routes(body_limit: usize) -> RouteTable {
+    RouteTable { router: Router::new(), served: Vec::new() }
+        .route(Method::POST, "/upload", post(upload::upload).layer(DefaultBodyLimit::max(body_limit)))
+        .route(Method::GET, "/download", get(download::download_by_query))
+        .route(Method::GET, "/download/{*key}", get(download::download_by_path))
+        .route(Method::GET, "/status", get(download::status_by_query))
+        .route(Method::GET, "/status/{*key}", get(download::status_by_path))
+        .route(Method::GET, "/health", get(health::health))
+        .route(Method::GET, "/ready", get(health::ready))
+        .route(Method::GET, "/openapi.json", get(openapi::openapi_json))
 }
 
 /// The URL path of a key under `/download/` or `/status/` (segments percent-encoded).

@@ -24,22 +24,54 @@ pub struct UploadQuery {
     prefix: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The multipart form `POST /upload` takes (documentation only; parts are read as a stream).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// One or more image files (JPEG, PNG, WebP, GIF); any field name works.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    images: Vec<Vec<u8>>,
+    /// Optional route prefix (e.g. `avatars/`); must come before the images.
+    prefix: Option<String>,
+}
+
+/// The answer to an accepted upload.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UploadResponse {
     pub images: Vec<Uploaded>,
 }
 
-#[derive(Debug, Serialize)]
+/// One stored and queued image.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Uploaded {
+    /// The key the result will be stored under (prefix + unique id + extension of the format).
     pub key: String,
+    /// Relative URL of `/status/{key}`.
     pub status_url: String,
+    /// Relative URL of `/download/{key}`.
     pub download_url: String,
+    #[schema(value_type = String, example = "image/jpeg")]
     pub media_type: &'static str,
     pub width: u32,
     pub height: u32,
     pub bytes: usize,
 }
 
+#[utoipa::path(
+    post,
+    path = "/upload",
+    tag = "images",
+    params(("prefix" = Option<String>, Query, description = "Route prefix, e.g. `avatars/` (or the `prefix` form field)")),
+    request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Every image stored and queued", body = UploadResponse),
+        (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`", body = ApiError),
+        (status = 413, description = "`body-too-large`, `image-too-large`, `too-many-images`", body = ApiError),
+        (status = 415, description = "`unsupported-format`, `not-multipart`", body = ApiError),
+        (status = 422, description = "`unreadable-image`, `too-many-pixels`, `truncated-image`", body = ApiError),
+        (status = 503, description = "`unavailable`: the store or the queue is not answering", body = ApiError),
+    )
+)]
 pub async fn upload(
     State(state): State<ApiState>,
     Query(query): Query<UploadQuery>,

@@ -1,0 +1,72 @@
+//! The OpenAPI 3 document of the api, generated from the handlers' annotations and served at
+//! `GET /openapi.json`.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{download, health, upload};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "pixbox",
+        description = "Image upload-and-resize service: upload images, a worker transforms them in a \
+                       WebAssembly sandbox every 10 seconds, download the results. Errors are JSON \
+                       `{code, message}` with a stable kebab-case `code`."
+    ),
+    paths(
+        upload::upload,
+        download::download_by_path,
+        download::download_by_query,
+        download::status_by_path,
+        download::status_by_query,
+        health::health,
+        health::ready,
+
+        openapi_json,
+    ),
+    tags(
+        (name = "images", description = "Upload, status and download"),
+        (name = "operations", description = "Health, readiness and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document, as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This OpenAPI 3 document", content_type = "application/json")))]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router serves is in the document, with its method; and nothing else is.
+    #[test]
+    fn every_served_route_is_documented() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let served = crate::api::served_routes();
+        for (method, path) in &served {
+            // axum's catch-all `{*key}` is the OpenAPI path parameter `{key}`.
+            let documented_path = path.replace("{*", "{");
+            let method = method.as_str().to_ascii_lowercase();
+            assert!(
+                paths.get(&documented_path).and_then(|p| p.get(&method)).is_some(),
+                "{method} {documented_path} is served but not in the OpenAPI document"
+            );
+        }
+        let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+        assert_eq!(documented, served.len(), "the document describes routes the router does not serve");
+        // Error bodies are described.
+        assert!(doc["components"]["schemas"]["ApiError"]["properties"]["code"].is_object());
+    }
+}
