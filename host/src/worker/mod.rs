@@ -15,7 +15,7 @@ use crate::config::WorkerSettings;
 use crate::imaging::{self, PixelLimits};
 use crate::jobs::{self, Failure, Job};
 use crate::queue::{Delivery, JobQueue};
-use crate::sandbox::{Routes, Sandbox, TransformError};
+use crate::sandbox::{Route, Routes, Sandbox, TransformError};
 use crate::storage::{BlobStore, Bucket, ObjectMeta, StoreError};
 
 /// What processing one delivery came to.
@@ -134,7 +134,7 @@ impl Worker {
         let route = self.routes.resolve(key);
         let plugin = route.plugin.info.name.clone();
         let started = Instant::now();
-        let result = self.transform_with_heartbeat(key, original, header.format.media_type(), delivery).await;
+        let result = self.transform_with_heartbeat(route, original, header.format.media_type(), delivery).await;
         let output = match result {
             Ok(output) => output,
             Err(e) if e.is_permanent() => {
@@ -169,16 +169,13 @@ impl Worker {
     /// a long job is not handed to another worker.
     async fn transform_with_heartbeat(
         &self,
-        key: &str,
+        route: &Route,
         input: Bytes,
         media_type: &'static str,
         delivery: &Delivery,
     ) -> Result<crate::sandbox::Output, TransformError> {
-        let (sandbox, routes, key_owned) = (self.sandbox.clone(), self.routes.clone(), key.to_string());
-        let mut task = tokio::task::spawn_blocking(move || {
-            let route = routes.resolve(&key_owned);
-            sandbox.transform(&route.plugin, &input, media_type, &route.options)
-        });
+        let (sandbox, plugin, options) = (self.sandbox.clone(), route.plugin.clone(), route.options.clone());
+        let mut task = tokio::task::spawn_blocking(move || sandbox.transform(&plugin, &input, media_type, &options));
         let beat = (self.visibility() / 2).max(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -187,7 +184,7 @@ impl Worker {
                 }
                 _ = tokio::time::sleep(beat) => {
                     if let Err(e) = self.queue.extend_visibility(&delivery.receipt, self.visibility()).await {
-                        tracing::warn!(key, "cannot extend the job's visibility: {e}");
+                        tracing::warn!(message_id = delivery.message_id, "cannot extend the job's visibility: {e}");
                     }
                 }
             }
