@@ -84,9 +84,9 @@ pub async fn upload(
             format!("send the images as multipart/form-data: {}", e.body_text()),
         )
     })?;
-    let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
+        let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             if field.name() == Some("prefix") && field.file_name().is_none() {
                 if !stored.is_empty() {
@@ -158,6 +158,13 @@ pub async fn upload(
             Ok((StatusCode::ACCEPTED, Json(UploadResponse { images: stored })))
         }
         Err(e) => {
+            // Read the rest of the body (it is within the request limit) before answering: a client
+            // still sending would otherwise see a broken connection instead of this error.
+            if e.code != "body-too-large" {
+                while let Ok(Some(mut field)) = multipart.next_field().await {
+                    while let Ok(Some(_)) = field.chunk().await {}
+                }
+            }
             // Nothing of a failed request may be processed: remove what was stored.
             for image in &stored {
                 if let Err(err) = state.store.delete(Bucket::Temp, &image.key).await {
