@@ -84,15 +84,12 @@ impl EmbeddedQueue {
         let now = now_ms();
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
         move_dead_letters(&tx, now, max_receives)?;
-        let rows: Vec<(String, String, u32)> = {
-            let mut stmt = tx
-                .prepare("SELECT id, body, receive_count FROM messages WHERE visible_at <= ?1 ORDER BY seq LIMIT ?2")
-                .map_err(sql)?;
-            stmt.query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .map_err(sql)?
-                .collect::<Result<_, _>>()
-                .map_err(sql)?
-        };
+        let rows = visible_rows(
+            &tx,
+            "SELECT id, body, receive_count FROM messages WHERE visible_at <= ?1 ORDER BY seq LIMIT ?2",
+            now,
+            max,
+        )?;
         let hidden_until = now + visibility.as_millis() as i64;
         let mut deliveries = Vec::with_capacity(rows.len());
         for (id, body, count) in rows {
@@ -112,6 +109,15 @@ impl EmbeddedQueue {
         tx.commit().map_err(sql)?;
         Ok(deliveries)
     }
+}
+
+/// (id, body, receive count) of up to `max` rows that `query` (taking `now` and `max`) selects.
+fn visible_rows(db: &Connection, query: &str, now: i64, max: usize) -> Result<Vec<(String, String, u32)>, QueueError> {
+    let mut stmt = db.prepare(query).map_err(sql)?;
+    stmt.query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(sql)?
+        .collect::<Result<_, _>>()
+        .map_err(sql)
 }
 
 /// Messages received `max_receives` times whose visibility ran out again go to the dead letters
@@ -215,15 +221,12 @@ impl JobQueue for EmbeddedQueue {
             let now = now_ms();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
             move_dead_letters(&tx, now, max_receives)?;
-            let rows: Vec<(String, String, u32)> = {
-                let mut stmt = tx
-                    .prepare("SELECT id, body, receive_count FROM dead_letters WHERE visible_at <= ?1 ORDER BY dead_at LIMIT ?2")
-                    .map_err(sql)?;
-                stmt.query_map(params![now, max as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .map_err(sql)?
-                    .collect::<Result<_, _>>()
-                    .map_err(sql)?
-            };
+            let rows = visible_rows(
+                &tx,
+                "SELECT id, body, receive_count FROM dead_letters WHERE visible_at <= ?1 ORDER BY dead_at LIMIT ?2",
+                now,
+                max,
+            )?;
             let mut out = Vec::new();
             for (id, body, count) in rows {
                 let token = uuid::Uuid::new_v4().to_string();
