@@ -236,7 +236,7 @@ async fn pending_then_done_and_duplicates_converge(backend: Backend) {
     let response = h.client.get(format!("{base}/download/{key}")).send().await.unwrap();
     assert_eq!(response.status(), 202);
     // The queue delivers at least once: send the same job again.
-    h.queue.send_batch(&[Job { key: key.clone() }.to_body()]).await.unwrap();
+    h.queue.send_batch(&[Job { key: key.clone(), upload: None }.to_body()]).await.unwrap();
 
     let worker = h.start(Role::Worker).await;
     assert_eq!(h.wait_settled(&base, &key, Duration::from_secs(30)).await["state"], "done");
@@ -390,10 +390,10 @@ async fn separate_api_and_worker_processes(backend: Backend) {
     }
 }
 
-/// A plugin that runs past its time budget is retried through the visibility timeout; after the
-/// last allowed receive the job is reported failed and its message dead-lettered.
-async fn timeouts_retry_then_fail(backend: Backend) {
-    let Some(mut h) = Harness::new(backend, "timeouts_retry_then_fail").await else { return };
+/// A plugin that runs past its time budget gets a second attempt at once; the second timeout is
+/// a permanent `timeout` failure, and the message is deleted.
+async fn timeouts_fail_for_good_on_the_second_attempt(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "timeouts_fail_for_good_on_the_second_attempt").await else { return };
     h.config.sandbox.time_budget_ms = 300;
     h.config.routes.push(RouteConfig {
         prefix: "slow/".into(),
@@ -406,17 +406,42 @@ async fn timeouts_retry_then_fail(backend: Backend) {
     let key = keys(&body)[0].clone();
     let status = h.wait_settled(&base, &key, Duration::from_secs(60)).await;
     assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["error"]["code"], "timeout");
+    assert_eq!(status["error"]["attempts"], pixbox::worker::RESOURCE_ATTEMPTS);
+    assert_eq!(status["error"]["message"], "the plugin ran past its time budget of 300ms", "{status}");
+    assert!(h.queue_is_empty().await, "settled: the message is gone");
+    app.stop().await;
+}
+
+/// A plugin that keeps crashing is retried through the visibility timeout; after the last allowed
+/// receive the job is reported failed (`gave-up`, without the plugin's output) and its message
+/// dead-lettered.
+async fn crashes_retry_then_give_up(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "crashes_retry_then_give_up").await else { return };
+    h.config.worker.visibility_timeout_secs = 1;
+    h.config.routes.push(RouteConfig {
+        prefix: "crash/".into(),
+        plugin: common::built_plugin("misbehave").display().to_string(),
+        options: [("mode".to_string(), OptionValue::Text("panic".into()))].into_iter().collect(),
+    });
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    let (_, body) = h.upload(&base, "?prefix=crash", vec![("s.png", common::png(&common::photo(8, 8)))]).await;
+    let key = keys(&body)[0].clone();
+    let status = h.wait_settled(&base, &key, Duration::from_secs(60)).await;
+    assert_eq!(status["state"], "failed", "{status}");
     assert_eq!(status["error"]["code"], "gave-up");
     assert_eq!(status["error"]["attempts"], h.config.worker.max_receives);
-    assert!(status["error"]["message"].as_str().unwrap().contains("time budget"), "{status}");
+    let message = status["error"]["message"].as_str().unwrap();
+    assert!(message.contains("last error: trap") && !message.contains("asked to panic"), "{status}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut dead = Vec::new();
     while dead.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        dead = h.queue.receive_dead_letters(10).await.unwrap();
+        dead = h.queue.receive_dead_letters(10, Duration::from_secs(30)).await.unwrap();
     }
     assert_eq!(dead.len(), 1, "the job went to the dead-letter queue");
-    assert_eq!(dead[0].body, Job { key: key.clone() }.to_body());
+    assert_eq!(dead[0].body, Job { key: key.clone(), upload: None }.to_body());
     app.stop().await;
 }
 
@@ -434,7 +459,7 @@ async fn long_jobs_extend_their_visibility() {
             .map(|(k, v)| (k.to_string(), OptionValue::Text(v.into())))
             .collect(),
     };
-    let routes = pixbox::sandbox::Routes::load(&sandbox, &[slow]).unwrap();
+    let routes = pixbox::sandbox::Routes::load(&sandbox, &[slow]).await.unwrap();
     let mut settings = h.config.worker.clone();
     settings.visibility_timeout_secs = 2;
     let worker = pixbox::worker::Worker {
@@ -449,7 +474,7 @@ async fn long_jobs_extend_their_visibility() {
     let key = "long.png";
     let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
     h.store.put(Bucket::Temp, key, common::png(&common::photo(8, 8)).into(), &meta).await.unwrap();
-    h.queue.send_batch(&[Job { key: key.into() }.to_body()]).await.unwrap();
+    h.queue.send_batch(&[Job { key: key.into(), upload: None }.to_body()]).await.unwrap();
     let delivery = h.queue.receive(1, Duration::ZERO, worker.visibility()).await.unwrap().remove(0);
     let job = tokio::spawn({
         let worker = worker.clone();
@@ -464,6 +489,89 @@ async fn long_jobs_extend_their_visibility() {
     let outcome = job.await.unwrap();
     assert_eq!(outcome, pixbox::worker::Outcome::Done { key: key.into(), plugin: "misbehave".into() });
     assert!(h.queue_is_empty().await);
+}
+
+/// `pixbox serve` (a real process, the default 10 s schedule) with a route to a plugin that sleeps
+/// in a host call and the default route: the sleeping jobs fail with `timeout` at their budget
+/// (twice, the second attempt right after the first), the others are all done, and SIGTERM with a
+/// job in flight exits within the shutdown grace, releasing that job's message at once.
+async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "a_sleeping_plugin_never_stalls_the_worker").await else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    h.config.listen = format!("127.0.0.1:{port}");
+    let budget = Duration::from_millis(3_000);
+    let config = h.config.data_dir.join("pixbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sandbox]\ntime_budget_ms = {}\n[worker]\nconcurrency = 2\nshutdown_grace_secs = 1\n\
+             [[routes]]\nprefix = \"sleepy/\"\nplugin = {:?}\noptions = {{ mode = \"sleep\" }}\n",
+            budget.as_millis(),
+            common::built_plugin("misbehave").display().to_string()
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(common::pixbox_bin())
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            // The harness's 1 s schedule is left out: this runs on the default 10 s ticks.
+            .envs(h.env("all").into_iter().filter(|(k, _)| k != "PIXBOX_WORKER_SCHEDULE"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let app = spawn();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while h.client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "pixbox did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let tick = Duration::from_secs(10);
+    let started = Instant::now();
+    let photo = || common::jpeg(&common::photo(1200, 900));
+    let (status, body) = h.upload(&base, "?prefix=sleepy", vec![("a.jpg", photo()), ("b.jpg", photo())]).await;
+    assert_eq!(status, 202, "{body}");
+    let sleepy = keys(&body);
+    let (status, body) = h.upload(&base, "", (0..4).map(|_| ("p.jpg", photo())).collect()).await;
+    assert_eq!(status, 202, "{body}");
+    let others = keys(&body);
+    for key in &others {
+        let status = h.wait_settled(&base, key, Duration::from_secs(60)).await;
+        assert_eq!(status["state"], "done", "{status}");
+    }
+    for key in &sleepy {
+        let status = h.wait_settled(&base, key, Duration::from_secs(60)).await;
+        assert_eq!(status["state"], "failed", "{status}");
+        assert_eq!(status["error"]["code"], "timeout", "{status}");
+    }
+    // Before: a sleeping job held its slot for a minute per attempt. Now: the next tick, then
+    // two attempts of one budget each, the two sleepy jobs side by side on two slots.
+    let took = started.elapsed();
+    assert!(took <= tick + budget * 2 + Duration::from_secs(3), "all settled after {took:?}");
+
+    // SIGTERM while a sleeping job is in flight: out within the 1 s grace (plus a receive wait).
+    let (_, body) = h.upload(&base, "?prefix=sleepy", vec![("c.jpg", photo())]).await;
+    let key = keys(&body)[0].clone();
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let to_next_tick = tick - Duration::from_millis((wall.as_millis() % 10_000) as u64);
+    tokio::time::sleep(to_next_tick + Duration::from_millis(1_000)).await;
+    let stopping = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &app.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut app = app;
+    let exit = tokio::task::spawn_blocking(move || app.wait().unwrap()).await.unwrap();
+    let stopped = stopping.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(stopped <= Duration::from_millis(2_500), "SIGTERM took {stopped:?} with a 1 s grace");
+    let state = pixbox::jobs::state(&*h.store, &key).await.unwrap();
+    assert!(matches!(state, pixbox::jobs::State::Pending), "the cancelled job is not failed: {state:?}");
+    let released = h.queue.receive(1, Duration::from_secs(2), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(released.len(), 1, "its message was released for another worker at once");
 }
 
 macro_rules! on_each_backend {
@@ -485,5 +593,7 @@ on_each_backend!(
     plugin_rejection_is_reported,
     killed_worker_restarts_and_finishes,
     separate_api_and_worker_processes,
-    timeouts_retry_then_fail,
+    timeouts_fail_for_good_on_the_second_attempt,
+    crashes_retry_then_give_up,
+    a_sleeping_plugin_never_stalls_the_worker,
 );

@@ -60,6 +60,7 @@ conformance_tests!(
     extend_visibility_keeps_hidden,
     delete_removes,
     dead_letter_after_max_receives,
+    dead_letters_can_be_looked_at,
     check_answers,
 );
 

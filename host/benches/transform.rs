@@ -36,8 +36,9 @@ fn main() {
         },
     ];
 
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Sandbox::new(SandboxSettings::default()).unwrap();
-    let plugin = sandbox.load("resize").unwrap();
+    let plugin = runtime.block_on(sandbox.load("resize")).unwrap();
     let params = vec![
         Param { name: "width".into(), value: "1024".into() },
         Param { name: "height".into(), value: "1024".into() },
@@ -52,7 +53,7 @@ fn main() {
         let mut peak = 0;
         let mut out_dims = (0, 0);
         let sandboxed = measure(|| {
-            let out = sandbox.transform(&plugin, &case.bytes, case.media_type, &params).unwrap();
+            let out = runtime.block_on(sandbox.transform(&plugin, &case.bytes, case.media_type, &params)).unwrap();
             peak = out.stats.memory_peak;
             out_dims = (out.header.width, out.header.height);
         });

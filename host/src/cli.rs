@@ -111,10 +111,11 @@ pub fn transform(
         .with_context(|| format!("{} is refused (see [limits] in pixbox.toml)", input.display()))?;
 
     let sandbox = sandbox(config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
     let (plugin, mut params) = match plugin {
-        Some(spec) => (sandbox.load(spec)?, Vec::new()),
+        Some(spec) => (runtime.block_on(sandbox.load(spec))?, Vec::new()),
         None => {
-            let routes = Routes::load(&sandbox, &config.routes)?;
+            let routes = runtime.block_on(Routes::load(&sandbox, &config.routes))?;
             let route = routes.resolve(key);
             (route.plugin.clone(), route.options.clone())
         }
@@ -128,8 +129,8 @@ pub fn transform(
     }
 
     let started = Instant::now();
-    let result = sandbox
-        .transform(&plugin, &bytes, header.format.media_type(), &params)
+    let result = runtime
+        .block_on(sandbox.transform(&plugin, &bytes, header.format.media_type(), &params))
         .with_context(|| format!("{} {} failed on {}", plugin.info.name, plugin.info.version, input.display()))?;
     std::fs::write(output, &result.bytes).with_context(|| format!("cannot write {}", output.display()))?;
     let out = result.header;
@@ -158,7 +159,7 @@ pub fn transform(
 /// `pixbox plugin info`.
 pub fn plugin_info(config: &Config, spec: &str) -> anyhow::Result<()> {
     let sandbox = sandbox(config)?;
-    let plugin = sandbox.load(spec)?;
+    let plugin = tokio::runtime::Runtime::new()?.block_on(sandbox.load(spec))?;
     let info = &plugin.info;
     println!("{} {} (pixbox:transform@0.1.0)", info.name, info.version);
     println!("{}", info.description);

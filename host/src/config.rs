@@ -144,6 +144,9 @@ pub struct WorkerSettings {
     pub max_receives: u32,
     /// Longest time one tick keeps draining the queue, in seconds.
     pub tick_budget_secs: u64,
+    /// On shutdown, how long jobs in flight may take to finish, in seconds; the rest are cancelled
+    /// and their messages released for another worker.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -155,6 +158,7 @@ impl Default for WorkerSettings {
             visibility_timeout_secs: 60,
             max_receives: 5,
             tick_budget_secs: 300,
+            shutdown_grace_secs: 20,
         }
     }
 }

@@ -10,6 +10,18 @@ use crate::storage::{BlobStore, Bucket, ObjectInfo, ObjectMeta, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub key: String,
+    /// For an upload of several images: the upload, whose commit record must exist before any of
+    /// its jobs runs (its jobs go out in several sends, and one may fail after others went out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadRef>,
+}
+
+/// Which upload a job belongs to and when it was queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRef {
+    pub id: String,
+    /// Unix time in milliseconds when the job was queued.
+    pub queued_ms: u64,
 }
 
 impl Job {
@@ -26,12 +38,22 @@ pub fn failure_key(key: &str) -> String {
     format!("{RESERVED_PREFIX}failed/{key}")
 }
 
+/// Where the commit record of an upload of several images is kept (temp bucket). It lists the
+/// upload's keys; it is written after all of the upload's jobs are queued and removed when all of
+/// them are settled.
+pub fn commit_key(upload: &str) -> String {
+    format!("{RESERVED_PREFIX}uploads/{upload}")
+}
+
+/// The code of the failure recorded when the queue gives up on a job (it is dead-lettered).
+pub const GAVE_UP: &str = "gave-up";
+
 /// Why a job failed for good, as stored and as reported by `/status` and `/download`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     /// A stable kebab-case reason (`bad-input`, `timeout`, `too-many-pixels`, ...).
     pub code: String,
-    /// Human-readable detail.
+    /// A short human-readable reason (details such as plugin output stay in the server's log).
     pub message: String,
     /// The plugin that ran, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,9 +64,27 @@ pub struct Failure {
 
 /// Writes the failure record of `key`.
 pub async fn record_failure(store: &dyn BlobStore, key: &str, failure: &Failure) -> Result<(), StoreError> {
-    let body = Bytes::from(serde_json::to_vec(failure).expect("failure serializes"));
-    let meta = ObjectMeta { content_type: "application/json".into(), metadata: Default::default() };
-    store.put(Bucket::Permanent, &failure_key(key), body, &meta).await
+    store.put(Bucket::Permanent, &failure_key(key), json(failure), &json_meta()).await
+}
+
+/// Writes the commit record of an upload of several images.
+pub async fn commit_upload(store: &dyn BlobStore, upload: &str, keys: &[String]) -> Result<(), StoreError> {
+    store.put(Bucket::Temp, &commit_key(upload), json(&keys), &json_meta()).await
+}
+
+/// The keys of a committed upload, or `None` when it is not committed (yet, or ever).
+pub async fn committed_keys(store: &dyn BlobStore, upload: &str) -> Result<Option<Vec<String>>, StoreError> {
+    let Some(object) = found(store.get(Bucket::Temp, &commit_key(upload)).await)? else { return Ok(None) };
+    let bytes = object.bytes(1 << 20).await?;
+    Ok(Some(serde_json::from_slice(&bytes).unwrap_or_default()))
+}
+
+fn json(value: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("record serializes"))
+}
+
+fn json_meta() -> ObjectMeta {
+    ObjectMeta { content_type: "application/json".into(), metadata: Default::default() }
 }
 
 /// Where a key stands.

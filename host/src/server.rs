@@ -31,14 +31,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let worker = if matches!(config.role, Role::Worker | Role::All) {
         let mut settings = config.sandbox.clone();
         settings.cache_dir = Some(config.plugin_cache_dir());
-        // Compiling plugins takes a moment: keep it off the async threads.
-        let routes_config = config.routes.clone();
-        let (sandbox, routes) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let sandbox = Sandbox::new(settings)?;
-            let routes = Routes::load(&sandbox, &routes_config)?;
-            Ok((Arc::new(sandbox), Arc::new(routes)))
-        })
-        .await??;
+        let sandbox = Arc::new(Sandbox::new(settings)?);
+        let routes = Arc::new(Routes::load(&sandbox, &config.routes).await?);
         for route in routes.iter() {
             tracing::info!(
                 prefix = route.prefix,

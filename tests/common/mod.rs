@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // every test file uses a different part of this module
 
+pub mod memory;
+pub mod wat;
+
 use std::io::Cursor;
 use std::path::PathBuf;
 

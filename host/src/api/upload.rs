@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, key_path};
 use crate::imaging::{self, Format, Header};
-use crate::jobs::{Job, RESERVED_PREFIX};
+use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::queue::MAX_BATCH;
 use crate::storage::{Bucket, ObjectMeta};
 
@@ -142,9 +142,19 @@ pub async fn upload(
                 "the upload holds no images: send multipart/form-data with one or more file parts",
             ));
         }
+        // One image is one message: sent or not. Several go out in more than one send, so
+        // their jobs wait for a commit record written after the last send: if a send fails, the
+        // jobs already sent find no commit (and no original) and are dropped without a trace.
+        let upload =
+            (stored.len() > 1).then(|| UploadRef { id: uuid::Uuid::now_v7().to_string(), queued_ms: now_ms() });
         for chunk in stored.chunks(MAX_BATCH) {
-            let bodies: Vec<String> = chunk.iter().map(|u| Job { key: u.key.clone() }.to_body()).collect();
+            let bodies: Vec<String> =
+                chunk.iter().map(|u| Job { key: u.key.clone(), upload: upload.clone() }.to_body()).collect();
             state.queue.send_batch(&bodies).await.map_err(|e| ApiError::unavailable("queue", e))?;
+        }
+        if let Some(upload) = &upload {
+            let keys: Vec<String> = stored.iter().map(|u| u.key.clone()).collect();
+            jobs::commit_upload(&*state.store, &upload.id, &keys).await?;
         }
         Ok(())
     }
@@ -257,4 +267,8 @@ fn multipart_error(e: MultipartError) -> ApiError {
             format!("not a valid multipart/form-data body: {}", e.body_text()),
         )
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -97,12 +97,35 @@ pub async fn dead_letter_after_max_receives(queue: &dyn JobQueue) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut dead = Vec::new();
     while dead.is_empty() && Instant::now() < deadline {
-        dead = queue.receive_dead_letters(10).await.unwrap();
+        dead = queue.receive_dead_letters(10, Duration::from_secs(30)).await.unwrap();
         if dead.is_empty() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
     assert_eq!(bodies(&dead), BTreeSet::from(["poison".to_string()]));
+    // Hidden for the visibility asked for; zero leaves it visible to the next look.
+    assert!(queue.receive_dead_letters(10, Duration::ZERO).await.unwrap().is_empty());
+}
+
+/// A dead letter received with zero visibility stays visible (the worker's sweep only looks).
+pub async fn dead_letters_can_be_looked_at(queue: &dyn JobQueue) {
+    queue.send_batch(&strings(&["peek"])).await.unwrap();
+    for _ in 1..=MAX_RECEIVES {
+        receive_n(queue, 1, VISIBILITY, Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(queue.receive(10, Duration::from_secs(1), VISIBILITY).await.unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = 0;
+    while seen < 2 && Instant::now() < deadline {
+        let dead = queue.receive_dead_letters(10, Duration::ZERO).await.unwrap();
+        if bodies(&dead).contains("peek") {
+            seen += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    assert_eq!(seen, 2, "the dead letter was visible to two looks in a row");
 }
 
 /// Readiness answers.

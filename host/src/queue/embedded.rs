@@ -12,8 +12,6 @@ use super::{Delivery, JobQueue, QueueError, check_batch};
 
 /// How often a waiting receive looks again when nothing was sent from this process.
 const POLL: Duration = Duration::from_millis(100);
-/// How long a message received from the dead-letter table stays hidden.
-const DEAD_LETTER_VISIBILITY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedQueue {
@@ -213,7 +211,7 @@ impl JobQueue for EmbeddedQueue {
         if changed == 1 { Ok(()) } else { Err(QueueError::ReceiptExpired) }
     }
 
-    async fn receive_dead_letters(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive_dead_letters(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         check_batch(max)?;
         // Receiving also runs the move to the dead letters, as SQS does on receive.
         let max_receives = self.max_receives;
@@ -232,7 +230,7 @@ impl JobQueue for EmbeddedQueue {
                 let token = uuid::Uuid::new_v4().to_string();
                 tx.execute(
                     "UPDATE dead_letters SET visible_at = ?1, receipt = ?2 WHERE id = ?3",
-                    params![now + DEAD_LETTER_VISIBILITY.as_millis() as i64, token, id],
+                    params![now + visibility.as_millis() as i64, token, id],
                 )
                 .map_err(sql)?;
                 out.push(Delivery { receipt: format!("{id}:{token}"), message_id: id, body, receive_count: count });

@@ -52,8 +52,9 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
     async fn delete(&self, receipt: &str) -> Result<(), QueueError>;
     /// Keeps the message hidden for `visibility` from now (a heartbeat for long jobs).
     async fn extend_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
-    /// Receives up to `max` messages from the dead-letter queue (for operators and tests).
-    async fn receive_dead_letters(&self, max: usize) -> Result<Vec<Delivery>, QueueError>;
+    /// Receives up to `max` messages from the dead-letter queue (for operators, the worker's
+    /// dead-letter sweep and tests); each stays hidden for `visibility` (zero: not at all).
+    async fn receive_dead_letters(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError>;
     /// Checks the queue answers (for readiness).
     async fn check(&self) -> Result<(), QueueError>;
 }

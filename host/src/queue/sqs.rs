@@ -216,9 +216,9 @@ impl JobQueue for SqsQueue {
         }
     }
 
-    async fn receive_dead_letters(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+    async fn receive_dead_letters(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         check_batch(max)?;
-        self.receive_from(&self.dead_letter_url, max, Duration::ZERO, Duration::from_secs(30)).await
+        self.receive_from(&self.dead_letter_url, max, Duration::ZERO, visibility).await
     }
 
     async fn check(&self) -> Result<(), QueueError> {

@@ -1,43 +1,121 @@
-//! The single `bindgen!` site for the plugin contract (`wit/`), and the per-call host state that
-//! backs the contract's imports (`log`) and WASI (stdio captured, nothing else granted).
+//! The single `bindgen!` site for the plugin contract (`wit/`), the host side of its imports
+//! (`log`) and of WASI (stdio captured, nothing else granted), and the per-call host state that
+//! keeps every resource a plugin can make the host hold bounded.
 
 use std::sync::{Arc, Mutex};
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{ComponentType, HasSelf, Linker, Lower, ResourceTable, WasmStr};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
+    // Calls run on the async executor so a deadline can cancel them wherever they are.
+    imports: { default: async },
+    exports: { default: async },
 });
 
 pub use self::pixbox::transform::log::Level;
 pub use self::pixbox::transform::types::ParamSpec;
 
-/// How many `log` calls one transform may make before further messages are dropped, so a chatty
-/// plugin cannot flood the host's logs.
-const LOG_CALLS_PER_CALL: u32 = 256;
-/// Longest `log` message kept, in bytes.
-const LOG_MESSAGE_BYTES: usize = 4096;
+/// How many `log` calls one transform may make before further messages are dropped (and counted),
+/// so a chatty plugin cannot flood the host's logs.
+pub const LOG_CALLS_PER_CALL: u32 = 256;
+/// Longest `log` message kept, in bytes; only this much is ever copied out of the guest.
+pub const LOG_MESSAGE_BYTES: usize = 4096;
+/// Host time one call's `log` messages may take (checking a huge message's UTF-8 in place takes
+/// milliseconds); past it further messages are dropped.
+const LOG_TIME_PER_CALL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How much plugin stdout/stderr is kept per call; the rest is dropped (the plugin never notices).
 pub const STDIO_CAPTURE_BYTES: usize = 16 * 1024;
+/// Largest `wasi:random` request; a plugin seeds a hasher with a few bytes, never megabytes.
+pub const MAX_RANDOM_BYTES: u64 = 64 * 1024;
+/// Most WASI resources (streams, pollables) one call may hold at once.
+pub const MAX_RESOURCES: usize = 1024;
+/// Longest error message copied out of a plugin's `transform-error`.
+pub const ERROR_MESSAGE_BYTES: usize = 1024;
+/// Longest media type a plugin may return.
+const MEDIA_TYPE_BYTES: usize = 255;
+/// What one table element costs the host, for the per-call memory budget.
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// The WIT `image` record as the host sends it: borrowed, so the input is copied once, straight
+/// into the guest's memory.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct ImageIn<'a> {
+    pub bytes: &'a [u8],
+    #[component(name = "media-type")]
+    pub media_type: &'a str,
+}
+
+/// The `transform` export's signature, with the borrowed input. The output is lifted (copied)
+/// whole: wasmtime runs the guest's post-return (which frees the output) before a lazily lifted
+/// result could be read, so its size is checked after the copy. The copy is bounded all the same:
+/// it cannot be larger than the plugin's memory, which is within the call's memory budget.
+pub type TransformParams<'a> = (ImageIn<'a>, &'a [Param]);
+pub type TransformResults = (Result<Image, TransformError>,);
 
 /// Everything one call's `Store` holds. A fresh one per call: no state leaks between images.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub limiter: MemoryLimiter,
+    pub limiter: CallLimiter,
     plugin: Arc<str>,
     log_calls: u32,
+    log_time: std::time::Duration,
+    /// `log` messages dropped past [`LOG_CALLS_PER_CALL`] or the host time allowed for logging.
+    pub logs_dropped: u32,
 }
 
 impl HostState {
     pub fn new(plugin: Arc<str>, memory_limit: usize, stdio: CapturedOutput) -> Self {
         // No preopened directories, no environment, no arguments, no network (the defaults of an
         // empty builder); stdout and stderr go to a bounded buffer forwarded to the host's log.
-        let wasi = WasiCtx::builder().stdout(stdio.clone()).stderr(stdio).build();
-        HostState { wasi, table: ResourceTable::new(), limiter: MemoryLimiter::new(memory_limit), plugin, log_calls: 0 }
+        let wasi = WasiCtx::builder().stdout(stdio.clone()).stderr(stdio).max_random_size(MAX_RANDOM_BYTES).build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        HostState {
+            wasi,
+            table,
+            limiter: CallLimiter::new(memory_limit),
+            plugin,
+            log_calls: 0,
+            log_time: Default::default(),
+            logs_dropped: 0,
+        }
+    }
+
+    /// Host side of the contract's `log` import. Copies no more than [`LOG_MESSAGE_BYTES`] of the
+    /// message into host memory (the rest is only UTF-8-checked in place, within a per-call time
+    /// allowance) and escapes control characters, so a plugin can neither grow the host, nor keep
+    /// it busy, nor forge log lines.
+    fn log(mut store: StoreContextMut<'_, HostState>, level: Level, message: WasmStr) -> wasmtime::Result<()> {
+        let state = store.data_mut();
+        state.log_calls += 1;
+        if state.log_calls > LOG_CALLS_PER_CALL || state.log_time > LOG_TIME_PER_CALL {
+            state.logs_dropped += 1;
+            return Ok(());
+        }
+        let plugin = state.plugin.clone();
+        let started = std::time::Instant::now();
+        // Invalid UTF-8 cannot come from a well-behaved guest; log that instead of failing the call.
+        let text = match message.to_str(&store) {
+            Ok(text) => escape(&text, LOG_MESSAGE_BYTES),
+            Err(_) => "<message is not valid UTF-8>".to_string(),
+        };
+        store.data_mut().log_time += started.elapsed();
+        let plugin = &*plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin, "{text}"),
+            Level::Debug => tracing::debug!(plugin, "{text}"),
+            Level::Info => tracing::info!(plugin, "{text}"),
+            Level::Warn => tracing::warn!(plugin, "{text}"),
+            Level::Error => tracing::error!(plugin, "{text}"),
+        }
+        Ok(())
     }
 }
 
@@ -47,66 +125,102 @@ impl WasiView for HostState {
     }
 }
 
-impl self::pixbox::transform::types::Host for HostState {}
-
-impl self::pixbox::transform::log::Host for HostState {
-    fn log(&mut self, level: Level, mut message: String) {
-        self.log_calls += 1;
-        if self.log_calls > LOG_CALLS_PER_CALL {
-            return;
-        }
-        if message.len() > LOG_MESSAGE_BYTES {
-            let mut end = LOG_MESSAGE_BYTES;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
-        let plugin = &*self.plugin;
-        match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+/// At most `max` bytes of `text` (cut at a character boundary), with control characters escaped
+/// (`\n`, `\u{1b}`) so one message is always one log line.
+pub fn escape(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 16);
+    for c in text[..end].chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
         }
     }
+    if end < text.len() {
+        out.push_str("…");
+    }
+    out
 }
 
 /// Adds WASI and the contract's imports to a linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
-    Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    // `types` has no functions; `log` is linked by hand so its message can stay in guest memory
+    // (the generated binding would copy the whole string first).
+    self::pixbox::transform::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
+    linker.instance("pixbox:transform/log@0.1.0")?.func_wrap(
+        "log",
+        |store: StoreContextMut<'_, HostState>, (level, message): (Level, WasmStr)| {
+            HostState::log(store, level, message)
+        },
+    )?;
     Ok(())
 }
 
-/// Caps linear memory per call and remembers the high-water mark and whether the cap was hit, so
-/// an allocation failure (which a Rust guest turns into an abort) is reported as out-of-memory.
-pub struct MemoryLimiter {
+impl self::pixbox::transform::types::Host for HostState {}
+
+/// Checks a plugin's answer against the output cap and bounds its messages.
+pub fn take_output(
+    output: Result<Image, TransformError>,
+    max_output: usize,
+) -> Result<(Vec<u8>, String), super::TransformError> {
+    use super::TransformError as E;
+    match output {
+        Ok(image) => {
+            if image.bytes.len() > max_output {
+                return Err(E::OutputTooLarge { size: image.bytes.len(), limit: max_output });
+            }
+            if image.media_type.len() > MEDIA_TYPE_BYTES {
+                return Err(E::InvalidOutput(format!("media type is longer than {MEDIA_TYPE_BYTES} bytes")));
+            }
+            Ok((image.bytes, image.media_type))
+        }
+        Err(TransformError::BadInput(m)) => Err(E::BadInput(escape(&m, ERROR_MESSAGE_BYTES))),
+        Err(TransformError::Unsupported(m)) => Err(E::Unsupported(escape(&m, ERROR_MESSAGE_BYTES))),
+        Err(TransformError::Internal(m)) => Err(E::PluginFailed(escape(&m, ERROR_MESSAGE_BYTES))),
+    }
+}
+
+/// One memory budget for a whole call: the sum of every linear memory and table the call creates
+/// or grows (a component may have several), not a cap per memory. Records the high-water mark and
+/// whether the cap was hit, so an allocation failure (which a Rust guest turns into an abort) is
+/// reported as out-of-memory.
+pub struct CallLimiter {
     pub limit: usize,
+    /// Bytes of all memories and tables now.
+    pub total: usize,
     pub peak: usize,
     pub exceeded: bool,
 }
 
-impl MemoryLimiter {
+impl CallLimiter {
     fn new(limit: usize) -> Self {
-        MemoryLimiter { limit, peak: 0, exceeded: false }
+        CallLimiter { limit, total: 0, peak: 0, exceeded: false }
+    }
+
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
+            self.exceeded = true;
+            return false;
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        true
     }
 }
 
-impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.exceeded = true;
-            return Ok(false);
-        }
-        self.peak = self.peak.max(desired);
-        Ok(true)
+impl wasmtime::ResourceLimiter for CallLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current, desired))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        // Tables hold function references; no sane plugin needs a million.
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 }
 

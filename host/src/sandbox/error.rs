@@ -72,6 +72,30 @@ impl TransformError {
         }
     }
 
+    /// True for the call running out of time or memory: worth one more attempt (it may have been
+    /// load), permanent after [`crate::worker::RESOURCE_ATTEMPTS`].
+    pub fn is_resource_limit(&self) -> bool {
+        matches!(self, TransformError::Timeout { .. } | TransformError::OutOfMemory { .. })
+    }
+
+    /// A short reason for clients. The plugin's own typed messages are meant for them; what the
+    /// host saw (trap details, plugin stderr, engine errors) stays in the server's log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            TransformError::BadInput(m) => format!("bad input: {m}"),
+            TransformError::Unsupported(m) => format!("unsupported: {m}"),
+            TransformError::PluginFailed(m) => format!("the plugin failed: {m}"),
+            TransformError::Timeout { budget } => format!("the plugin ran past its time budget of {budget:?}"),
+            TransformError::OutOfMemory { limit_bytes } => {
+                format!("the plugin needed more than its memory limit of {} MiB", limit_bytes >> 20)
+            }
+            TransformError::Trap(_) => "the plugin crashed".into(),
+            TransformError::InvalidOutput(_) => "the plugin returned something that is not a valid image".into(),
+            TransformError::OutputTooLarge { limit, .. } => format!("the result is larger than {limit} bytes"),
+            TransformError::Unavailable(_) => "the sandbox was unavailable".into(),
+        }
+    }
+
     /// A stable kebab-case name for logs, metrics and API error bodies.
     pub fn code(&self) -> &'static str {
         match self {

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use crate::imaging;
-use bindings::{CapturedOutput, HostState, Image, Plugin, PluginPre, TransformError as WitError};
+use bindings::{
+    CapturedOutput, HostState, ImageIn, LOG_CALLS_PER_CALL, Plugin, PluginPre, TransformParams, TransformResults,
+};
 pub use bindings::{Param, ParamSpec, PluginInfo};
 pub use builtin::{BUILT_PLUGINS_DIR, BUILTIN_NAMES};
 pub use error::{LoadError, TransformError};
@@ -76,6 +78,7 @@ pub struct LoadedPlugin {
     /// What the plugin says about itself.
     pub info: PluginInfo,
     pre: PluginPre<HostState>,
+    transform: ComponentExportIndex,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -88,8 +91,10 @@ impl std::fmt::Debug for LoadedPlugin {
 #[derive(Debug, Clone, Copy)]
 pub struct CallStats {
     pub elapsed: Duration,
-    /// Linear-memory high-water mark in bytes.
+    /// High-water mark of all the call's linear memories and tables, in bytes.
     pub memory_peak: usize,
+    /// `log` messages the host dropped (over the per-call count or time allowance).
+    pub logs_dropped: u32,
 }
 
 /// A successful transform: an image whose header the host has checked.
@@ -113,11 +118,18 @@ impl Sandbox {
     pub fn new(settings: SandboxSettings) -> Result<Self, LoadError> {
         let mut pool = PoolingAllocationConfig::default();
         let slots = settings.max_instances.max(1);
-        // A Rust component has one memory and a few small core instances and tables (shims).
+        let per = ComponentShape::ALLOWED;
         pool.total_component_instances(slots)
-            .total_memories(slots)
-            .total_core_instances(slots * 8)
-            .total_tables(slots * 8)
+            .total_memories(slots * per.memories)
+            .total_core_instances(slots * per.core_instances)
+            .total_tables(slots * per.tables)
+            .total_stacks(slots)
+            .max_core_instances_per_component(per.core_instances)
+            .max_memories_per_component(per.memories)
+            .max_tables_per_component(per.tables)
+            .max_memories_per_module(per.memories)
+            .max_tables_per_module(per.tables)
+            .table_elements(per.table_elements)
             .max_memory_size(settings.memory_limit_bytes());
         let mut config = Config::new();
         config
@@ -147,25 +159,33 @@ impl Sandbox {
     }
 
     /// Loads a plugin by built-in name (`resize`) or by path to a `.wasm` component.
-    pub fn load(&self, spec: &str) -> Result<Arc<LoadedPlugin>, LoadError> {
+    pub async fn load(&self, spec: &str) -> Result<Arc<LoadedPlugin>, LoadError> {
         if let Some(bytes) = builtin::bytes(spec) {
-            return self.load_bytes(spec, bytes);
+            return self.load_bytes(spec, bytes.to_vec()).await;
         }
         if !spec.contains(['/', '\\']) && !spec.ends_with(".wasm") {
             return Err(LoadError::UnknownBuiltin { name: spec.into(), known: BUILTIN_NAMES.join(", ") });
         }
-        let bytes = std::fs::read(spec).map_err(|source| LoadError::Read { path: spec.into(), source })?;
-        self.load_bytes(spec, &bytes)
+        let bytes = tokio::fs::read(spec).await.map_err(|source| LoadError::Read { path: spec.into(), source })?;
+        self.load_bytes(spec, bytes).await
     }
 
-    /// Compiles (or loads from the cache), links, and asks the plugin for its `info()`.
-    pub fn load_bytes(&self, source: &str, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
+    /// Compiles (or loads from the cache), links, checks the exports' types and the component's
+    /// shape against the pool's limits, and asks the plugin for its `info()`.
+    pub async fn load_bytes(&self, source: &str, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid { plugin: source.into(), reason: format!("{e:#}") };
-        let component = match &self.settings.cache_dir {
-            Some(dir) => cache::load_or_compile(&self.engine, bytes, dir),
-            None => Component::new(&self.engine, bytes),
-        }
-        .map_err(invalid)?;
+        // Compiling takes from milliseconds to seconds: keep it off the async threads.
+        let (engine, cache_dir) = (self.engine.clone(), self.settings.cache_dir.clone());
+        let component = tokio::task::spawn_blocking(move || match cache_dir {
+            Some(dir) => cache::load_or_compile(&engine, &bytes, &dir),
+            None => Component::new(&engine, &bytes),
+        })
+        .await
+        .map_err(|e| LoadError::Engine(format!("compiling task: {e}")))?
+        .map_err(|e| LoadError::Invalid { plugin: source.into(), reason: ComponentShape::explain(e) })?;
+        let transform = component
+            .get_export_index(None, "transform")
+            .ok_or_else(|| LoadError::Invalid { plugin: source.into(), reason: "it exports no `transform`".into() })?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = PluginPre::new(pre).map_err(invalid)?;
         let mut plugin = LoadedPlugin {
@@ -177,51 +197,63 @@ impl Sandbox {
                 params: vec![],
             },
             pre,
+            transform,
         };
         let (info, _) = self
-            .call(&plugin, |p, store| p.call_info(store))
-            .map_err(|source_err| LoadError::Info { plugin: source.into(), source: source_err })?;
+            .call(&plugin, async |store, instance| {
+                // Check the `transform` export's type now rather than on the first image.
+                if let Err(e) =
+                    instance.get_typed_func::<TransformParams<'_>, TransformResults>(&mut *store, &plugin.transform)
+                {
+                    return Ok(Err(format!("its `transform` export does not match the contract: {e:#}")));
+                }
+                Plugin::new(&mut *store, &instance)?.call_info(&mut *store).await.map(Ok)
+            })
+            .await
+            .map_err(|e| LoadError::Info { plugin: source.into(), source: e })?;
+        let info = info.map_err(|reason| LoadError::Invalid { plugin: source.into(), reason })?;
         plugin.info = info;
         Ok(Arc::new(plugin))
     }
 
     /// Runs one image through a plugin under this sandbox's limits and checks the output is an
-    /// image of the media type the plugin claims.
-    pub fn transform(
+    /// image of the media type the plugin claims. The input is copied once, straight into the
+    /// guest; the output is bounded by the plugin's memory budget and checked against the cap.
+    pub async fn transform(
         &self,
         plugin: &LoadedPlugin,
         input: &[u8],
         media_type: &str,
         options: &[Param],
     ) -> Result<Output, TransformError> {
-        // The contract's record owns its bytes, so the input is copied once here.
-        let image = Image { bytes: input.to_vec(), media_type: media_type.into() };
-        let (result, stats) = self.call(plugin, |p, store| p.call_transform(store, &image, options))?;
-        let output = result.map_err(|e| match e {
-            WitError::BadInput(m) => TransformError::BadInput(m),
-            WitError::Unsupported(m) => TransformError::Unsupported(m),
-            WitError::Internal(m) => TransformError::PluginFailed(m),
-        })?;
         let limit = self.settings.max_output_bytes();
-        if output.bytes.len() > limit {
-            return Err(TransformError::OutputTooLarge { size: output.bytes.len(), limit });
-        }
-        let header = imaging::probe(&output.bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
-        if header.format.media_type() != output.media_type {
+        let (output, stats) = self
+            .call(plugin, async |store, instance| {
+                let func =
+                    instance.get_typed_func::<TransformParams<'_>, TransformResults>(&mut *store, &plugin.transform)?;
+                let (output,) = func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, options)).await?;
+                Ok(bindings::take_output(output, limit))
+            })
+            .await?;
+        let (bytes, out_type) = output?;
+        let header = imaging::probe(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
+        if header.format.media_type() != out_type {
             return Err(TransformError::InvalidOutput(format!(
-                "plugin says {} but the bytes are {}",
-                output.media_type,
+                "plugin says {out_type} but the bytes are {}",
                 header.format.media_type()
             )));
         }
-        Ok(Output { bytes: output.bytes, header, stats })
+        Ok(Output { bytes, header, stats })
     }
 
-    /// One call in a fresh store: instantiate from the pre-linked plugin, run `f`, classify traps.
-    fn call<R>(
+    /// One call in a fresh store, under the time budget: instantiate from the pre-linked plugin,
+    /// run `f`, classify traps. The deadline holds wherever the call is: guest code yields to the
+    /// executor at every epoch tick, host calls (WASI sleeps, polls) are async, and the timeout
+    /// drops the whole call, which cancels it.
+    async fn call<R>(
         &self,
         plugin: &LoadedPlugin,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl AsyncFnOnce(&mut Store<HostState>, Instance) -> wasmtime::Result<R>,
     ) -> Result<(R, CallStats), TransformError> {
         let started = Instant::now();
         let stdio = CapturedOutput::default();
@@ -229,39 +261,102 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, HostState::new(plugin.source.clone(), limit, stdio.clone()));
         store.limiter(|state| &mut state.limiter);
         let budget = self.settings.time_budget();
-        store.set_epoch_deadline((budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(1);
+        // Yield to the executor every tick so the timeout below can fire; past the budget (if the
+        // call is somehow still polled) trap instead.
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= budget { Err(Trap::Interrupt.into()) } else { Ok(UpdateDeadline::Yield(1)) }
+        });
 
-        let result = match plugin.pre.instantiate(&mut store) {
-            Ok(instance) => f(&instance, &mut store).map_err(|e| classify(e, &store, budget, &stdio)),
-            Err(e) if e.downcast_ref::<Trap>().is_some() || store.data().limiter.exceeded => {
-                Err(classify(e, &store, budget, &stdio))
+        let run = async {
+            match plugin.pre.instance_pre().instantiate_async(&mut store).await {
+                Ok(instance) => f(&mut store, instance).await.map_err(|e| (e, true)),
+                Err(e) => Err((e, false)),
             }
-            Err(e) => Err(TransformError::Unavailable(format!("cannot instantiate plugin: {e:#}"))),
+        };
+        let result = match tokio::time::timeout(budget, run).await {
+            Err(_elapsed) => Err(TransformError::Timeout { budget }),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err((e, _))) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                Err(TransformError::Timeout { budget })
+            }
+            Ok(Err((e, instantiated))) => {
+                if instantiated || e.downcast_ref::<Trap>().is_some() || store.data().limiter.exceeded {
+                    Err(classify(e, &store, &stdio))
+                } else {
+                    Err(TransformError::Unavailable(format!("cannot instantiate plugin: {e:#}")))
+                }
+            }
+        };
+        let result = match result {
+            // The cap was hit even though the guest coped (or hid it): report it as what it was.
+            Err(TransformError::Trap(_)) if store.data().limiter.exceeded => {
+                Err(TransformError::OutOfMemory { limit_bytes: limit })
+            }
+            other => other,
         };
         let printed = stdio.text();
         for line in printed.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::debug!(plugin = &*plugin.source, "plugin output: {line}");
+            tracing::debug!(plugin = &*plugin.source, "plugin output: {}", bindings::escape(line, 1024));
         }
-        let stats = CallStats { elapsed: started.elapsed(), memory_peak: store.data().limiter.peak };
+        let dropped = store.data().logs_dropped;
+        if dropped > 0 {
+            tracing::warn!(
+                plugin = &*plugin.source,
+                dropped,
+                "plugin log messages dropped (over {LOG_CALLS_PER_CALL} per call)"
+            );
+        }
+        let stats =
+            CallStats { elapsed: started.elapsed(), memory_peak: store.data().limiter.peak, logs_dropped: dropped };
         result.map(|r| (r, stats))
     }
 }
 
+/// The shape of a component the pool admits: enough core instances, memories and tables for a real
+/// Rust (wasm32-wasip2) or C (wasi-libc) component, and no more, so a component cannot multiply
+/// its memory by declaring many memories. Checked when a plugin is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentShape {
+    pub core_instances: u32,
+    pub memories: u32,
+    pub tables: u32,
+    pub table_elements: usize,
+}
+
+impl ComponentShape {
+    pub const ALLOWED: ComponentShape =
+        ComponentShape { core_instances: 8, memories: 2, tables: 4, table_elements: 100_000 };
+
+    /// Says which pool limit a refused component ran into, in the user's terms.
+    fn explain(e: wasmtime::Error) -> String {
+        let text = format!("{e:#}");
+        if text.contains("pooling allocator") {
+            let a = Self::ALLOWED;
+            format!(
+                "it is larger than a plugin may be ({} core instances, {} memories, {} tables of {} elements \
+                 at most): {text}",
+                a.core_instances, a.memories, a.tables, a.table_elements
+            )
+        } else {
+            text
+        }
+    }
+}
+
 /// Turns a wasmtime error from a call into the reason a user can act on.
-fn classify(e: wasmtime::Error, store: &Store<HostState>, budget: Duration, stdio: &CapturedOutput) -> TransformError {
+fn classify(e: wasmtime::Error, store: &Store<HostState>, stdio: &CapturedOutput) -> TransformError {
     if store.data().limiter.exceeded {
         return TransformError::OutOfMemory { limit_bytes: store.data().limiter.limit };
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => TransformError::Timeout { budget },
         Some(trap) => {
             // A Rust panic prints "panicked at FILE:", its message, then a "note:" line to stderr
             // before aborting: the message is the useful part.
             let printed = stdio.text();
             let last = printed.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note: "));
             match last {
-                Some(line) => TransformError::Trap(format!("{trap}: {}", line.trim())),
+                Some(line) => TransformError::Trap(format!("{trap}: {}", bindings::escape(line.trim(), 1024))),
                 None => TransformError::Trap(trap.to_string()),
             }
         }

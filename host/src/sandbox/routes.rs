@@ -58,7 +58,7 @@ pub struct Routes {
 
 impl Routes {
     /// Loads every plugin the routes name (each once) and checks each route's options.
-    pub fn load(sandbox: &Sandbox, configs: &[RouteConfig]) -> Result<Self, LoadError> {
+    pub async fn load(sandbox: &Sandbox, configs: &[RouteConfig]) -> Result<Self, LoadError> {
         let mut configs = configs.to_vec();
         if !configs.iter().any(|r| r.prefix.is_empty()) {
             configs.push(RouteConfig { prefix: String::new(), plugin: "resize".into(), options: BTreeMap::new() });
@@ -72,7 +72,7 @@ impl Routes {
             let plugin = match loaded.get(&config.plugin) {
                 Some(plugin) => plugin.clone(),
                 None => {
-                    let plugin = sandbox.load(&config.plugin)?;
+                    let plugin = sandbox.load(&config.plugin).await?;
                     loaded.insert(config.plugin.clone(), plugin.clone());
                     plugin
                 }

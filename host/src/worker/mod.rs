@@ -1,8 +1,8 @@
 //! The worker: [`Worker::process`] handles one delivered job and says what happened; the
-//! [`runner`] around it only schedules ticks, bounds concurrency and observes shutdown.
+//! [`runner`] around it only schedules, keeps `concurrency` jobs in flight and observes shutdown.
 //!
 //! Order of effects per job (a crash between any two converges on replay):
-//! get original → route → sandbox → put result → delete original → delete message.
+//! get original → route → sandbox → put result (only if absent) → delete original → delete message.
 
 pub mod runner;
 
@@ -13,10 +13,19 @@ use bytes::Bytes;
 
 use crate::config::WorkerSettings;
 use crate::imaging::{self, PixelLimits};
-use crate::jobs::{self, Failure, Job};
+use crate::jobs::{self, Failure, GAVE_UP, Job};
 use crate::queue::{Delivery, JobQueue};
 use crate::sandbox::{Route, Routes, Sandbox, TransformError};
 use crate::storage::{BlobStore, Bucket, ObjectMeta, StoreError};
+
+/// Attempts after which a timeout or out-of-memory on the same input is a permanent failure: the
+/// first may be bad luck under load, a second one is the image.
+pub const RESOURCE_ATTEMPTS: u32 = 2;
+/// How long a job of a not yet committed upload waits before it is looked at again.
+const COMMIT_RECHECK: Duration = Duration::from_secs(2);
+/// A job whose upload is still not committed this long after it was queued belongs to an upload
+/// that failed (its api process died between the sends and the commit): it is dropped.
+const COMMIT_GRACE: Duration = Duration::from_secs(120);
 
 /// What processing one delivery came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +36,11 @@ pub enum Outcome {
     AlreadyDone { key: String },
     /// Failed for good: recorded, message deleted (or, past the receive limit, left to dead-letter).
     Failed { key: String, failure: Failure },
-    /// A passing problem: the message stays and is delivered again after its visibility timeout.
-    Retry { key: String, reason: String },
-    /// The message was not a job at all; deleted.
+    /// A passing problem: the message stays and is delivered again after `after`.
+    Retry { key: String, code: &'static str, reason: String, after: Option<Duration> },
+    /// The job's upload is not committed yet: looked at again shortly.
+    Deferred { key: String },
+    /// The message was not a job, or belongs to an upload that failed; deleted.
     Discarded { reason: String },
 }
 
@@ -61,46 +72,85 @@ impl Worker {
                 return Outcome::Discarded { reason };
             }
         };
-        let outcome = match self.settle(&job.key, delivery).await {
+        let outcome = match self.settle(&job, delivery).await {
             Ok(outcome) => outcome,
-            Err(e) => Outcome::Retry { key: job.key.clone(), reason: e.to_string() },
+            Err(e) => {
+                Outcome::Retry { key: job.key.clone(), code: "store-unavailable", reason: e.to_string(), after: None }
+            }
         };
         let outcome = match outcome {
             // A passing failure on the last allowed delivery: report it failed; the queue moves
             // the message to the dead-letter queue when it times out.
-            Outcome::Retry { key, reason } if delivery.receive_count >= self.settings.max_receives => {
-                let failure = Failure {
-                    code: "gave-up".into(),
-                    message: format!("gave up after {} attempts: {reason}", delivery.receive_count),
-                    plugin: None,
-                    attempts: delivery.receive_count,
-                };
-                match jobs::record_failure(&*self.store, &key, &failure).await {
-                    Ok(()) => Outcome::Failed { key, failure },
-                    Err(e) => Outcome::Retry { key, reason: format!("{reason}; recording the failure: {e}") },
+            Outcome::Retry { key, code, reason, .. } if delivery.receive_count >= self.settings.max_receives => {
+                tracing::warn!(key, code, "giving up after {} attempts: {reason}", delivery.receive_count);
+                match jobs::record_failure(&*self.store, &key, &gave_up(delivery.receive_count, code)).await {
+                    Ok(()) => Outcome::Failed { key, failure: gave_up(delivery.receive_count, code) },
+                    Err(e) => Outcome::Retry {
+                        key,
+                        code,
+                        reason: format!("{reason}; recording the failure: {e}"),
+                        after: None,
+                    },
                 }
             }
             other => other,
         };
-        let settled = matches!(&outcome, Outcome::Done { .. } | Outcome::AlreadyDone { .. })
-            || matches!(&outcome, Outcome::Failed { failure, .. } if failure.code != "gave-up");
-        if settled && let Err(e) = self.queue.delete(&delivery.receipt).await {
-            // The job is settled in the store; a redelivery will find it so and delete again.
-            tracing::warn!(key = job.key, "cannot delete the job message: {e}");
+        let settled = match &outcome {
+            Outcome::Done { .. } | Outcome::AlreadyDone { .. } | Outcome::Discarded { .. } => true,
+            Outcome::Failed { failure, .. } => failure.code != GAVE_UP,
+            Outcome::Retry { .. } | Outcome::Deferred { .. } => false,
+        };
+        if settled {
+            if let Err(e) = self.queue.delete(&delivery.receipt).await {
+                // The job is settled in the store; a redelivery will find it so and delete again.
+                tracing::warn!(key = job.key, "cannot delete the job message: {e}");
+            }
+            if let Some(upload) = &job.upload
+                && let Err(e) = self.forget_upload_if_settled(&upload.id).await
+            {
+                tracing::warn!(upload = upload.id, "cannot tidy the upload's commit record: {e}");
+            }
+        }
+        let again = match &outcome {
+            Outcome::Retry { after: Some(after), .. } => Some(*after),
+            Outcome::Deferred { .. } => Some(COMMIT_RECHECK),
+            _ => None,
+        };
+        if let Some(after) = again
+            && let Err(e) = self.queue.extend_visibility(&delivery.receipt, after).await
+        {
+            tracing::warn!(key = job.key, "cannot schedule the job's next attempt: {e}");
         }
         outcome
     }
 
     /// Everything but the message: returns `Err` for store errors (retried).
-    async fn settle(&self, key: &str, delivery: &Delivery) -> Result<Outcome, StoreError> {
+    async fn settle(&self, job: &Job, delivery: &Delivery) -> Result<Outcome, StoreError> {
+        let key = job.key.as_str();
         let done = |key: &str| Outcome::AlreadyDone { key: key.into() };
         if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
             // Finished before (maybe the original's delete was interrupted): tidy up.
             self.store.delete(Bucket::Temp, key).await?;
             return Ok(done(key));
         }
-        if let Some(failure) = jobs::failure(&*self.store, key).await? {
+        // A `gave-up` record is the queue's verdict, not the image's: a delivery that still comes
+        // (a redrive from the dead-letter queue) tries again.
+        if let Some(failure) = jobs::failure(&*self.store, key).await?
+            && failure.code != GAVE_UP
+        {
             return Ok(Outcome::Failed { key: key.into(), failure });
+        }
+        if let Some(upload) = &job.upload
+            && jobs::committed_keys(&*self.store, &upload.id).await?.is_none()
+        {
+            let age = Duration::from_millis(now_ms().saturating_sub(upload.queued_ms));
+            let original = jobs::found(self.store.head(Bucket::Temp, key).await)?;
+            if original.is_some() && age < COMMIT_GRACE {
+                return Ok(Outcome::Deferred { key: key.into() });
+            }
+            // The upload failed: the client was told so, and nothing of it may be processed.
+            self.store.delete(Bucket::Temp, key).await?;
+            return Ok(Outcome::Discarded { reason: format!("{key}: its upload was not completed") });
         }
         let original = match jobs::found(self.store.get(Bucket::Temp, key).await)? {
             Some(object) => object.bytes(self.max_input_bytes).await,
@@ -134,13 +184,20 @@ impl Worker {
         let route = self.routes.resolve(key);
         let plugin = route.plugin.info.name.clone();
         let started = Instant::now();
-        let result = self.transform_with_heartbeat(route, original, header.format.media_type(), delivery).await;
+        let result = self.transform_with_heartbeat(route, &original, header.format.media_type(), delivery).await;
+        drop(original);
         let output = match result {
             Ok(output) => output,
-            Err(e) if e.is_permanent() => {
-                return self.fail(key, e.code(), e.to_string(), Some(plugin), delivery).await;
+            Err(e) if e.is_permanent() || (e.is_resource_limit() && delivery.receive_count >= RESOURCE_ATTEMPTS) => {
+                tracing::warn!(key, plugin, code = e.code(), "{e}");
+                return self.fail(key, e.code(), e.public_reason(), Some(plugin), delivery).await;
             }
-            Err(e) => return Ok(Outcome::Retry { key: key.into(), reason: format!("{plugin}: {e}") }),
+            Err(e) => {
+                // A resource limit gets its second attempt right away; anything else waits for the
+                // visibility timeout.
+                let after = e.is_resource_limit().then_some(Duration::ZERO);
+                return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
+            }
         };
         let meta = ObjectMeta {
             content_type: output.header.format.media_type().into(),
@@ -153,8 +210,15 @@ impl Worker {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         };
-        self.store.put(Bucket::Permanent, key, Bytes::from(output.bytes), &meta).await?;
+        // Write once: a duplicate delivery that finished first keeps its (served, immutable)
+        // result, and this one settles as already done.
+        let created = self.store.put_if_absent(Bucket::Permanent, key, Bytes::from(output.bytes), &meta).await?;
         self.store.delete(Bucket::Temp, key).await?;
+        // A `gave-up` record from an earlier round is obsolete now.
+        self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
+        if !created {
+            return Ok(done(key));
+        }
         tracing::info!(
             key,
             plugin,
@@ -165,23 +229,21 @@ impl Worker {
         Ok(Outcome::Done { key: key.into(), plugin })
     }
 
-    /// Runs the sandbox on a blocking thread, extending the message's visibility while it runs so
-    /// a long job is not handed to another worker.
+    /// Runs the sandbox, extending the message's visibility while it runs so a long job is not
+    /// handed to another worker. The sandbox's own deadline bounds how long this takes.
     async fn transform_with_heartbeat(
         &self,
         route: &Route,
-        input: Bytes,
+        input: &[u8],
         media_type: &'static str,
         delivery: &Delivery,
     ) -> Result<crate::sandbox::Output, TransformError> {
-        let (sandbox, plugin, options) = (self.sandbox.clone(), route.plugin.clone(), route.options.clone());
-        let mut task = tokio::task::spawn_blocking(move || sandbox.transform(&plugin, &input, media_type, &options));
+        let task = self.sandbox.transform(&route.plugin, input, media_type, &route.options);
+        tokio::pin!(task);
         let beat = (self.visibility() / 2).max(Duration::from_secs(1));
         loop {
             tokio::select! {
-                joined = &mut task => {
-                    return joined.unwrap_or_else(|e| Err(TransformError::Unavailable(format!("sandbox task: {e}"))));
-                }
+                result = &mut task => return result,
                 _ = tokio::time::sleep(beat) => {
                     if let Err(e) = self.queue.extend_visibility(&delivery.receipt, self.visibility()).await {
                         tracing::warn!(message_id = delivery.message_id, "cannot extend the job's visibility: {e}");
@@ -205,4 +267,33 @@ impl Worker {
         tracing::warn!(key, code, "failed: {}", failure.message);
         Ok(Outcome::Failed { key: key.into(), failure })
     }
+
+    /// Removes an upload's commit record once every job of the upload is settled (result or
+    /// failure record). Each job checks after settling, so the last one to finish removes it.
+    async fn forget_upload_if_settled(&self, upload: &str) -> Result<(), StoreError> {
+        let Some(keys) = jobs::committed_keys(&*self.store, upload).await? else { return Ok(()) };
+        for key in &keys {
+            let settled = jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some()
+                || jobs::found(self.store.head(Bucket::Permanent, &jobs::failure_key(key)).await)?.is_some();
+            if !settled {
+                return Ok(());
+            }
+        }
+        self.store.delete(Bucket::Temp, &jobs::commit_key(upload)).await
+    }
+}
+
+/// The failure recorded when the queue gives up on a job; the reason names the last error's code
+/// only (its details are in the log).
+fn gave_up(attempts: u32, code: &str) -> Failure {
+    Failure {
+        code: GAVE_UP.into(),
+        message: format!("gave up after {attempts} attempts (last error: {code})"),
+        plugin: None,
+        attempts,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

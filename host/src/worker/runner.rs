@@ -1,17 +1,22 @@
 //! The loop around [`Worker::process`]: a cron schedule starts ticks (never overlapping); a tick
-//! drains the queue batch by batch with bounded concurrency until it is empty, the tick's budget
-//! is spent, or shutdown is asked for. In-flight jobs finish; unstarted ones stay on the queue.
+//! keeps `concurrency` jobs in flight, receiving only as many messages as there are free slots
+//! (so every received message starts at once and is under its heartbeat), until the queue is
+//! empty, the tick's budget is spent, or shutdown is asked for. On shutdown, jobs in flight get
+//! the grace period to finish; the rest are cancelled and their messages released at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use tokio::task::JoinSet;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, Worker};
+use crate::jobs::{self, Failure, GAVE_UP};
+use crate::storage::Bucket;
 
-/// How long a tick's receive waits for messages before it decides the queue is empty.
+/// How long a receive waits for messages before the tick decides the queue is empty.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 
 /// Counts of one tick's outcomes.
@@ -20,49 +25,165 @@ pub struct TickReport {
     pub done: usize,
     pub failed: usize,
     pub retried: usize,
+    /// Jobs cancelled by shutdown; their messages were released for another worker.
+    pub cancelled: usize,
 }
 
-impl Worker {
-    /// One tick: receive and process until the queue is empty, the budget is spent or `stop`.
-    pub async fn tick(&self, concurrency: usize, stop: &CancellationToken) -> TickReport {
-        let deadline = Instant::now() + Duration::from_secs(self.settings.tick_budget_secs);
-        let mut report = TickReport::default();
-        while !stop.is_cancelled() && Instant::now() < deadline {
-            let batch = tokio::select! {
-                batch = self.queue.receive(self.settings.batch_size as usize, RECEIVE_WAIT, self.visibility()) => batch,
-                _ = stop.cancelled() => break,
-            };
-            let batch = match batch {
-                Ok(batch) if batch.is_empty() => break,
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!("cannot receive jobs: {e}");
-                    break;
-                }
-            };
-            // Each job future owns what it uses (a cheap clone of Arc handles), which keeps the
-            // tick future Send for the scheduler.
-            let jobs = batch.into_iter().map(|delivery| {
-                let worker = self.clone();
-                async move { worker.process(&delivery).await }
-            });
-            let outcomes: Vec<Outcome> = futures::stream::iter(jobs).buffer_unordered(concurrency).collect().await;
-            for outcome in outcomes {
-                match &outcome {
-                    Outcome::Done { .. } | Outcome::AlreadyDone { .. } => report.done += 1,
-                    Outcome::Failed { .. } | Outcome::Discarded { .. } => report.failed += 1,
-                    Outcome::Retry { key, reason } => {
-                        report.retried += 1;
-                        tracing::warn!(key, "will retry: {reason}");
-                    }
-                }
+impl TickReport {
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Done { .. } | Outcome::AlreadyDone { .. } => self.done += 1,
+            Outcome::Failed { .. } | Outcome::Discarded { .. } => self.failed += 1,
+            Outcome::Retry { key, code, reason, .. } => {
+                self.retried += 1;
+                tracing::warn!(key, code, "will retry: {reason}");
             }
+            Outcome::Deferred { .. } => {}
         }
-        report
     }
 }
 
-/// The scheduled worker; [`Runner::stop`] waits for the running tick's in-flight jobs.
+impl Worker {
+    /// One tick: keep `concurrency` jobs in flight until the queue is empty, the budget is spent
+    /// or `stop` (then in-flight jobs get `shutdown_grace_secs`, and the rest are cancelled).
+    pub async fn tick(&self, concurrency: usize, stop: &CancellationToken) -> TickReport {
+        let concurrency = concurrency.max(1);
+        let deadline = Instant::now() + Duration::from_secs(self.settings.tick_budget_secs);
+        let mut report = TickReport::default();
+        let mut in_flight: JoinSet<Outcome> = JoinSet::new();
+        // Receipts of the jobs in flight, to release them if they are cancelled.
+        let mut receipts: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Set when a receive came back empty; cleared when a job ends (it may have freed work).
+        let mut idle = false;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            let free = concurrency.saturating_sub(in_flight.len());
+            if free > 0 && !idle && Instant::now() < deadline {
+                let max = free.min(self.settings.batch_size as usize);
+                match self.queue.receive(max, RECEIVE_WAIT, self.visibility()).await {
+                    Ok(batch) if batch.is_empty() => idle = true,
+                    Ok(batch) => {
+                        for delivery in batch {
+                            let worker = self.clone();
+                            let receipt = delivery.receipt.clone();
+                            let handle = in_flight.spawn(async move { worker.process(&delivery).await });
+                            receipts.insert(handle.id(), receipt);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot receive jobs: {e}");
+                        idle = true;
+                    }
+                }
+                continue;
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(joined) = in_flight.join_next_with_id() => {
+                    idle = false;
+                    self.finished(joined, &mut receipts, &mut report);
+                }
+                _ = stop.cancelled() => break,
+            }
+        }
+
+        if !in_flight.is_empty() {
+            let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+            let _ = tokio::time::timeout(grace, async {
+                while let Some(joined) = in_flight.join_next_with_id().await {
+                    self.finished(joined, &mut receipts, &mut report);
+                }
+            })
+            .await;
+            in_flight.abort_all();
+            while let Some(joined) = in_flight.join_next_with_id().await {
+                self.finished(joined, &mut receipts, &mut report);
+            }
+        }
+        self.sweep_dead_letters().await;
+        report
+    }
+
+    fn finished(
+        &self,
+        joined: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>,
+        receipts: &mut HashMap<tokio::task::Id, String>,
+        report: &mut TickReport,
+    ) {
+        match joined {
+            Ok((id, outcome)) => {
+                receipts.remove(&id);
+                report.count(&outcome);
+            }
+            Err(e) => {
+                let receipt = receipts.remove(&e.id());
+                if e.is_cancelled() {
+                    report.cancelled += 1;
+                } else {
+                    report.retried += 1;
+                    tracing::error!("a job task failed: {e}");
+                }
+                // Make the message visible again now rather than after its visibility timeout.
+                if let Some(receipt) = receipt {
+                    let queue = self.queue.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = queue.extend_visibility(&receipt, Duration::ZERO).await {
+                            tracing::warn!("cannot release a cancelled job's message: {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Jobs that reached the dead-letter queue without a result or failure record (their worker
+    /// died, or was cancelled, on the last allowed attempt) get a `gave-up` record, so `/status`
+    /// says failed instead of pending forever. The messages stay for an operator to redrive.
+    pub async fn sweep_dead_letters(&self) {
+        let dead = match self.queue.receive_dead_letters(crate::queue::MAX_BATCH, Duration::ZERO).await {
+            Ok(dead) => dead,
+            Err(e) => {
+                tracing::warn!("cannot read the dead-letter queue: {e}");
+                return;
+            }
+        };
+        for delivery in dead {
+            let Ok(job) = serde_json::from_str::<jobs::Job>(&delivery.body) else { continue };
+            let settled = async {
+                Ok::<_, crate::storage::StoreError>(
+                    jobs::found(self.store.head(Bucket::Permanent, &job.key).await)?.is_some()
+                        || jobs::failure(&*self.store, &job.key).await?.is_some(),
+                )
+            };
+            match settled.await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let failure = Failure {
+                        code: GAVE_UP.into(),
+                        message: format!(
+                            "gave up after {} attempts (the last one did not finish)",
+                            delivery.receive_count
+                        ),
+                        plugin: None,
+                        attempts: delivery.receive_count,
+                    };
+                    match jobs::record_failure(&*self.store, &job.key, &failure).await {
+                        Ok(()) => tracing::warn!(key = job.key, "dead-lettered job recorded as failed"),
+                        Err(e) => tracing::warn!(key = job.key, "cannot record a dead-lettered job: {e}"),
+                    }
+                }
+                Err(e) => tracing::warn!(key = job.key, "cannot check a dead-lettered job: {e}"),
+            }
+        }
+    }
+}
+
+/// The scheduled worker; [`Runner::stop`] returns when the running tick is over (its jobs
+/// finished, or cancelled after the grace period).
 pub struct Runner {
     scheduler: JobScheduler,
     stop: CancellationToken,
@@ -86,7 +207,13 @@ impl Runner {
                 }
                 let report = worker.tick(concurrency, &stop).await;
                 if report != TickReport::default() {
-                    tracing::info!(done = report.done, failed = report.failed, retried = report.retried, "worker tick");
+                    tracing::info!(
+                        done = report.done,
+                        failed = report.failed,
+                        retried = report.retried,
+                        cancelled = report.cancelled,
+                        "worker tick"
+                    );
                 }
             })
         })
@@ -96,7 +223,8 @@ impl Runner {
         Ok(Runner { scheduler, stop, tick_lock })
     }
 
-    /// Stops scheduling, lets in-flight jobs finish, and returns when the running tick is over.
+    /// Stops scheduling and receiving, gives in-flight jobs the grace period, and returns when
+    /// the running tick is over.
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Err(e) = self.scheduler.shutdown().await {

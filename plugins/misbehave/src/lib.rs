@@ -2,7 +2,15 @@
 //!
 //! Option `mode`:
 //! - `spin` with `ms` (default: forever): burn CPU for that long, then answer normally;
+//! - `sleep` with `ms` (default: a minute): sleep in a host call (`wasi:clocks`), then answer;
+//! - `block`: wait on a pollable that is never ready (`wasi:io/poll`);
 //! - `alloc` with `mib` (default: without bound): hold that much memory, then answer normally;
+//! - `log` with `mib` (default 64) and `count` (default 1000): send `count` log messages of that
+//!   many MiB each, then answer;
+//! - `random` with `kib` (default 262144, 256 MiB): ask the host for that many KiB of random
+//!   bytes, then answer;
+//! - `big` with `mib` (default 128): answer with an image of that many MiB (a PNG signature and
+//!   zeros, so the host's size check is what stops it);
 //! - `panic`: panic (a trap in the host);
 //! - `garbage`: answer with bytes that are not an image, labelled `image/png`;
 //! - `echo` (default): answer with the input unchanged.
@@ -24,6 +32,10 @@ fn number(options: &[Param], name: &str) -> Result<Option<u64>, TransformError> 
         .transpose()
 }
 
+fn mib(options: &[Param], default: u64) -> Result<usize, TransformError> {
+    Ok((number(options, "mib")?.unwrap_or(default) as usize) << 20)
+}
+
 impl Guest for Misbehave {
     fn info() -> PluginInfo {
         let spec = |name: &str, description: &str, default: Option<&str>| ParamSpec {
@@ -36,9 +48,11 @@ impl Guest for Misbehave {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Misbehaves on request; for testing the sandbox.".into(),
             params: vec![
-                spec("mode", "echo, spin, alloc, panic or garbage", Some("echo")),
-                spec("ms", "how long `spin` runs; unset runs forever", None),
-                spec("mib", "how much `alloc` holds; unset grows without bound", None),
+                spec("mode", "echo, spin, sleep, block, alloc, log, random, big, panic or garbage", Some("echo")),
+                spec("ms", "how long `spin` or `sleep` runs; unset: `spin` forever, `sleep` a minute", None),
+                spec("mib", "how much `alloc` holds (unset: without bound), `log` sends, `big` returns", None),
+                spec("count", "how many messages `log` sends", Some("1000")),
+                spec("kib", "how many KiB of random bytes `random` asks for", Some("262144")),
             ],
         }
     }
@@ -59,6 +73,17 @@ impl Guest for Misbehave {
                 }
                 Ok(input)
             }
+            "sleep" => {
+                let ms = number(&options, "ms")?.unwrap_or(60_000);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(input)
+            }
+            "block" => {
+                // A pollable for a clock that never fires: blocks in the host for ever.
+                let never = wasi::clocks::monotonic_clock::subscribe_duration(u64::MAX);
+                never.block();
+                Ok(input)
+            }
             "alloc" => {
                 let limit = number(&options, "mib")?;
                 let mut held: Vec<Vec<u8>> = Vec::new();
@@ -67,6 +92,23 @@ impl Guest for Misbehave {
                     held.push(std::hint::black_box(vec![1u8; 1 << 20]));
                 }
                 Ok(input)
+            }
+            "log" => {
+                let message = "x\n".repeat(mib(&options, 64)? / 2);
+                for _ in 0..number(&options, "count")?.unwrap_or(1000) {
+                    log(Level::Warn, &message);
+                }
+                Ok(input)
+            }
+            "random" => {
+                let bytes = wasi::random::random::get_random_bytes(number(&options, "kib")?.unwrap_or(256 << 10) << 10);
+                std::hint::black_box(&bytes);
+                Ok(input)
+            }
+            "big" => {
+                let mut bytes = vec![0u8; mib(&options, 128)?];
+                bytes[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
+                Ok(Image { bytes, media_type: "image/png".into() })
             }
             "panic" => panic!("misbehave was asked to panic"),
             "garbage" => Ok(Image { bytes: b"this is not a png".to_vec(), media_type: "image/png".into() }),

@@ -1,0 +1,273 @@
+//! Every sandbox limit as a pair, with real components: obeyed, and violated. A violated case
+//! asserts how fast the call was stopped (within the budget + 100 ms, or far less), that the
+//! process's resident memory stayed under the memory limit + 64 MiB while it ran, and that the
+//! next call on the same engine works. The tests run one at a time (RSS is per process).
+
+mod common;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use common::wat::{Shape, component};
+use common::{built_plugin, photo, png};
+use pixbox::sandbox::{LoadedPlugin, Param, Sandbox, SandboxSettings, TransformError};
+
+const MEMORY_MIB: u64 = 64;
+const BUDGET: Duration = Duration::from_millis(1_000);
+/// How far past the budget a violated call may end.
+const SLACK: Duration = Duration::from_millis(100);
+/// Resident memory the whole test process may reach during a violated call.
+const RSS_BOUND: usize = ((MEMORY_MIB + 64) << 20) as usize;
+
+/// One test at a time: resident memory is the process's, not the test's.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
+    Sandbox::new(SandboxSettings {
+        memory_limit_mib: MEMORY_MIB,
+        time_budget_ms: BUDGET.as_millis() as u64,
+        max_output_mib: 16,
+        ..SandboxSettings::default()
+    })
+    .unwrap()
+});
+
+fn params(pairs: &[(&str, &str)]) -> Vec<Param> {
+    pairs.iter().map(|(n, v)| Param { name: n.to_string(), value: v.to_string() }).collect()
+}
+
+async fn misbehave() -> Arc<LoadedPlugin> {
+    SANDBOX.load(built_plugin("misbehave").to_str().unwrap()).await.unwrap()
+}
+
+fn input() -> Vec<u8> {
+    png(&photo(8, 8))
+}
+
+/// Samples the process's resident set every millisecond while a call runs.
+struct RssWatch {
+    peak: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux)");
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+impl RssWatch {
+    fn start() -> Self {
+        let (peak, stop) = (Arc::new(AtomicUsize::new(rss_bytes())), Arc::new(AtomicBool::new(false)));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        RssWatch { peak, stop, thread: Some(thread) }
+    }
+
+    fn peak(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.peak.load(Ordering::Relaxed).max(rss_bytes())
+    }
+}
+
+/// Runs a call that must be stopped, checks how fast and with how much memory, then checks the
+/// engine still works; returns the error.
+async fn violated(plugin: &LoadedPlugin, options: &[(&str, &str)], within: Duration) -> TransformError {
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let result = SANDBOX.transform(plugin, &input(), "image/png", &params(options)).await;
+    let elapsed = started.elapsed();
+    let peak = watch.peak();
+    let err = result.expect_err("the call must be stopped");
+    assert!(elapsed <= within, "{options:?}: stopped after {elapsed:?}, allowed {within:?} ({err})");
+    assert!(
+        peak <= RSS_BOUND,
+        "{options:?}: resident memory reached {} MiB, bound {} MiB",
+        peak >> 20,
+        RSS_BOUND >> 20
+    );
+    eprintln!("{options:?}: stopped in {elapsed:?} with {err:?}; resident high-water {} MiB", peak >> 20);
+    let echo = misbehave().await;
+    let out = SANDBOX.transform(&echo, &input(), "image/png", &[]).await.expect("the next call works");
+    assert_eq!(out.bytes, input());
+    err
+}
+
+#[tokio::test]
+async fn cpu_time_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    let out = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "spin"), ("ms", "200")])).await;
+    assert!(out.unwrap().stats.elapsed >= Duration::from_millis(200));
+    let err = violated(&plugin, &[("mode", "spin")], BUDGET + SLACK).await;
+    assert_eq!(err, TransformError::Timeout { budget: BUDGET });
+}
+
+#[tokio::test]
+async fn sleeping_in_a_host_call_is_stopped_at_the_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    let out = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "sleep"), ("ms", "200")])).await;
+    assert!(out.unwrap().stats.elapsed >= Duration::from_millis(200));
+    let err = violated(&plugin, &[("mode", "sleep"), ("ms", "60000")], BUDGET + SLACK).await;
+    assert_eq!(err, TransformError::Timeout { budget: BUDGET });
+}
+
+#[tokio::test]
+async fn blocking_on_a_pollable_that_never_fires_is_stopped_at_the_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    // Obeyed: the same plugin answers at once when it does not block.
+    SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "echo")])).await.unwrap();
+    let err = violated(&plugin, &[("mode", "block")], BUDGET + SLACK).await;
+    assert_eq!(err, TransformError::Timeout { budget: BUDGET });
+}
+
+#[tokio::test]
+async fn linear_memory_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    let out =
+        SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "alloc"), ("mib", "32")])).await.unwrap();
+    assert!(out.stats.memory_peak >= 32 << 20 && out.stats.memory_peak <= (MEMORY_MIB << 20) as usize);
+    let err = violated(&plugin, &[("mode", "alloc")], Duration::from_millis(500)).await;
+    assert_eq!(err, TransformError::OutOfMemory { limit_bytes: (MEMORY_MIB << 20) as usize });
+}
+
+#[tokio::test]
+async fn several_memories_share_one_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let shape = |grow_pages| Shape { memories: 2, grow_pages, tables: 1, grow_elements: 10 };
+    // 2 x 24 MiB fits in 64 MiB.
+    let fits = SANDBOX.load_bytes("two-memories-24", component(shape(384))).await.unwrap();
+    assert_eq!(fits.info.name, "wat-shape");
+    let out = SANDBOX.transform(&fits, &input(), "image/png", &[]).await.unwrap();
+    assert_eq!(out.bytes, input(), "the component echoes");
+    assert!(out.stats.memory_peak >= 48 << 20, "both memories counted: {}", out.stats.memory_peak);
+    // 2 x 40 MiB does not, although each memory alone would.
+    let over = SANDBOX.load_bytes("two-memories-40", component(shape(640))).await.unwrap();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let err = SANDBOX.transform(&over, &input(), "image/png", &[]).await.unwrap_err();
+    let (elapsed, peak) = (started.elapsed(), watch.peak());
+    assert_eq!(err, TransformError::OutOfMemory { limit_bytes: (MEMORY_MIB << 20) as usize });
+    assert!(elapsed < Duration::from_millis(500), "stopped after {elapsed:?}");
+    assert!(peak <= RSS_BOUND, "resident memory reached {} MiB", peak >> 20);
+    SANDBOX.transform(&fits, &input(), "image/png", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn components_larger_than_a_plugin_may_be_are_refused_at_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let allowed = pixbox::sandbox::ComponentShape::ALLOWED;
+    // At the limits: loads and runs, every table grown to its element cap.
+    let at = Shape {
+        memories: allowed.memories,
+        grow_pages: 1,
+        tables: allowed.tables,
+        grow_elements: allowed.table_elements as u32,
+    };
+    let plugin = SANDBOX.load_bytes("at-the-limits", component(at)).await.unwrap();
+    SANDBOX.transform(&plugin, &input(), "image/png", &[]).await.unwrap();
+    // One memory or one table more: refused when loaded, not when an image arrives.
+    for (what, shape) in [
+        ("memories", Shape { memories: allowed.memories + 1, ..at }),
+        ("tables", Shape { tables: allowed.tables + 1, ..at }),
+    ] {
+        let err = SANDBOX.load_bytes(what, component(shape)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("larger than a plugin may be") && text.contains(what), "{what}: {text}");
+    }
+    // A table grown past its element cap fails inside the call, at once.
+    let past = SANDBOX
+        .load_bytes("past-elements", component(Shape { grow_elements: allowed.table_elements as u32 + 1, ..at }))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = SANDBOX.transform(&past, &input(), "image/png", &[]).await.unwrap_err();
+    assert!(matches!(err, TransformError::Trap(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn log_floods_are_cut_off() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    let out = SANDBOX
+        .transform(&plugin, &input(), "image/png", &params(&[("mode", "log"), ("mib", "0"), ("count", "10")]))
+        .await
+        .unwrap();
+    assert_eq!(out.stats.logs_dropped, 0);
+    // 1000 messages of 16 MiB: the host copies 4 KiB of each it keeps and drops the rest.
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let out = SANDBOX
+        .transform(&plugin, &input(), "image/png", &params(&[("mode", "log"), ("mib", "16"), ("count", "1000")]))
+        .await
+        .unwrap();
+    let (elapsed, peak) = (started.elapsed(), watch.peak());
+    assert!(out.stats.logs_dropped >= 1000 - 256, "dropped {}", out.stats.logs_dropped);
+    assert!(elapsed <= BUDGET + SLACK, "took {elapsed:?}");
+    assert!(peak <= RSS_BOUND, "resident memory reached {} MiB", peak >> 20);
+}
+
+#[tokio::test]
+async fn huge_random_requests_trap_without_host_allocation() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "random"), ("kib", "16")])).await.unwrap();
+    let err = violated(&plugin, &[("mode", "random"), ("kib", "1048576")], Duration::from_millis(500)).await;
+    assert!(matches!(err, TransformError::Trap(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn output_over_the_cap_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    // Within the cap: copied out and checked (a PNG signature and zeros is not an image).
+    let err =
+        SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "big"), ("mib", "8")])).await.unwrap_err();
+    assert!(matches!(err, TransformError::InvalidOutput(_)), "{err:?}");
+    let err = violated(&plugin, &[("mode", "big"), ("mib", "40")], Duration::from_millis(500)).await;
+    assert!(matches!(err, TransformError::OutputTooLarge { size, limit } if size == 40 << 20 && limit == 16 << 20));
+}
+
+#[tokio::test]
+async fn panics_are_contained() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    let err = violated(&plugin, &[("mode", "panic")], Duration::from_millis(500)).await;
+    assert!(matches!(&err, TransformError::Trap(m) if m.contains("misbehave was asked to panic")), "{err:?}");
+    assert_eq!(err.public_reason(), "the plugin crashed", "plugin output stays in the log");
+    let err = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "garbage")])).await.unwrap_err();
+    assert!(matches!(err, TransformError::InvalidOutput(_)), "{err:?}");
+}
+
+/// Many calls at once on one engine: each keeps its own budget, and the engine recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_violations_each_end_at_their_budget() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let plugin = misbehave().await;
+    let started = Instant::now();
+    let calls = ["spin", "sleep", "block", "spin"].map(|mode| {
+        let plugin = plugin.clone();
+        tokio::spawn(async move {
+            SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", mode), ("ms", "60000")])).await
+        })
+    });
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap_err(), TransformError::Timeout { budget: BUDGET });
+    }
+    // Two cores, four calls: two spinning calls share the cores with the sleepers, yet all end
+    // at the budget because each is cancelled by its own deadline.
+    assert!(started.elapsed() <= BUDGET + SLACK + SLACK, "took {:?}", started.elapsed());
+}
