@@ -79,6 +79,7 @@ impl BlobStore for MemoryStore {
     }
 
     async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<String>, StoreError> {
+        pixbox::storage::validate_prefix(prefix)?;
         let permanent = bucket == Bucket::Permanent;
         let objects = self.objects.lock().unwrap();
         let mut keys: Vec<String> =
