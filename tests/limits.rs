@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ const SLACK: Duration = Duration::from_millis(100);
 const RSS_BOUND: usize = ((MEMORY_MIB + 64) << 20) as usize;
 
 /// One test at a time: resident memory is the process's, not the test's.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
     Sandbox::new(SandboxSettings {
@@ -104,7 +103,7 @@ async fn violated(plugin: &LoadedPlugin, options: &[(&str, &str)], within: Durat
 
 #[tokio::test]
 async fn cpu_time_budget() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     let out = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "spin"), ("ms", "200")])).await;
     assert!(out.unwrap().stats.elapsed >= Duration::from_millis(200));
@@ -114,7 +113,7 @@ async fn cpu_time_budget() {
 
 #[tokio::test]
 async fn sleeping_in_a_host_call_is_stopped_at_the_budget() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     let out = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "sleep"), ("ms", "200")])).await;
     assert!(out.unwrap().stats.elapsed >= Duration::from_millis(200));
@@ -124,7 +123,7 @@ async fn sleeping_in_a_host_call_is_stopped_at_the_budget() {
 
 #[tokio::test]
 async fn blocking_on_a_pollable_that_never_fires_is_stopped_at_the_budget() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     // Obeyed: the same plugin answers at once when it does not block.
     SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "echo")])).await.unwrap();
@@ -134,7 +133,7 @@ async fn blocking_on_a_pollable_that_never_fires_is_stopped_at_the_budget() {
 
 #[tokio::test]
 async fn linear_memory_budget() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     let out =
         SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "alloc"), ("mib", "32")])).await.unwrap();
@@ -145,7 +144,7 @@ async fn linear_memory_budget() {
 
 #[tokio::test]
 async fn several_memories_share_one_budget() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let shape = |grow_pages| Shape { memories: 2, grow_pages, tables: 1, grow_elements: 10 };
     // 2 x 24 MiB fits in 64 MiB.
     let fits = SANDBOX.load_bytes("two-memories-24", component(shape(384))).await.unwrap();
@@ -167,7 +166,7 @@ async fn several_memories_share_one_budget() {
 
 #[tokio::test]
 async fn components_larger_than_a_plugin_may_be_are_refused_at_load() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let allowed = pixbox::sandbox::ComponentShape::ALLOWED;
     // At the limits: loads and runs, every table grown to its element cap.
     let at = Shape {
@@ -200,7 +199,7 @@ async fn components_larger_than_a_plugin_may_be_are_refused_at_load() {
 
 #[tokio::test]
 async fn log_floods_are_cut_off() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     let out = SANDBOX
         .transform(&plugin, &input(), "image/png", &params(&[("mode", "log"), ("mib", "0"), ("count", "10")]))
@@ -222,7 +221,7 @@ async fn log_floods_are_cut_off() {
 
 #[tokio::test]
 async fn huge_random_requests_trap_without_host_allocation() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "random"), ("kib", "16")])).await.unwrap();
     let err = violated(&plugin, &[("mode", "random"), ("kib", "1048576")], Duration::from_millis(500)).await;
@@ -231,7 +230,7 @@ async fn huge_random_requests_trap_without_host_allocation() {
 
 #[tokio::test]
 async fn output_over_the_cap_is_refused() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     // Within the cap: copied out and checked (a PNG signature and zeros is not an image).
     let err =
@@ -243,7 +242,7 @@ async fn output_over_the_cap_is_refused() {
 
 #[tokio::test]
 async fn panics_are_contained() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     let err = violated(&plugin, &[("mode", "panic")], Duration::from_millis(500)).await;
     assert!(matches!(&err, TransformError::Trap(m) if m.contains("misbehave was asked to panic")), "{err:?}");
@@ -255,7 +254,7 @@ async fn panics_are_contained() {
 /// Many calls at once on one engine: each keeps its own budget, and the engine recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_violations_each_end_at_their_budget() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     let started = Instant::now();
     let calls = ["spin", "sleep", "block", "spin"].map(|mode| {

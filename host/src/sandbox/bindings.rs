@@ -141,7 +141,7 @@ pub fn escape(text: &str, max: usize) -> String {
         }
     }
     if end < text.len() {
-        out.push_str("…");
+        out.push('…');
     }
     out
 }
