@@ -24,6 +24,28 @@ pub struct UploadRef {
     pub queued_ms: u64,
 }
 
+impl UploadRef {
+    /// A new upload, queued now.
+    pub fn new() -> Self {
+        UploadRef { id: uuid::Uuid::now_v7().to_string(), queued_ms: unix_ms() }
+    }
+
+    /// How long ago the upload's jobs were queued.
+    pub fn age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(unix_ms().saturating_sub(self.queued_ms))
+    }
+}
+
+impl Default for UploadRef {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Job {
     pub fn to_body(&self) -> String {
         serde_json::to_string(self).expect("job serializes")

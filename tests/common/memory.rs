@@ -21,17 +21,26 @@ fn slot(bucket: Bucket, key: &str) -> (bool, String) {
     (bucket == Bucket::Permanent, key.to_string())
 }
 
+impl MemoryStore {
+    /// Writes `body` under `key` unless `only_if_absent` and the key exists; says whether it wrote.
+    fn write(&self, bucket: Bucket, key: &str, body: Bytes, meta: &ObjectMeta, only_if_absent: bool) -> bool {
+        let mut objects = self.objects.lock().unwrap();
+        if only_if_absent && objects.contains_key(&slot(bucket, key)) {
+            return false;
+        }
+        let mut writes = self.writes.lock().unwrap();
+        *writes += 1;
+        let info = ObjectInfo { meta: meta.clone(), size: body.len() as u64, etag: format!("\"w{writes}\"") };
+        objects.insert(slot(bucket, key), (body, info));
+        true
+    }
+}
+
 #[async_trait::async_trait]
 impl BlobStore for MemoryStore {
     async fn put(&self, bucket: Bucket, key: &str, body: Bytes, meta: &ObjectMeta) -> Result<(), StoreError> {
         validate_key(key)?;
-        let etag = {
-            let mut writes = self.writes.lock().unwrap();
-            *writes += 1;
-            format!("\"w{writes}\"")
-        };
-        let info = ObjectInfo { meta: meta.clone(), size: body.len() as u64, etag };
-        self.objects.lock().unwrap().insert(slot(bucket, key), (body, info));
+        self.write(bucket, key, body, meta, false);
         Ok(())
     }
 
@@ -43,15 +52,7 @@ impl BlobStore for MemoryStore {
         meta: &ObjectMeta,
     ) -> Result<bool, StoreError> {
         validate_key(key)?;
-        let mut objects = self.objects.lock().unwrap();
-        if objects.contains_key(&slot(bucket, key)) {
-            return Ok(false);
-        }
-        let mut writes = self.writes.lock().unwrap();
-        *writes += 1;
-        let info = ObjectInfo { meta: meta.clone(), size: body.len() as u64, etag: format!("\"w{writes}\"") };
-        objects.insert(slot(bucket, key), (body, info));
-        Ok(true)
+        Ok(self.write(bucket, key, body, meta, true))
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> Result<GetObject, StoreError> {
@@ -146,21 +147,22 @@ impl MemoryQueue {
             let message = state.messages.remove(&id).unwrap();
             state.dead.insert(id, message);
         }
-        let mut out = Vec::new();
-        for (id, message) in state.messages.iter_mut().filter(|(_, m)| m.visible_at <= now).take(max) {
-            message.receive_count += 1;
-            message.visible_at = now + visibility;
-            let receipt = format!("{id}:{}", uuid::Uuid::new_v4());
-            message.receipt = Some(receipt.clone());
-            out.push(Delivery {
-                message_id: id.to_string(),
-                body: message.body.clone(),
-                receipt,
-                receive_count: message.receive_count,
-            });
-        }
-        out
+        let visible = state.messages.iter_mut().filter(|(_, m)| m.visible_at <= now).take(max);
+        visible
+            .map(|(id, message)| {
+                message.receive_count += 1;
+                deliver(*id, message, now + visibility)
+            })
+            .collect()
     }
+}
+
+/// Hides `message` until `until` under a new receipt and describes this delivery of it.
+fn deliver(id: u64, message: &mut Message, until: Instant) -> Delivery {
+    message.visible_at = until;
+    let receipt = format!("{id}:{}", uuid::Uuid::new_v4());
+    message.receipt = Some(receipt.clone());
+    Delivery { message_id: id.to_string(), body: message.body.clone(), receipt, receive_count: message.receive_count }
 }
 
 fn check_batch(n: usize) -> Result<(), QueueError> {
@@ -222,19 +224,8 @@ impl JobQueue for MemoryQueue {
         self.receive_now(0, Duration::ZERO); // runs the move to the dead letters, as SQS does
         let now = Instant::now();
         let mut state = self.state.lock().unwrap();
-        let mut out = Vec::new();
-        for (id, message) in state.dead.iter_mut().filter(|(_, m)| m.visible_at <= now).take(max) {
-            message.visible_at = now + visibility;
-            let receipt = format!("{id}:{}", uuid::Uuid::new_v4());
-            message.receipt = Some(receipt.clone());
-            out.push(Delivery {
-                message_id: id.to_string(),
-                body: message.body.clone(),
-                receipt,
-                receive_count: message.receive_count,
-            });
-        }
-        Ok(out)
+        let visible = state.dead.iter_mut().filter(|(_, m)| m.visible_at <= now).take(max);
+        Ok(visible.map(|(id, message)| deliver(*id, message, now + visibility)).collect())
     }
 
     async fn check(&self) -> Result<(), QueueError> {

@@ -145,8 +145,7 @@ pub async fn upload(
         // One image is one message: sent or not. Several go out in more than one send, so
         // their jobs wait for a commit record written after the last send: if a send fails, the
         // jobs already sent find no commit (and no original) and are dropped without a trace.
-        let upload =
-            (stored.len() > 1).then(|| UploadRef { id: uuid::Uuid::now_v7().to_string(), queued_ms: now_ms() });
+        let upload = (stored.len() > 1).then(UploadRef::new);
         for chunk in stored.chunks(MAX_BATCH) {
             let bodies: Vec<String> =
                 chunk.iter().map(|u| Job { key: u.key.clone(), upload: upload.clone() }.to_body()).collect();
@@ -267,8 +266,4 @@ fn multipart_error(e: MultipartError) -> ApiError {
             format!("not a valid multipart/form-data body: {}", e.body_text()),
         )
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -288,13 +288,6 @@ impl Sandbox {
                 }
             }
         };
-        let result = match result {
-            // The cap was hit even though the guest coped (or hid it): report it as what it was.
-            Err(TransformError::Trap(_)) if store.data().limiter.exceeded => {
-                Err(TransformError::OutOfMemory { limit_bytes: limit })
-            }
-            other => other,
-        };
         let printed = stdio.text();
         for line in printed.lines().filter(|l| !l.trim().is_empty()) {
             tracing::debug!(plugin = &*plugin.source, "plugin output: {}", bindings::escape(line, 1024));
@@ -304,7 +297,7 @@ impl Sandbox {
             tracing::warn!(
                 plugin = &*plugin.source,
                 dropped,
-                "plugin log messages dropped (over {LOG_CALLS_PER_CALL} per call)"
+                "plugin log messages dropped (over {LOG_CALLS_PER_CALL} per call, or over the host time for logging)"
             );
         }
         let stats =

@@ -143,9 +143,8 @@ impl Worker {
         if let Some(upload) = &job.upload
             && jobs::committed_keys(&*self.store, &upload.id).await?.is_none()
         {
-            let age = Duration::from_millis(now_ms().saturating_sub(upload.queued_ms));
             let original = jobs::found(self.store.head(Bucket::Temp, key).await)?;
-            if original.is_some() && age < COMMIT_GRACE {
+            if original.is_some() && upload.age() < COMMIT_GRACE {
                 return Ok(Outcome::Deferred { key: key.into() });
             }
             // The upload failed: the client was told so, and nothing of it may be processed.
@@ -292,8 +291,4 @@ fn gave_up(attempts: u32, code: &str) -> Failure {
         plugin: None,
         attempts,
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
