@@ -2,13 +2,15 @@
 //! can do with the same photos on the same cores.
 //!
 //! Run with `cargo bench -p pixbox --bench worker` after `scripts/fetch-photos` (or point
-//! `PIXBOX_BENCH_PHOTOS` at a folder of JPEGs). Same run, same files:
-//! - sandbox only: each photo through the default plugin, one call at a time; per-image time;
+//! `PIXBOX_BENCH_PHOTOS` at a folder of JPEGs). Same run, same files, in interleaved rounds (a
+//! shared VM drifts; interleaving keeps the three measures comparable), medians reported:
+//! - sandbox only, serial: each photo through the default plugin, one call at a time;
+//! - sandbox only, parallel: `concurrency` calls at a time, no queue, no store;
 //! - pipeline: the photos stored as originals and queued as jobs on the embedded backend, then
 //!   one worker tick (`concurrency` = cores) drains the queue: get, sandbox, put, delete.
 //!
-//! The ratio is (sandbox time / concurrency) / pipeline time: 100 % means the pipeline keeps
-//! every core as busy as the bare sandbox would.
+//! The headline ratio is (serial time / concurrency) / pipeline time: 100 % means the pipeline
+//! keeps every core as busy as the bare sandbox would with perfect scaling.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,17 +23,21 @@ use pixbox::sandbox::{Routes, Sandbox};
 use pixbox::storage::{Bucket, ObjectMeta};
 use pixbox::worker::Worker;
 
-/// Each photo is queued this many times, so the queue is long enough to measure steady state.
+/// Each photo is queued this many times per round, so the queue is long enough for steady state.
 const COPIES: usize = 3;
+/// Rounds of the three measures; medians are reported.
+const ROUNDS: usize = 3;
 
-fn photos() -> Vec<(String, Vec<u8>)> {
+type Photos = Vec<(String, Vec<u8>)>;
+
+fn photos() -> Photos {
     let dir = std::env::var_os("PIXBOX_BENCH_PHOTOS").map(PathBuf::from).unwrap_or_else(|| {
         let cache = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
         cache.join("pixbox/photos/mate-backgrounds")
     });
-    let mut photos: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+    let mut photos: Photos = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("no photos in {} ({e}): run scripts/fetch-photos first", dir.display()))
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")))
@@ -42,81 +48,123 @@ fn photos() -> Vec<(String, Vec<u8>)> {
     photos
 }
 
+fn media_type(bytes: &[u8]) -> &'static str {
+    pixbox::imaging::probe(bytes).unwrap().format.media_type()
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(run());
 }
 
-async fn run() {
-    let photos = photos();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
-    let concurrency = config.worker_concurrency();
-    let sandbox = Arc::new(Sandbox::new(config.sandbox.clone()).unwrap());
-    let routes = Arc::new(Routes::load(&sandbox, &config.routes).await.unwrap());
-    let route = routes.resolve("");
+/// Everything a round needs: the photos, and one sandbox and route table for all measures.
+struct Bench {
+    photos: Photos,
+    sandbox: Arc<Sandbox>,
+    routes: Arc<Routes>,
+    concurrency: usize,
+}
 
-    // Sandbox only: one call at a time, after one warm-up call.
-    let probe = |bytes: &[u8]| pixbox::imaging::probe(bytes).unwrap().format.media_type();
-    sandbox.transform(&route.plugin, &photos[0].1, probe(&photos[0].1), &route.options).await.unwrap();
-    let mut sandbox_time = Duration::ZERO;
-    for _ in 0..COPIES {
-        for (_, bytes) in &photos {
-            let out = sandbox.transform(&route.plugin, bytes, probe(bytes), &route.options).await.unwrap();
-            sandbox_time += out.stats.elapsed;
+impl Bench {
+    /// The work of one round, in pipeline order.
+    fn work(&self) -> Vec<&[u8]> {
+        (0..COPIES).flat_map(|_| self.photos.iter().map(|(_, b)| b.as_slice())).collect()
+    }
+
+    /// Sum of the sandbox's own time over the round, one call at a time.
+    async fn serial(&self) -> Duration {
+        let route = self.routes.resolve("");
+        let mut total = Duration::ZERO;
+        for bytes in self.work() {
+            let out = self.sandbox.transform(&route.plugin, bytes, media_type(bytes), &route.options).await.unwrap();
+            total += out.stats.elapsed;
         }
+        total
     }
-    let jobs = photos.len() * COPIES;
 
-    // Sandbox only, `concurrency` calls at a time: what the cores give without any queue or store.
-    let started = Instant::now();
-    let mut calls = tokio::task::JoinSet::new();
-    let work: Vec<Vec<u8>> = (0..COPIES).flat_map(|_| photos.iter().map(|(_, b)| b.clone())).collect();
-    let work = Arc::new(std::sync::Mutex::new(work));
-    for _ in 0..concurrency {
-        let (sandbox, routes, work) = (sandbox.clone(), routes.clone(), work.clone());
-        calls.spawn(async move {
-            let route = routes.resolve("");
-            loop {
-                let Some(bytes) = work.lock().unwrap().pop() else { break };
-                let media_type = pixbox::imaging::probe(&bytes).unwrap().format.media_type();
-                sandbox.transform(&route.plugin, &bytes, media_type, &route.options).await.unwrap();
-            }
-        });
+    /// Wall time of the round with `concurrency` sandbox calls at a time.
+    async fn parallel(&self) -> Duration {
+        // Popped from the end: reversed, so the calls come in the pipeline's order.
+        let work: Vec<Vec<u8>> = self.work().into_iter().rev().map(<[u8]>::to_vec).collect();
+        let work = Arc::new(std::sync::Mutex::new(work));
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..self.concurrency {
+            let (sandbox, routes, work) = (self.sandbox.clone(), self.routes.clone(), work.clone());
+            calls.spawn(async move {
+                let route = routes.resolve("");
+                loop {
+                    let Some(bytes) = work.lock().unwrap().pop() else { break };
+                    sandbox.transform(&route.plugin, &bytes, media_type(&bytes), &route.options).await.unwrap();
+                }
+            });
+        }
+        calls.join_all().await;
+        started.elapsed()
     }
-    calls.join_all().await;
-    let parallel_time = started.elapsed();
 
-    // Pipeline: originals in the temp bucket, one job each, one tick drains them.
-    let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
-    let mut bodies = Vec::new();
-    for copy in 0..COPIES {
-        for (name, bytes) in &photos {
-            let key = format!("bench/{copy}/{name}");
-            let meta = ObjectMeta { content_type: probe(bytes).into(), metadata: Default::default() };
-            store.put(Bucket::Temp, &key, Bytes::from(bytes.clone()), &meta).await.unwrap();
+    /// Wall time from a full queue until the last result is stored (the tick itself then spends
+    /// a moment deciding the queue is empty, which is per tick, not per image).
+    async fn pipeline(&self) -> Duration {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
+        let mut bodies = Vec::new();
+        for (i, bytes) in self.work().into_iter().enumerate() {
+            let key = format!("bench/{i}.jpg");
+            let meta = ObjectMeta { content_type: media_type(bytes).into(), metadata: Default::default() };
+            store.put(Bucket::Temp, &key, Bytes::copy_from_slice(bytes), &meta).await.unwrap();
             bodies.push(Job { key, upload: None }.to_body());
         }
+        for chunk in bodies.chunks(pixbox::queue::MAX_BATCH) {
+            queue.send_batch(chunk).await.unwrap();
+        }
+        let worker = Worker {
+            store: store.clone(),
+            queue,
+            sandbox: self.sandbox.clone(),
+            routes: self.routes.clone(),
+            settings: config.worker.clone(),
+            limits: config.limits.pixels(),
+            max_input_bytes: config.limits.max_image_bytes as usize,
+        };
+        let jobs = bodies.len();
+        let concurrency = self.concurrency;
+        let started = Instant::now();
+        let tick = tokio::spawn(async move { worker.tick(concurrency, &Default::default()).await });
+        while store.list(Bucket::Permanent, "bench/").await.unwrap().len() < jobs {
+            assert!(!tick.is_finished(), "the tick ended before every result was stored");
+            // Coarse on purpose: listing competes with the jobs for the same cores.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let elapsed = started.elapsed();
+        let report = tick.await.unwrap();
+        assert_eq!(report.done, jobs, "{report:?}");
+        elapsed
     }
-    for chunk in bodies.chunks(pixbox::queue::MAX_BATCH) {
-        queue.send_batch(chunk).await.unwrap();
-    }
-    let worker = Worker {
-        store: store.clone(),
-        queue,
-        sandbox: sandbox.clone(),
-        routes: routes.clone(),
-        settings: config.worker.clone(),
-        limits: config.limits.pixels(),
-        max_input_bytes: config.limits.max_image_bytes as usize,
-    };
-    let started = Instant::now();
-    let report = worker.tick(concurrency, &Default::default()).await;
-    let pipeline_time = started.elapsed();
-    assert_eq!(report.done, jobs, "{report:?}");
+}
 
-    let ideal = sandbox_time / concurrency as u32;
-    let megapixels: f64 = photos
+async fn run() {
+    let config = Config::default();
+    let sandbox = Arc::new(Sandbox::new(config.sandbox.clone()).unwrap());
+    let routes = Arc::new(Routes::load(&sandbox, &config.routes).await.unwrap());
+    let bench = Bench { photos: photos(), sandbox, routes, concurrency: config.worker_concurrency() };
+    let warm = &bench.photos[0].1;
+    let route = bench.routes.resolve("");
+    bench.sandbox.transform(&route.plugin, warm, media_type(warm), &route.options).await.unwrap();
+
+    let (mut serial, mut parallel, mut pipeline) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        serial.push(bench.serial().await);
+        parallel.push(bench.parallel().await);
+        pipeline.push(bench.pipeline().await);
+    }
+    let (serial, parallel, pipeline) = (median(serial), median(parallel), median(pipeline));
+    let concurrency = bench.concurrency;
+    let ideal = serial / concurrency as u32;
+    let jobs = bench.work().len();
+    let megapixels: f64 = bench
+        .photos
         .iter()
         .map(|(_, b)| {
             let h = pixbox::imaging::probe(b).unwrap();
@@ -124,32 +172,25 @@ async fn run() {
         })
         .sum();
     println!(
-        "{} real photos ({:.1} MP in all) x {COPIES} = {jobs} jobs, concurrency {concurrency}",
-        photos.len(),
-        megapixels
+        "{} real photos ({megapixels:.1} MP in all) x {COPIES} = {jobs} jobs per round, concurrency {concurrency}, \
+         median of {ROUNDS} interleaved rounds",
+        bench.photos.len(),
     );
     println!("| measure | seconds | images/s |");
     println!("|---|---:|---:|");
-    let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
-    println!(
-        "| sandbox only, one call at a time (sum of calls) | {:.2} | {:.2} |",
-        secs(sandbox_time),
-        rate(sandbox_time)
-    );
-    println!("| sandbox only x {concurrency} cores (ideal) | {:.2} | {:.2} |", secs(ideal), rate(ideal));
-    println!(
-        "| sandbox only, {concurrency} calls at a time (measured) | {:.2} | {:.2} |",
-        secs(parallel_time),
-        rate(parallel_time)
-    );
-    println!("| worker pipeline, queue to all stored | {:.2} | {:.2} |", secs(pipeline_time), rate(pipeline_time));
-    println!("pipeline throughput / ideal: {:.0} %", 100.0 * ideal.as_secs_f64() / pipeline_time.as_secs_f64());
-    println!(
-        "pipeline throughput / sandbox {concurrency} at a time: {:.0} %",
-        100.0 * parallel_time.as_secs_f64() / pipeline_time.as_secs_f64()
-    );
+    let row = |name: String, d: Duration| {
+        println!("| {name} | {:.2} | {:.2} |", d.as_secs_f64(), jobs as f64 / d.as_secs_f64())
+    };
+    row("sandbox only, one call at a time (sum of calls)".into(), serial);
+    row(format!("sandbox only x {concurrency} cores (ideal)"), ideal);
+    row(format!("sandbox only, {concurrency} calls at a time (measured)"), parallel);
+    row("worker pipeline, full queue to all stored".into(), pipeline);
+    let ratio = |d: Duration| 100.0 * d.as_secs_f64() / pipeline.as_secs_f64();
+    println!("pipeline throughput / ideal: {:.0} %", ratio(ideal));
+    println!("pipeline throughput / sandbox {concurrency} at a time: {:.0} %", ratio(parallel));
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
 }

@@ -64,6 +64,13 @@ impl Worker {
 
     /// Processes one delivery, deleting the message when the job is settled.
     pub async fn process(&self, delivery: &Delivery) -> Outcome {
+        self.process_in(delivery, None).await
+    }
+
+    /// [`Worker::process`], running the plugin only while holding one of `slots`: the loop keeps
+    /// more jobs in flight than it has slots, so one job's reads and writes overlap another's
+    /// plugin call instead of leaving a core idle.
+    pub(crate) async fn process_in(&self, delivery: &Delivery, slots: Option<&tokio::sync::Semaphore>) -> Outcome {
         let job: Job = match serde_json::from_str(&delivery.body) {
             Ok(job) => job,
             Err(e) => {
@@ -72,7 +79,7 @@ impl Worker {
                 return Outcome::Discarded { reason };
             }
         };
-        let outcome = match self.settle(&job, delivery).await {
+        let outcome = match self.settle(&job, delivery, slots).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 Outcome::Retry { key: job.key.clone(), code: "store-unavailable", reason: e.to_string(), after: None }
@@ -125,7 +132,12 @@ impl Worker {
     }
 
     /// Everything but the message: returns `Err` for store errors (retried).
-    async fn settle(&self, job: &Job, delivery: &Delivery) -> Result<Outcome, StoreError> {
+    async fn settle(
+        &self,
+        job: &Job,
+        delivery: &Delivery,
+        slots: Option<&tokio::sync::Semaphore>,
+    ) -> Result<Outcome, StoreError> {
         let key = job.key.as_str();
         let done = |key: &str| Outcome::AlreadyDone { key: key.into() };
         if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
@@ -183,7 +195,7 @@ impl Worker {
         let route = self.routes.resolve(key);
         let plugin = route.plugin.info.name.clone();
         let started = Instant::now();
-        let result = self.transform_with_heartbeat(route, &original, header.format.media_type(), delivery).await;
+        let result = self.transform_with_heartbeat(route, &original, header.format.media_type(), delivery, slots).await;
         drop(original);
         let output = match result {
             Ok(output) => output,
@@ -228,16 +240,24 @@ impl Worker {
         Ok(Outcome::Done { key: key.into(), plugin })
     }
 
-    /// Runs the sandbox, extending the message's visibility while it runs so a long job is not
-    /// handed to another worker. The sandbox's own deadline bounds how long this takes.
+    /// Runs the sandbox (once a slot is free, when there are slots), extending the message's
+    /// visibility while it waits and runs so a long job is not handed to another worker. The
+    /// sandbox's own deadline bounds how long the call takes.
     async fn transform_with_heartbeat(
         &self,
         route: &Route,
         input: &[u8],
         media_type: &'static str,
         delivery: &Delivery,
+        slots: Option<&tokio::sync::Semaphore>,
     ) -> Result<crate::sandbox::Output, TransformError> {
-        let task = self.sandbox.transform(&route.plugin, input, media_type, &route.options);
+        let task = async {
+            let _slot = match slots {
+                Some(slots) => Some(slots.acquire().await.expect("the slots are never closed")),
+                None => None,
+            };
+            self.sandbox.transform(&route.plugin, input, media_type, &route.options).await
+        };
         tokio::pin!(task);
         let beat = (self.visibility() / 2).max(Duration::from_secs(1));
         loop {

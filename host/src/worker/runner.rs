@@ -1,8 +1,10 @@
 //! The loop around [`Worker::process`]: a cron schedule starts ticks (never overlapping); a tick
-//! keeps `concurrency` jobs in flight, receiving only as many messages as there are free slots
-//! (so every received message starts at once and is under its heartbeat), until the queue is
-//! empty, the tick's budget is spent, or shutdown is asked for. On shutdown, jobs in flight get
-//! the grace period to finish; the rest are cancelled and their messages released at once.
+//! keeps `concurrency` plugin calls busy, with one more job in flight per slot so that reading an
+//! original and storing a result overlap another job's plugin call. It receives only as many
+//! messages as it has room for (every received message starts at once and is under its
+//! heartbeat), until the queue is empty, the tick's budget is spent, or shutdown is asked for. On
+//! shutdown, jobs in flight get the grace period to finish; the rest are cancelled and their
+//! messages released at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,37 +46,45 @@ impl TickReport {
 }
 
 impl Worker {
-    /// One tick: keep `concurrency` jobs in flight until the queue is empty, the budget is spent
-    /// or `stop` (then in-flight jobs get `shutdown_grace_secs`, and the rest are cancelled).
+    /// One tick: keep `concurrency` plugin calls busy until the queue is empty, the budget is
+    /// spent or `stop` (then in-flight jobs get `shutdown_grace_secs`, and the rest are cancelled).
     pub async fn tick(&self, concurrency: usize, stop: &CancellationToken) -> TickReport {
         let concurrency = concurrency.max(1);
+        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let room = concurrency * 2;
         let deadline = Instant::now() + Duration::from_secs(self.settings.tick_budget_secs);
         let mut report = TickReport::default();
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         // Receipts of the jobs in flight, to release them if they are cancelled.
         let mut receipts: HashMap<tokio::task::Id, String> = HashMap::new();
-        // Set when a receive came back empty; cleared when a job ends (it may have freed work).
-        let mut idle = false;
+        // How long the next receive may wait for messages; `None` after an empty receive, until a
+        // job ends (then one look without waiting: the long poll just waited for new messages).
+        let mut wait = Some(RECEIVE_WAIT);
         loop {
             if stop.is_cancelled() {
                 break;
             }
-            let free = concurrency.saturating_sub(in_flight.len());
-            if free > 0 && !idle && Instant::now() < deadline {
+            let free = room.saturating_sub(in_flight.len());
+            if free > 0
+                && let Some(waiting) = wait
+                && Instant::now() < deadline
+            {
                 let max = free.min(self.settings.batch_size as usize);
-                match self.queue.receive(max, RECEIVE_WAIT, self.visibility()).await {
-                    Ok(batch) if batch.is_empty() => idle = true,
+                match self.queue.receive(max, waiting, self.visibility()).await {
+                    Ok(batch) if batch.is_empty() => wait = None,
                     Ok(batch) => {
+                        wait = Some(RECEIVE_WAIT);
                         for delivery in batch {
-                            let worker = self.clone();
+                            let (worker, slots) = (self.clone(), slots.clone());
                             let receipt = delivery.receipt.clone();
-                            let handle = in_flight.spawn(async move { worker.process(&delivery).await });
+                            let handle =
+                                in_flight.spawn(async move { worker.process_in(&delivery, Some(&slots)).await });
                             receipts.insert(handle.id(), receipt);
                         }
                     }
                     Err(e) => {
                         tracing::warn!("cannot receive jobs: {e}");
-                        idle = true;
+                        wait = None;
                     }
                 }
                 continue;
@@ -84,7 +94,7 @@ impl Worker {
             }
             tokio::select! {
                 Some(joined) = in_flight.join_next_with_id() => {
-                    idle = false;
+                    wait.get_or_insert(Duration::ZERO);
                     self.finished(joined, &mut receipts, &mut report);
                 }
                 _ = stop.cancelled() => break,
