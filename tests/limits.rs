@@ -229,15 +229,20 @@ async fn huge_random_requests_trap_without_host_allocation() {
 }
 
 #[tokio::test]
-async fn output_over_the_cap_is_refused() {
+async fn output_over_the_cap_is_refused_before_it_is_copied() {
     let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
     // Within the cap: copied out and checked (a PNG signature and zeros is not an image).
     let err =
         SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "big"), ("mib", "8")])).await.unwrap_err();
     assert!(matches!(err, TransformError::InvalidOutput(_)), "{err:?}");
+    let before = rss_bytes();
+    let watch = RssWatch::start();
     let err = violated(&plugin, &[("mode", "big"), ("mib", "40")], Duration::from_millis(500)).await;
     assert!(matches!(err, TransformError::OutputTooLarge { size, limit } if size == 40 << 20 && limit == 16 << 20));
+    // The plugin's 40 MiB, but no host copy of them (that would be 40 MiB more).
+    let grew = watch.peak().saturating_sub(before);
+    assert!(grew < (40 + 16) << 20, "resident memory grew by {} MiB: the output was copied", grew >> 20);
 }
 
 #[tokio::test]

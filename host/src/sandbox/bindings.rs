@@ -5,7 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use wasmtime::StoreContextMut;
-use wasmtime::component::{ComponentType, HasSelf, Linker, Lower, ResourceTable, WasmStr};
+use wasmtime::component::{ComponentType, HasSelf, Lift, Linker, Lower, ResourceTable, WasmStr};
+
+use super::bounded::{BoundedText, OutputBytes};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -37,7 +39,7 @@ pub const MAX_RESOURCES: usize = 1024;
 /// Longest error message copied out of a plugin's `transform-error`.
 pub const ERROR_MESSAGE_BYTES: usize = 1024;
 /// Longest media type a plugin may return.
-const MEDIA_TYPE_BYTES: usize = 255;
+pub const MEDIA_TYPE_BYTES: usize = 255;
 /// What one table element costs the host, for the per-call memory budget.
 const TABLE_ELEMENT_BYTES: usize = 16;
 
@@ -51,12 +53,32 @@ pub struct ImageIn<'a> {
     pub media_type: &'a str,
 }
 
-/// The `transform` export's signature, with the borrowed input. The output is lifted (copied)
-/// whole: wasmtime runs the guest's post-return (which frees the output) before a lazily lifted
-/// result could be read, so its size is checked after the copy. The copy is bounded all the same:
-/// it cannot be larger than the plugin's memory, which is within the call's memory budget.
+/// The WIT `image` record as a plugin returns it: the bytes are copied out only when within the
+/// output cap, the media type only up to 255 bytes.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct ImageOut {
+    pub bytes: OutputBytes,
+    #[component(name = "media-type")]
+    pub media_type: BoundedText<MEDIA_TYPE_BYTES>,
+}
+
+/// The WIT `transform-error` as a plugin returns it, each message copied up to 1 KiB.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+pub enum ErrorOut {
+    #[component(name = "bad-input")]
+    BadInput(BoundedText<ERROR_MESSAGE_BYTES>),
+    #[component(name = "unsupported")]
+    Unsupported(BoundedText<ERROR_MESSAGE_BYTES>),
+    #[component(name = "internal")]
+    Internal(BoundedText<ERROR_MESSAGE_BYTES>),
+}
+
+/// The `transform` export's signature: the input borrowed (copied once, into the guest), the
+/// output read with bounds (see `bounded.rs`).
 pub type TransformParams<'a> = (ImageIn<'a>, &'a [Param]);
-pub type TransformResults = (Result<Image, TransformError>,);
+pub type TransformResults = (Result<ImageOut, ErrorOut>,);
 
 /// Everything one call's `Store` holds. A fresh one per call: no state leaks between images.
 pub struct HostState {
@@ -163,25 +185,22 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 impl self::pixbox::transform::types::Host for HostState {}
 
-/// Checks a plugin's answer against the output cap and bounds its messages.
+/// Turns a plugin's answer, read with bounds, into the image or the typed error.
 pub fn take_output(
-    output: Result<Image, TransformError>,
+    output: Result<ImageOut, ErrorOut>,
     max_output: usize,
 ) -> Result<(Vec<u8>, String), super::TransformError> {
     use super::TransformError as E;
+    let message = |m: &BoundedText<ERROR_MESSAGE_BYTES>| escape(&m.text, ERROR_MESSAGE_BYTES);
     match output {
-        Ok(image) => {
-            if image.bytes.len() > max_output {
-                return Err(E::OutputTooLarge { size: image.bytes.len(), limit: max_output });
-            }
-            if image.media_type.len() > MEDIA_TYPE_BYTES {
-                return Err(E::InvalidOutput(format!("media type is longer than {MEDIA_TYPE_BYTES} bytes")));
-            }
-            Ok((image.bytes, image.media_type))
+        Ok(ImageOut { bytes: OutputBytes::TooLarge(size), .. }) => Err(E::OutputTooLarge { size, limit: max_output }),
+        Ok(ImageOut { media_type, .. }) if media_type.cut => {
+            Err(E::InvalidOutput(format!("media type is longer than {MEDIA_TYPE_BYTES} bytes")))
         }
-        Err(TransformError::BadInput(m)) => Err(E::BadInput(escape(&m, ERROR_MESSAGE_BYTES))),
-        Err(TransformError::Unsupported(m)) => Err(E::Unsupported(escape(&m, ERROR_MESSAGE_BYTES))),
-        Err(TransformError::Internal(m)) => Err(E::PluginFailed(escape(&m, ERROR_MESSAGE_BYTES))),
+        Ok(ImageOut { bytes: OutputBytes::Kept(bytes), media_type }) => Ok((bytes, media_type.text)),
+        Err(ErrorOut::BadInput(m)) => Err(E::BadInput(message(&m))),
+        Err(ErrorOut::Unsupported(m)) => Err(E::Unsupported(message(&m))),
+        Err(ErrorOut::Internal(m)) => Err(E::PluginFailed(message(&m))),
     }
 }
 
@@ -272,5 +291,19 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escape_keeps_one_line_and_cuts_at_a_character_boundary() {
+        assert_eq!(escape("fine", 10), "fine");
+        assert_eq!(escape("two\nlines\u{1b}[31m", 64), "two\\nlines\\u{1b}[31m");
+        // "é" is two bytes: a cut inside it keeps the whole character out.
+        assert_eq!(escape("aé", 2), "a…");
+        assert_eq!(escape("abcdef", 3), "abc…");
     }
 }

@@ -6,6 +6,7 @@
 //! becomes a [`TransformError`]; nothing a plugin does can crash the host.
 
 mod bindings;
+mod bounded;
 mod builtin;
 mod cache;
 mod error;
@@ -218,7 +219,7 @@ impl Sandbox {
 
     /// Runs one image through a plugin under this sandbox's limits and checks the output is an
     /// image of the media type the plugin claims. The input is copied once, straight into the
-    /// guest; the output is bounded by the plugin's memory budget and checked against the cap.
+    /// guest; the output is copied out only when it is within the output cap.
     pub async fn transform(
         &self,
         plugin: &LoadedPlugin,
@@ -231,7 +232,8 @@ impl Sandbox {
             .call(plugin, async |store, instance| {
                 let func =
                     instance.get_typed_func::<TransformParams<'_>, TransformResults>(&mut *store, &plugin.transform)?;
-                let (output,) = func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, options)).await?;
+                let call = func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, options));
+                let (output,) = bounded::OUTPUT_LIMIT.scope(limit, call).await?;
                 Ok(bindings::take_output(output, limit))
             })
             .await?;
