@@ -308,9 +308,12 @@ impl Sandbox {
     }
 }
 
-/// The shape of a component the pool admits: enough core instances, memories and tables for a real
-/// Rust (wasm32-wasip2) or C (wasi-libc) component, and no more, so a component cannot multiply
-/// its memory by declaring many memories. Checked when a plugin is loaded.
+/// The shape of a component the pool admits, checked when a plugin is loaded, so a component
+/// cannot multiply its share of the pool by declaring many memories or tables. A Rust
+/// `wasm32-wasip2` component (and a C one linked by the same `wasm-component-ld`) has 3 core
+/// instances (main module, import shim, fixup), 1 memory and 2 tables (measured on pixbox's own
+/// plugins, which load with exactly that); the allowance is that plus one of each for a
+/// WASI adapter module (`cargo component` builds carry one).
 #[derive(Debug, Clone, Copy)]
 pub struct ComponentShape {
     pub core_instances: u32,
@@ -321,7 +324,7 @@ pub struct ComponentShape {
 
 impl ComponentShape {
     pub const ALLOWED: ComponentShape =
-        ComponentShape { core_instances: 8, memories: 2, tables: 4, table_elements: 100_000 };
+        ComponentShape { core_instances: 4, memories: 2, tables: 3, table_elements: 100_000 };
 
     /// Says which pool limit a refused component ran into, in the user's terms.
     fn explain(e: wasmtime::Error) -> String {
