@@ -3,6 +3,8 @@
 //! Plain Rust with no WebAssembly glue, so the same code runs natively (the benchmark compares
 //! it with the sandboxed plugin) and inside the `resize` and `thumbnail` components.
 
+mod jpeg;
+
 use std::io::Cursor;
 
 use fast_image_resize as fr;
@@ -130,7 +132,7 @@ pub struct Encoded {
 /// Decodes `input`, applies its EXIF orientation, fits it inside the box and re-encodes it.
 /// Metadata (EXIF, GPS, ICC) is not carried over: the encoders write pixels only.
 pub fn resize(input: &[u8], options: &Options) -> Result<Encoded, Error> {
-    let image = decode(input, options)?;
+    let image = decode_at_least(input, options, |w, h| fit(w, h, options))?;
     let (width, height) = fit(image.width(), image.height(), options);
     let resized = if (width, height) == (image.width(), image.height()) {
         image
@@ -165,7 +167,12 @@ fn output_format(input: &[u8], format: OutputFormat) -> OutputFormat {
 /// smaller image gives a square as large as its shorter side). Uses the limits, format and quality
 /// of `options`; its box is ignored.
 pub fn square_thumbnail(input: &[u8], size: u32, options: &Options) -> Result<Encoded, Error> {
-    let image = decode(input, options)?;
+    // The centre square is cut from the shorter side, so that side must stay at least `size`.
+    let image = decode_at_least(input, options, |w, h| {
+        let side = size.min(w).min(h);
+        let scale = f64::from(side) / f64::from(w.min(h));
+        ((f64::from(w) * scale).ceil() as u32, (f64::from(h) * scale).ceil() as u32)
+    })?;
     let gray = if image.color().has_alpha() {
         DynamicImage::ImageLumaA8(image.to_luma_alpha8())
     } else {
@@ -185,6 +192,39 @@ pub fn square_thumbnail(input: &[u8], size: u32, options: &Options) -> Result<En
     encode(dst, output_format(input, options.format), options.quality)
 }
 
+/// Decodes at the smallest size that still covers `need(width, height)` (given and returned in
+/// display orientation): JPEGs shrink while decoding, other formats decode at full size.
+pub fn decode_at_least(
+    input: &[u8],
+    options: &Options,
+    need: impl Fn(u32, u32) -> (u32, u32),
+) -> Result<DynamicImage, Error> {
+    if sniff(input) == Some(ImageFormat::Jpeg)
+        && let Some(image) = jpeg::decode_for(input, options, need)?
+    {
+        return Ok(image);
+    }
+    decode(input, options)
+}
+
+/// Refuses a size over the option limits, before any pixel buffer exists.
+fn check_size(w: u32, h: u32, options: &Options) -> Result<(), Error> {
+    if w > options.max_side || h > options.max_side {
+        return Err(Error::BadInput(format!(
+            "image too large: {w}x{h} is over the limit of {} pixels per side",
+            options.max_side
+        )));
+    }
+    if u64::from(w) * u64::from(h) > options.max_pixels {
+        return Err(Error::BadInput(format!(
+            "image is {w}x{h} = {} pixels, over the limit of {} pixels",
+            u64::from(w) * u64::from(h),
+            options.max_pixels
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes with the size checked from the header first, so a tiny file that claims to be huge is
 /// refused before any pixel buffer is allocated. Returns the image already in display orientation.
 pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
@@ -199,13 +239,7 @@ pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(image_error)?;
     let (w, h) = decoder.dimensions();
-    if u64::from(w) * u64::from(h) > options.max_pixels {
-        return Err(Error::BadInput(format!(
-            "image is {w}x{h} = {} pixels, over the limit of {} pixels",
-            u64::from(w) * u64::from(h),
-            options.max_pixels
-        )));
-    }
+    check_size(w, h, options)?;
     // A broken EXIF block is not worth refusing the image for: show it as stored.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
@@ -250,10 +284,9 @@ pub fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<
     let image = normalise(image);
     let (result, media_type) = match format {
         OutputFormat::Jpeg => {
-            // JPEG has no alpha channel.
-            let image = if image.color().has_alpha() { DynamicImage::ImageRgb8(image.to_rgb8()) } else { image };
-            let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality);
-            (image.write_with_encoder(encoder), "image/jpeg")
+            // JPEG has no alpha channel; `jpeg::encode` drops it.
+            jpeg::encode(&image, quality, &mut bytes)?;
+            (Ok(()), "image/jpeg")
         }
         OutputFormat::Webp => {
             let encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
