@@ -187,11 +187,8 @@ fn corpus(cache: &Path) -> Vec<Photo> {
                 _ => return None,
             };
             let bytes = std::fs::read(&path).unwrap();
-            let (width, height) = image::ImageReader::new(std::io::Cursor::new(&bytes))
-                .with_guessed_format()
-                .unwrap()
-                .into_dimensions()
-                .unwrap();
+            let header = pixbox::imaging::probe(&bytes).unwrap();
+            let (width, height) = (header.width, header.height);
             let megapixels = f64::from(width) * f64::from(height) / 1e6;
             let progressive = format == "jpg" && is_progressive(&bytes);
             (2.0..=24.5).contains(&megapixels).then_some(Photo { path, format, bytes, width, height, progressive })

@@ -11,25 +11,6 @@ use image::{DynamicImage, GrayImage, RgbImage};
 
 use crate::{Error, Options};
 
-/// What the header says, read without decoding a pixel.
-pub struct Header {
-    pub width: u32,
-    pub height: u32,
-    pub orientation: Orientation,
-    pub progressive: bool,
-}
-
-/// Reads the frame header and the EXIF orientation.
-pub fn header(input: &[u8]) -> Result<Header, Error> {
-    let mut decoder = jpeg_decoder::Decoder::new(input);
-    decoder.read_info().map_err(decode_error)?;
-    let info = decoder.info().ok_or_else(|| Error::BadInput("JPEG has no frame header".into()))?;
-    // A broken EXIF block is not worth refusing the image for: show it as stored.
-    let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
-    let progressive = info.coding_process == jpeg_decoder::CodingProcess::DctProgressive;
-    Ok(Header { width: info.width.into(), height: info.height.into(), orientation, progressive })
-}
-
 /// How much larger than the fitted size the decoded image must stay. The scaled IDCT keeps more
 /// detail near the new Nyquist limit than Lanczos does, which the JPEG encoder then pays for:
 /// shrinking right down to the fitted size lost up to 1.0 dB of luma PSNR against a full-size
@@ -39,7 +20,7 @@ const MARGIN: f64 = 1.4;
 /// The largest shrink (8, 4, 2 or 1) whose decoded size still covers `need` x [`MARGIN`] on both
 /// axes, so the final resize always shrinks by at least the margin. `jpeg-decoder`'s own choice
 /// only guarantees one axis.
-pub fn shrink_for(width: u32, height: u32, need: (u32, u32)) -> u32 {
+fn shrink_for(width: u32, height: u32, need: (u32, u32)) -> u32 {
     let covers = |len: u32, need: u32| f64::from(len) >= f64::from(need) * MARGIN;
     [8, 4, 2].into_iter().find(|&d| covers(scaled(width, d), need.0) && covers(scaled(height, d), need.1)).unwrap_or(1)
 }
@@ -47,36 +28,6 @@ pub fn shrink_for(width: u32, height: u32, need: (u32, u32)) -> u32 {
 /// The size the scaled IDCT makes of `len` pixels at 1/`shrink`, rounding up as libjpeg does.
 fn scaled(len: u32, shrink: u32) -> u32 {
     len.div_ceil(shrink)
-}
-
-/// Decodes at 1/`shrink` of the stored size (stored orientation). `None` means this decoder does
-/// not handle the image's pixel layout and the caller should use the general path.
-pub fn decode_scaled(input: &[u8], header: &Header, shrink: u32) -> Result<Option<DynamicImage>, Error> {
-    let mut decoder = jpeg_decoder::Decoder::new(input);
-    decoder.read_info().map_err(decode_error)?;
-    let info = decoder.info().ok_or_else(|| Error::BadInput("JPEG has no frame header".into()))?;
-    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::L8 | jpeg_decoder::PixelFormat::RGB24) {
-        return Ok(None);
-    }
-    let (width, height) = if shrink > 1 {
-        let want = (scaled(header.width, shrink), scaled(header.height, shrink));
-        let got = decoder.scale(want.0 as u16, want.1 as u16).map_err(decode_error)?;
-        if (u32::from(got.0), u32::from(got.1)) != want {
-            // Rounding on a tiny image made the decoder pick another scale: take the full size.
-            return decode_scaled(input, header, 1);
-        }
-        want
-    } else {
-        (header.width, header.height)
-    };
-    let pixels = decoder.decode().map_err(decode_error)?;
-    let image = match info.pixel_format {
-        jpeg_decoder::PixelFormat::L8 => GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8),
-        _ => RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
-    };
-    image
-        .map(Some)
-        .ok_or_else(|| Error::Internal(format!("JPEG decoder returned a buffer that is not {width}x{height}")))
 }
 
 /// Encodes 8-bit gray or RGB pixels as a baseline JPEG. Below quality 90 chroma is halved
@@ -111,34 +62,56 @@ fn decode_error(e: jpeg_decoder::Error) -> Error {
 }
 
 /// Decodes a JPEG that will be fitted inside `options`' box at the smallest scale that keeps the
-/// fitted size reachable by shrinking alone. `need` maps the oriented full size to the smallest
-/// oriented size the caller needs. Returns the image in display orientation, or `None` for the
-/// general path.
+/// fitted size reachable by shrinking alone; one pass over the header, one decoder. `need` maps the
+/// oriented full size to the smallest oriented size the caller needs. Returns the image in display
+/// orientation, or `None` when the general decoder should take it (progressive, CMYK or 16-bit
+/// pixels, or nothing to gain).
 pub fn decode_for(
     input: &[u8],
     options: &Options,
     need: impl Fn(u32, u32) -> (u32, u32),
 ) -> Result<Option<DynamicImage>, Error> {
-    let header = header(input)?;
-    crate::check_size(header.width, header.height, options)?;
-    if header.progressive {
+    let mut decoder = jpeg_decoder::Decoder::new(input);
+    decoder.read_info().map_err(decode_error)?;
+    let info = decoder.info().ok_or_else(|| Error::BadInput("JPEG has no frame header".into()))?;
+    let (width, height) = (u32::from(info.width), u32::from(info.height));
+    crate::check_size(width, height, options)?;
+    if info.coding_process == jpeg_decoder::CodingProcess::DctProgressive {
         // jpeg-decoder's progressive path is slower than the general decoder's full-size decode
         // (1.45 s vs 1.27 s for 18 MP in the sandbox): scaling cannot skip entropy decoding.
         return Ok(None);
     }
+    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::L8 | jpeg_decoder::PixelFormat::RGB24) {
+        return Ok(None);
+    }
+    // A broken EXIF block is not worth refusing the image for: show it as stored.
+    let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
     let swaps = matches!(
-        header.orientation,
+        orientation,
         Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
     );
-    let (oriented_w, oriented_h) = if swaps { (header.height, header.width) } else { (header.width, header.height) };
+    let (oriented_w, oriented_h) = if swaps { (height, width) } else { (width, height) };
     let (need_w, need_h) = need(oriented_w, oriented_h);
     let stored_need = if swaps { (need_h, need_w) } else { (need_w, need_h) };
-    let shrink = shrink_for(header.width, header.height, stored_need);
+    let shrink = shrink_for(width, height, stored_need);
     if shrink == 1 {
         // Nothing to gain over the general decoder, which is faster at full size.
         return Ok(None);
     }
-    let Some(mut image) = decode_scaled(input, &header, shrink)? else { return Ok(None) };
-    image.apply_orientation(header.orientation);
+    let want = (scaled(width, shrink), scaled(height, shrink));
+    let got = decoder.scale(want.0 as u16, want.1 as u16).map_err(decode_error)?;
+    if (u32::from(got.0), u32::from(got.1)) != want {
+        // Rounding on a tiny image made the decoder pick another scale: decode at full size.
+        return Ok(None);
+    }
+    let pixels = decoder.decode().map_err(decode_error)?;
+    let (w, h) = want;
+    let image = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+        _ => RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
+    };
+    let mut image =
+        image.ok_or_else(|| Error::Internal(format!("JPEG decoder returned a buffer that is not {w}x{h}")))?;
+    image.apply_orientation(orientation);
     Ok(Some(image))
 }
