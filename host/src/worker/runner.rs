@@ -95,7 +95,7 @@ impl Worker {
             tokio::select! {
                 Some(joined) = in_flight.join_next_with_id() => {
                     wait.get_or_insert(Duration::ZERO);
-                    self.finished(joined, &mut receipts, &mut report);
+                    self.finished(joined, &mut receipts, &mut report).await;
                 }
                 _ = stop.cancelled() => break,
             }
@@ -105,20 +105,20 @@ impl Worker {
             let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
             let _ = tokio::time::timeout(grace, async {
                 while let Some(joined) = in_flight.join_next_with_id().await {
-                    self.finished(joined, &mut receipts, &mut report);
+                    self.finished(joined, &mut receipts, &mut report).await;
                 }
             })
             .await;
             in_flight.abort_all();
             while let Some(joined) = in_flight.join_next_with_id().await {
-                self.finished(joined, &mut receipts, &mut report);
+                self.finished(joined, &mut receipts, &mut report).await;
             }
         }
         self.sweep_dead_letters().await;
         report
     }
 
-    fn finished(
+    async fn finished(
         &self,
         joined: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>,
         receipts: &mut HashMap<tokio::task::Id, String>,
@@ -138,13 +138,12 @@ impl Worker {
                     tracing::error!("a job task failed: {e}");
                 }
                 // Make the message visible again now rather than after its visibility timeout.
-                if let Some(receipt) = receipt {
-                    let queue = self.queue.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = queue.extend_visibility(&receipt, Duration::ZERO).await {
-                            tracing::warn!("cannot release a cancelled job's message: {e}");
-                        }
-                    });
+                // Awaited, not spawned: on shutdown the process may end as soon as the tick
+                // returns, and a detached release could be dropped with the runtime.
+                if let Some(receipt) = receipt
+                    && let Err(e) = self.queue.extend_visibility(&receipt, Duration::ZERO).await
+                {
+                    tracing::warn!("cannot release a cancelled job's message: {e}");
                 }
             }
         }
