@@ -1,4 +1,4 @@
-//! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info`.
+//! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info`, `pixbox keys`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -55,6 +55,23 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Make API keys and signing secrets.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random API key (for the client) and its entry for `[auth] keys` (for pixbox).
+    New {
+        /// What the key may do: any of upload, read, admin, comma-separated.
+        #[arg(long, default_value = "upload,read")]
+        scopes: String,
+    },
+    /// Print a new random signing secret for `[auth] signing_secret` (signed read URLs).
+    Secret,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,4 +217,23 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         running.stop().await;
         Ok(())
     })
+}
+
+/// `pixbox keys new` / `pixbox keys secret`: needs no configuration.
+pub fn keys(command: &KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::New { scopes } => {
+            let scopes = crate::auth::parse_scopes(scopes).map_err(anyhow::Error::msg)?;
+            if scopes.is_empty() {
+                bail!("--scopes needs at least one of upload, read, admin");
+            }
+            let (key, entry) = crate::auth::new_key(&scopes);
+            println!("key (give it to the client; pixbox keeps only its hash):");
+            println!("  {key}");
+            println!("entry for [auth] keys in pixbox.toml, or PIXBOX_AUTH_KEYS (entries separated by spaces or ';'):");
+            println!("  {entry}");
+        }
+        KeysCommand::Secret => println!("{}", crate::auth::new_secret()),
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthSettings;
 use crate::imaging::PixelLimits;
 use crate::sandbox::{RouteConfig, SandboxSettings};
 
@@ -63,6 +64,7 @@ pub struct Config {
     pub create_resources: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
+    pub auth: AuthSettings,
     pub limits: UploadLimits,
     pub worker: WorkerSettings,
     pub sandbox: SandboxSettings,
@@ -85,6 +87,7 @@ impl Default for Config {
             dead_letter_queue_name: None,
             create_resources: false,
             endpoint_url: None,
+            auth: AuthSettings::default(),
             limits: UploadLimits::default(),
             worker: WorkerSettings::default(),
             sandbox: SandboxSettings::default(),
@@ -179,7 +182,7 @@ pub enum ConfigError {
 }
 
 /// Sections whose keys are reachable as `PIXBOX_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["limits", "worker", "sandbox"];
+const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox"];
 /// `PIXBOX_*` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
 

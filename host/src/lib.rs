@@ -2,6 +2,7 @@
 //! components. The binary (`main.rs`) only parses the command line and calls into this library.
 
 pub mod api;
+pub mod auth;
 pub mod aws;
 pub mod backends;
 pub mod cli;

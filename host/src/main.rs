@@ -5,16 +5,7 @@ use pixbox::cli::{Cli, Command, PluginCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = cli.config().and_then(|config| {
-        pixbox::cli::init_tracing(&config);
-        match &cli.command {
-            Command::Serve { .. } => pixbox::cli::serve(config),
-            Command::Transform { plugin, options, key, input, output } => {
-                pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)
-            }
-            Command::Plugin { command: PluginCommand::Info { plugin } } => pixbox::cli::plugin_info(&config, plugin),
-        }
-    });
+    let result = if let Command::Keys { command } = &cli.command { pixbox::cli::keys(command) } else { run(&cli) };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -22,4 +13,18 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    cli.config().and_then(|config| {
+        pixbox::cli::init_tracing(&config);
+        match &cli.command {
+            Command::Serve { .. } => pixbox::cli::serve(config),
+            Command::Transform { plugin, options, key, input, output } => {
+                pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)
+            }
+            Command::Plugin { command: PluginCommand::Info { plugin } } => pixbox::cli::plugin_info(&config, plugin),
+            Command::Keys { command } => pixbox::cli::keys(command),
+        }
+    })
 }

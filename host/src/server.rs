@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::auth::Auth;
 use crate::config::{Config, Role};
 use crate::sandbox::{Routes, Sandbox};
 use crate::worker::Worker;
@@ -58,11 +59,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
 
     let (addr, api) = if matches!(config.role, Role::Api | Role::All) {
+        // Before binding: a service that would be open to the network does not start at all.
+        let auth = Auth::from_settings(&config.auth, &config.listen)?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let app = api::router(ApiState { store, queue, limits: config.limits.clone() });
+        let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth });
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await

@@ -8,7 +8,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, key_path};
+use super::{ApiError, ApiState, read_url};
+use crate::auth::Signed;
 use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
 use crate::storage::{Bucket, StoreError, validate_key};
 
@@ -17,6 +18,32 @@ use crate::storage::{Bucket, StoreError, validate_key};
 pub struct KeyQuery {
     /// The image's key, as returned by `/upload`.
     key: Option<String>,
+    /// Expiry of a signed URL (Unix seconds), as returned by `/upload` when reads are signed.
+    expires: Option<u64>,
+    /// Signature of a signed URL.
+    sig: Option<String>,
+}
+
+/// `expires` and `sig` of a signed URL (path forms).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignedQuery {
+    /// Expiry of a signed URL (Unix seconds), as returned by `/upload` when reads are signed.
+    expires: Option<u64>,
+    /// Signature of a signed URL.
+    sig: Option<String>,
+}
+
+impl KeyQuery {
+    fn split(self) -> (Option<String>, Signed) {
+        (self.key, Signed { expires: self.expires, sig: self.sig })
+    }
+}
+
+impl From<SignedQuery> for Signed {
+    fn from(q: SignedQuery) -> Self {
+        Signed { expires: q.expires, sig: q.sig }
+    }
 }
 
 /// The JSON of `/status` (and of `/download` while not done).
@@ -49,12 +76,15 @@ pub struct FailedDownload {
     get,
     path = "/download/{key}",
     tag = "images",
-    params(("key" = String, Path, description = "The image's key; may contain `/`")),
+    security((), ("apiKey" = [])),
+    params(("key" = String, Path, description = "The image's key; may contain `/`"), SignedQuery),
     responses(
         (status = 200, description = "The result, with its real Content-Type, ETag, Cache-Control and X-Content-Type-Options: nosniff", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "Still pending", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "`invalid-key`", body = ApiError),
+        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
+        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
         (status = 422, description = "Processing failed for good", body = FailedDownload),
         (status = 503, description = "`unavailable`", body = ApiError),
@@ -63,21 +93,25 @@ pub struct FailedDownload {
 pub async fn download_by_path(
     State(state): State<ApiState>,
     Path(key): Path<String>,
+    Query(signed): Query<SignedQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    download(&state, &key, &headers).await
+    download(&state, &key, &headers, &signed.into()).await
 }
 
 #[utoipa::path(
     get,
     path = "/download",
     tag = "images",
+    security((), ("apiKey" = [])),
     params(KeyQuery),
     responses(
         (status = 200, description = "The result (as `/download/{key}`)", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "Still pending", body = Status),
         (status = 304, description = "Not modified"),
         (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
+        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
+        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
         (status = 422, description = "Processing failed for good", body = FailedDownload),
         (status = 503, description = "`unavailable`", body = ApiError),
@@ -88,22 +122,32 @@ pub async fn download_by_query(
     Query(query): Query<KeyQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    download(&state, &required(query.key)?, &headers).await
+    let (key, signed) = query.split();
+    download(&state, &required(key)?, &headers, &signed).await
 }
 
 #[utoipa::path(
     get,
     path = "/status/{key}",
     tag = "images",
-    params(("key" = String, Path, description = "The image's key; may contain `/`")),
+    security((), ("apiKey" = [])),
+    params(("key" = String, Path, description = "The image's key; may contain `/`"), SignedQuery),
     responses(
         (status = 200, description = "Where the job stands", body = Status),
         (status = 400, description = "`invalid-key`", body = ApiError),
+        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
+        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
         (status = 503, description = "`unavailable`", body = ApiError),
     )
 )]
-pub async fn status_by_path(State(state): State<ApiState>, Path(key): Path<String>) -> Result<Json<Status>, ApiError> {
+pub async fn status_by_path(
+    State(state): State<ApiState>,
+    Path(key): Path<String>,
+    Query(signed): Query<SignedQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Status>, ApiError> {
+    state.auth.authorize_read(&headers, "status", &key, &signed.into())?;
     status(&state, &key).await.map(Json)
 }
 
@@ -111,10 +155,13 @@ pub async fn status_by_path(State(state): State<ApiState>, Path(key): Path<Strin
     get,
     path = "/status",
     tag = "images",
+    security((), ("apiKey" = [])),
     params(KeyQuery),
     responses(
         (status = 200, description = "Where the job stands", body = Status),
         (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
+        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
+        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
         (status = 503, description = "`unavailable`", body = ApiError),
     )
@@ -122,8 +169,12 @@ pub async fn status_by_path(State(state): State<ApiState>, Path(key): Path<Strin
 pub async fn status_by_query(
     State(state): State<ApiState>,
     Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
-    status(&state, &required(query.key)?).await.map(Json)
+    let (key, signed) = query.split();
+    let key = required(key)?;
+    state.auth.authorize_read(&headers, "status", &key, &signed)?;
+    status(&state, &key).await.map(Json)
 }
 
 fn required(key: Option<String>) -> Result<String, ApiError> {
@@ -151,8 +202,8 @@ async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
         error: None,
         media_type: None,
         size: None,
-        status_url: key_path("status", key),
-        download_url: key_path("download", key),
+        status_url: read_url(&state.auth, "status", key),
+        download_url: read_url(&state.auth, "download", key),
     };
     match jobs::state(&*state.store, key).await? {
         JobState::Done(info) => {
@@ -170,7 +221,8 @@ async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     Ok(status)
 }
 
-async fn download(state: &ApiState, key: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn download(state: &ApiState, key: &str, headers: &HeaderMap, signed: &Signed) -> Result<Response, ApiError> {
+    state.auth.authorize_read(headers, "download", key, signed)?;
     checked(key)?;
     let object = match state.store.get(Bucket::Permanent, key).await {
         Ok(object) => object,
@@ -211,7 +263,13 @@ async fn download(state: &ApiState, key: &str, headers: &HeaderMap) -> Result<Re
         h.insert(header::ETAG, v);
     }
     // Keys are never reused, so a result never changes under its key.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    let cache = if state.auth.reads_are_public() {
+        "public, max-age=31536000, immutable"
+    } else {
+        // Behind a key only the caller's own cache may keep it.
+        "private, max-age=31536000, immutable"
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     Ok(response)
 }

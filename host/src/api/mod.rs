@@ -1,5 +1,6 @@
 //! The HTTP api: upload, download, status, health. Handlers see only the two ports.
 
+mod auth;
 mod download;
 mod error;
 mod health;
@@ -15,6 +16,7 @@ use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
 
+use crate::auth::{Auth, Scope};
 use crate::config::UploadLimits;
 use crate::queue::JobQueue;
 use crate::storage::BlobStore;
@@ -25,12 +27,13 @@ pub struct ApiState {
     pub store: Arc<dyn BlobStore>,
     pub queue: Arc<dyn JobQueue>,
     pub limits: UploadLimits,
+    pub auth: Auth,
 }
 
 /// Every route of the api, with its state.
 pub fn router(state: ApiState) -> Router {
     let body_limit = usize::try_from(state.limits.max_request_bytes).unwrap_or(usize::MAX);
-    routes(body_limit)
+    routes(body_limit, state.auth.clone())
         .router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no-such-route", "no such route") })
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -39,7 +42,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// The routes the router serves, as (method, axum path), for checking the OpenAPI document.
 pub fn served_routes() -> Vec<(Method, &'static str)> {
-    routes(0).served
+    routes(0, Auth::open()).served
 }
 
 /// A router that remembers what it serves.
@@ -56,9 +59,16 @@ impl RouteTable {
     }
 }
 
-fn routes(body_limit: usize) -> RouteTable {
+fn routes(body_limit: usize, auth: Auth) -> RouteTable {
     RouteTable { router: Router::new(), served: Vec::new() }
-        .route(Method::POST, "/upload", post(upload::upload).layer(DefaultBodyLimit::max(body_limit)))
+        .route(
+            Method::POST,
+            "/upload",
+            post(upload::upload)
+                .layer(DefaultBodyLimit::max(body_limit))
+                // Checked before a byte of the body is read.
+                .layer(axum::middleware::from_fn_with_state((auth, Scope::Upload), auth::require_scope)),
+        )
         .route(Method::GET, "/download", get(download::download_by_query))
         .route(Method::GET, "/download/{*key}", get(download::download_by_path))
         .route(Method::GET, "/status", get(download::status_by_query))
@@ -66,6 +76,15 @@ fn routes(body_limit: usize) -> RouteTable {
         .route(Method::GET, "/health", get(health::health))
         .route(Method::GET, "/ready", get(health::ready))
         .route(Method::GET, "/openapi.json", get(openapi::openapi_json))
+}
+
+/// The URL of a key under `/download/` or `/status/`, signed when reads are.
+pub fn read_url(auth: &Auth, route: &str, key: &str) -> String {
+    let path = key_path(route, key);
+    match auth.sign(route, key) {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    }
 }
 
 /// The URL path of a key under `/download/` or `/status/` (segments percent-encoded).

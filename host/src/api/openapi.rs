@@ -2,7 +2,8 @@
 //! `GET /openapi.json`.
 
 use axum::Json;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::{download, health, upload};
 
@@ -25,12 +26,32 @@ use super::{download, health, upload};
 
         openapi_json,
     ),
+    modifiers(&BearerKey),
     tags(
         (name = "images", description = "Upload, status and download"),
         (name = "operations", description = "Health, readiness and this document"),
     )
 )]
 pub struct ApiDoc;
+
+/// The `apiKey` scheme the paths refer to: `Authorization: Bearer <key>`.
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.description = Some(
+            "An API key from `pixbox keys new`. Uploads need the `upload` scope; reads need the `read` \
+             scope when `[auth] reads` is `key`, or a signed URL when it is `signed`. Without any \
+             key configured pixbox is open, and serves only on loopback."
+                .into(),
+        );
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("apiKey", SecurityScheme::Http(http));
+    }
+}
 
 /// The document, as served.
 pub fn document() -> utoipa::openapi::OpenApi {
@@ -66,6 +87,10 @@ mod tests {
         }
         let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
         assert_eq!(documented, served.len(), "the document describes routes the router does not serve");
+        // Uploads need a key; reads may go without one (public or signed).
+        assert_eq!(doc["paths"]["/upload"]["post"]["security"], serde_json::json!([{"apiKey": []}]));
+        assert_eq!(doc["paths"]["/download/{key}"]["get"]["security"], serde_json::json!([{}, {"apiKey": []}]));
+        assert_eq!(doc["components"]["securitySchemes"]["apiKey"]["scheme"], "bearer");
         // Error bodies are described.
         assert!(doc["components"]["schemas"]["ApiError"]["properties"]["code"].is_object());
     }

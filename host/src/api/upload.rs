@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, key_path};
+use super::{ApiError, ApiState, read_url};
 use crate::imaging::{self, Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::queue::MAX_BATCH;
@@ -63,9 +63,12 @@ pub struct Uploaded {
     tag = "images",
     params(("prefix" = Option<String>, Query, description = "Route prefix, e.g. `avatars/` (or the `prefix` form field)")),
     request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
+    security(("apiKey" = [])),
     responses(
         (status = 202, description = "Every image stored and queued", body = UploadResponse),
         (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`", body = ApiError),
+        (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ApiError),
+        (status = 403, description = "`forbidden`: the key lacks the `upload` scope", body = ApiError),
         (status = 413, description = "`body-too-large`, `image-too-large`, `too-many-images`", body = ApiError),
         (status = 415, description = "`unsupported-format`, `not-multipart`", body = ApiError),
         (status = 422, description = "`unreadable-image`, `too-many-pixels`, `truncated-image`", body = ApiError),
@@ -126,8 +129,8 @@ pub async fn upload(
             let size = bytes.len();
             state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
             stored.push(Uploaded {
-                status_url: key_path("status", &key),
-                download_url: key_path("download", &key),
+                status_url: read_url(&state.auth, "status", &key),
+                download_url: read_url(&state.auth, "download", &key),
                 key,
                 media_type: header.format.media_type(),
                 width: header.width,

@@ -1,0 +1,195 @@
+//! Safe on an open network: API keys and scopes, signed read URLs and the refusal to start open
+//! off loopback, against the real app on port 0 and the real `pixbox` binary.
+
+mod common;
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use pixbox::auth::{AuthSettings, Reads, Scope};
+use pixbox::config::{Config, Role};
+use pixbox::server::Running;
+use pixbox::storage::{BlobStore, Bucket};
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+const SECRET: &str = "a-test-signing-secret-of-32-chars-or-more";
+
+/// An api-only app with keys configured as `reads` says, on the embedded backend.
+struct App {
+    running: Running,
+    base: String,
+    client: reqwest::Client,
+    store: std::sync::Arc<dyn BlobStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    async fn start(keys: &[&str], reads: Reads) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().to_path_buf(),
+            role: Role::Api,
+            auth: AuthSettings {
+                keys: keys.join(" "),
+                reads,
+                signing_secret: SECRET.into(),
+                ..AuthSettings::default()
+            },
+            ..Config::default()
+        };
+        let (store, _) = pixbox::backends::connect(&config).await.unwrap();
+        let running = pixbox::server::start(&config).await.unwrap();
+        let base = format!("http://{}", running.addr.unwrap());
+        App { running, base, client: reqwest::Client::new(), store, _dir: dir }
+    }
+
+    async fn upload(&self, key: Option<&str>) -> reqwest::Response {
+        let image = common::png(&common::photo(16, 12));
+        let form = Form::new().part("images", Part::bytes(image).file_name("a.png").mime_str("image/png").unwrap());
+        let mut request = self.client.post(format!("{}/upload", self.base)).multipart(form);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn get(&self, url: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{url}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn originals(&self) -> usize {
+        self.store.list(Bucket::Temp, "").await.unwrap().into_iter().filter(|k| !k.starts_with(".pixbox/")).count()
+    }
+}
+
+async fn error_code(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    (status, body["code"].as_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test]
+async fn uploads_and_reads_need_a_key_with_the_scope() {
+    let (uploader, upload_entry) = pixbox::auth::new_key(&[Scope::Upload]);
+    let (reader, read_entry) = pixbox::auth::new_key(&[Scope::Read]);
+    let app = App::start(&[&upload_entry, &read_entry], Reads::Key).await;
+
+    let anonymous = app.upload(None).await;
+    assert_eq!(anonymous.headers().get("www-authenticate").unwrap(), "Bearer");
+    assert_eq!(error_code(anonymous).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    assert_eq!(
+        error_code(app.upload(Some("pbx_not-a-key")).await).await,
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    assert_eq!(error_code(app.upload(Some(&reader)).await).await, (StatusCode::FORBIDDEN, "forbidden".into()));
+    assert_eq!(app.originals().await, 0, "a refused upload stores nothing");
+
+    let accepted = app.upload(Some(&uploader)).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    let body: Value = accepted.json().await.unwrap();
+    let status_url = body["images"][0]["status_url"].as_str().unwrap().to_string();
+    assert!(!status_url.contains("sig="), "reads by key are not signed: {status_url}");
+    assert_eq!(app.originals().await, 1);
+
+    assert_eq!(error_code(app.get(&status_url, None).await).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    assert_eq!(
+        error_code(app.get(&status_url, Some(&uploader)).await).await,
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
+    let read = app.get(&status_url, Some(&reader)).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.json::<Value>().await.unwrap()["state"], "pending");
+    // Health and the API description stay open for probes and clients.
+    assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
+    assert_eq!(app.get("/openapi.json", None).await.status(), StatusCode::OK);
+    app.running.stop().await;
+}
+
+fn sign(kind: &str, key: &str, expires: u64) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{kind}\n{key}\n{expires}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn signed_urls_are_checked_for_tampering_and_expiry() {
+    let (uploader, entry) = pixbox::auth::new_key(&[Scope::Upload]);
+    let app = App::start(&[&entry], Reads::Signed).await;
+    let body: Value = app.upload(Some(&uploader)).await.json().await.unwrap();
+    let image = &body["images"][0];
+    let key = image["key"].as_str().unwrap();
+    let (download, status) = (image["download_url"].as_str().unwrap(), image["status_url"].as_str().unwrap());
+    assert!(download.contains("expires=") && download.contains("&sig="), "{download}");
+
+    // As returned: readable without a key (pending, so 202 from /download, 200 from /status).
+    assert_eq!(app.get(download, None).await.status(), StatusCode::ACCEPTED);
+    let answer: Value = app.get(status, None).await.json().await.unwrap();
+    assert_eq!(answer["state"], "pending");
+    assert!(answer["download_url"].as_str().unwrap().contains("sig="), "status hands out signed URLs too");
+
+    // The same signature on the other route, another key, an edited expiry or signature: refused.
+    let (path, query) = download.split_once('?').unwrap();
+    let other_route = format!("{}?{query}", path.replacen("/download/", "/status/", 1));
+    let other_key = format!("{}?{query}", path.replace(".png", ".jpg"));
+    let expires: u64 = query.split('&').find_map(|p| p.strip_prefix("expires=")).unwrap().parse().unwrap();
+    let later = download.replace(&format!("expires={expires}"), &format!("expires={}", expires + 3600));
+    let flipped = {
+        let sig = query.split('&').find_map(|p| p.strip_prefix("sig=")).unwrap();
+        let mut chars: Vec<char> = sig.chars().collect();
+        chars[0] = if chars[0] == 'A' { 'B' } else { 'A' };
+        download.replace(sig, &chars.into_iter().collect::<String>())
+    };
+    for url in [&other_route, &other_key, &later, &flipped] {
+        assert_eq!(
+            error_code(app.get(url, None).await).await,
+            (StatusCode::FORBIDDEN, "invalid-signature".into()),
+            "{url}"
+        );
+    }
+    // A genuine signature whose time is up.
+    let past = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 60;
+    let expired = format!("{path}?expires={past}&sig={}", sign("download", key, past));
+    assert_eq!(error_code(app.get(&expired, None).await).await, (StatusCode::FORBIDDEN, "signature-expired".into()));
+    // No signature at all: a key is needed.
+    assert_eq!(error_code(app.get(path, None).await).await, (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    app.running.stop().await;
+}
+
+/// The binary, as an operator would run it: no key on a public address stops it before it binds,
+/// with the way out in the message; `pixbox keys new` prints a key the service then accepts.
+#[tokio::test]
+async fn an_open_service_off_loopback_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(common::pixbox_bin())
+        .env_clear()
+        .args(["serve", "--role", "api", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for hint in ["0.0.0.0:0", "pixbox keys new", "PIXBOX_AUTH_KEYS", "mode = \"none\""] {
+        assert!(stderr.contains(hint), "the refusal should mention {hint}: {stderr}");
+    }
+
+    let keys =
+        Command::new(common::pixbox_bin()).env_clear().args(["keys", "new", "--scopes", "upload"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&keys.stdout);
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    let key = lines.iter().find(|l| l.starts_with("pbx_")).unwrap();
+    let entry = lines.iter().find(|l| l.starts_with("upload:")).unwrap();
+    let app = App::start(&[entry], Reads::Public).await;
+    assert_eq!(app.upload(Some(key)).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.upload(None).await.status(), StatusCode::UNAUTHORIZED);
+    app.running.stop().await;
+}
