@@ -47,8 +47,13 @@ async fn rig() -> Rig {
 impl Rig {
     /// Serves the real api on port 0 over this rig's adapters.
     async fn api(&self, limits: UploadLimits) -> String {
-        let state =
-            ApiState { store: self.store.clone(), queue: self.queue.clone(), limits, auth: pixbox::auth::Auth::open() };
+        let state = ApiState {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            guards: pixbox::api::Guards::new(&limits),
+            limits,
+            auth: pixbox::auth::Auth::open(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, pixbox::api::router(state)).await });

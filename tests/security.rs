@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -15,6 +15,8 @@ use pixbox::storage::{BlobStore, Bucket};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const SECRET: &str = "a-test-signing-secret-of-32-chars-or-more";
 
@@ -29,8 +31,12 @@ struct App {
 
 impl App {
     async fn start(keys: &[&str], reads: Reads) -> App {
+        App::start_with(keys, reads, |_| {}).await
+    }
+
+    async fn start_with(keys: &[&str], reads: Reads, adjust: impl FnOnce(&mut Config)) -> App {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().to_path_buf(),
             role: Role::Api,
@@ -42,6 +48,7 @@ impl App {
             },
             ..Config::default()
         };
+        adjust(&mut config);
         let (store, _) = pixbox::backends::connect(&config).await.unwrap();
         let running = pixbox::server::start(&config).await.unwrap();
         let base = format!("http://{}", running.addr.unwrap());
@@ -191,5 +198,147 @@ async fn an_open_service_off_loopback_refuses_to_start() {
     let app = App::start(&[entry], Reads::Public).await;
     assert_eq!(app.upload(Some(key)).await.status(), StatusCode::ACCEPTED);
     assert_eq!(app.upload(None).await.status(), StatusCode::UNAUTHORIZED);
+    app.running.stop().await;
+}
+
+/// Resident memory of this process (the in-process app's included), from /proc.
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+    let kib: usize = line.trim().trim_end_matches("kB").trim().parse().unwrap();
+    kib << 10
+}
+
+/// Reads until the server closes the connection; returns what it sent and when it closed.
+async fn until_closed(stream: &mut TcpStream, started: Instant, limit: Duration) -> (String, Duration) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), started.elapsed()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept the connection open for {limit:?}"),
+        }
+    }
+}
+
+/// Slowloris: clients that trickle their headers are disconnected at the header timeout, with
+/// next to no memory, while a normal client is served at once.
+#[tokio::test]
+async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
+    let app = App::start_with(&[], Reads::Public, |c| c.limits.header_read_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let before = rss_bytes();
+    let started = Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        slow.push(stream);
+    }
+    // Keep trickling: one header byte per connection every 100 ms, for up to 3 s.
+    let trickle = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut open: Vec<bool> = vec![true; slow.len()];
+        while Instant::now() < deadline && open.iter().any(|o| *o) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for (stream, open) in slow.iter_mut().zip(open.iter_mut()) {
+                if *open && stream.write_all(b"x").await.is_err() {
+                    *open = false;
+                }
+            }
+        }
+        let mut ended = Vec::new();
+        for mut stream in slow {
+            ended.push(until_closed(&mut stream, started, Duration::from_secs(5)).await);
+        }
+        ended
+    });
+    // A normal request meanwhile: answered at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
+    assert!(asked.elapsed() < Duration::from_millis(500), "a normal client waited {:?}", asked.elapsed());
+    let peak = rss_bytes();
+
+    for (answer, after) in trickle.await.unwrap() {
+        assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "cut off after {after:?}");
+        // Closed without an answer, or with 408: never a processed request.
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert!(peak.saturating_sub(before) < 16 << 20, "50 slow clients cost {} MiB", (peak - before) >> 20);
+    app.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_over_the_rate_gets_429_with_retry_after() {
+    let (uploader, entry) = pixbox::auth::new_key(&[Scope::Upload]);
+    let app = App::start_with(&[&entry], Reads::Public, |c| {
+        c.limits.rate_per_second = 1;
+        c.limits.rate_burst = 3;
+    })
+    .await;
+    // Three within the burst (the image key is unknown: 404), the fourth refused.
+    for _ in 0..3 {
+        assert_eq!(app.get("/status/a.jpg", None).await.status(), StatusCode::NOT_FOUND);
+    }
+    let refused = app.get("/status/a.jpg", None).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(error_code(refused).await.1, "rate-limited");
+    // Probes are never limited; a key has its own bucket.
+    assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
+    assert_eq!(app.upload(Some(&uploader)).await.status(), StatusCode::ACCEPTED);
+    // After Retry-After the address may ask again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    assert_eq!(app.get("/status/a.jpg", None).await.status(), StatusCode::NOT_FOUND);
+    app.running.stop().await;
+}
+
+/// Sends an upload's headers and the start of its body, then stalls.
+async fn stalled_upload(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n\
+                Content-Length: 100000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let part = b"--b\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n\r\n\x89PNG";
+    stream.write_all(part).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
+    let app = App::start_with(&[], Reads::Public, |c| {
+        c.limits.max_concurrent_uploads = 1;
+        c.limits.body_idle_timeout_secs = 1;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let mut stalled = stalled_upload(&addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The only upload slot is taken by the stalled body.
+    let busy = app.upload(None).await;
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.headers()["retry-after"], "1");
+    assert_eq!(error_code(busy).await.1, "too-busy");
+    // The stalled body ends at the idle timeout, with 408, which frees the slot.
+    let (answer, after) = until_closed(&mut stalled, started, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+    assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "ended after {after:?}");
+    assert_eq!(app.upload(None).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(app.originals().await, 1, "the stalled upload stored nothing");
+    app.running.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_json_405() {
+    let app = App::start(&[], Reads::Public).await;
+    let response = app.client.delete(format!("{}/download/a.jpg", app.base)).send().await.unwrap();
+    assert_eq!(error_code(response).await, (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed".into()));
+    let response = app.get("/upload", None).await;
+    assert_eq!(error_code(response).await, (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed".into()));
     app.running.stop().await;
 }

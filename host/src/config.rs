@@ -110,6 +110,20 @@ pub struct UploadLimits {
     pub max_pixels: u64,
     /// Longest side one image may have, in pixels.
     pub max_side: u32,
+    /// Uploads received at once; more get 503 `too-busy`.
+    pub max_concurrent_uploads: u32,
+    /// Requests per second per API key (or per address without one); 0 turns the limit off.
+    pub rate_per_second: u32,
+    /// Requests a caller may make at once above the rate before it applies.
+    pub rate_burst: u32,
+    /// Seconds a client has to send its request line and headers.
+    pub header_read_timeout_secs: u64,
+    /// Seconds the body of a request may stall between two pieces.
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a whole request (body included) may take.
+    pub request_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: u32,
 }
 
 impl Default for UploadLimits {
@@ -121,6 +135,13 @@ impl Default for UploadLimits {
             max_images: 20,
             max_pixels: pixels.max_pixels,
             max_side: pixels.max_side,
+            max_concurrent_uploads: 16,
+            rate_per_second: 20,
+            rate_burst: 100,
+            header_read_timeout_secs: 10,
+            body_idle_timeout_secs: 20,
+            request_timeout_secs: 300,
+            max_connections: 1024,
         }
     }
 }
@@ -241,6 +262,15 @@ impl Config {
         }
         if self.worker.max_receives == 0 {
             return Err(ConfigError::Invalid("worker.max_receives must be at least 1".into()));
+        }
+        let l = &self.limits;
+        if l.header_read_timeout_secs == 0 || l.body_idle_timeout_secs == 0 || l.request_timeout_secs == 0 {
+            return Err(ConfigError::Invalid("limits.*_timeout_secs must be above zero".into()));
+        }
+        if l.max_concurrent_uploads == 0 || l.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_concurrent_uploads and max_connections must be above zero".into(),
+            ));
         }
         if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 {
             return Err(ConfigError::Invalid("sandbox limits must be above zero".into()));

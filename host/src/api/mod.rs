@@ -3,11 +3,13 @@
 mod auth;
 mod download;
 mod error;
+mod guard;
 mod health;
 pub mod openapi;
 mod upload;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -15,6 +17,7 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
+pub use guard::Guards;
 
 use crate::auth::{Auth, Scope};
 use crate::config::UploadLimits;
@@ -28,14 +31,35 @@ pub struct ApiState {
     pub queue: Arc<dyn JobQueue>,
     pub limits: UploadLimits,
     pub auth: Auth,
+    pub guards: Guards,
 }
 
 /// Every route of the api, with its state.
 pub fn router(state: ApiState) -> Router {
     let body_limit = usize::try_from(state.limits.max_request_bytes).unwrap_or(usize::MAX);
+    let request_timeout = Duration::from_secs(state.limits.request_timeout_secs);
+    let body_idle = Duration::from_secs(state.limits.body_idle_timeout_secs);
     routes(body_limit, state.auth.clone())
         .router
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no-such-route", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this route does not take that method")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
+        // A body that stalls fails the read that waits for it (408 `body-timeout` from the handler);
+        // the whole request, however slow its pieces, ends at the request timeout.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| async move {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request-timeout",
+                        format!("the request took longer than {} seconds", request_timeout.as_secs()),
+                    )
+                }))
+                .timeout(request_timeout),
+        )
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -18,6 +18,11 @@ use crate::storage::{Bucket, ObjectMeta};
 
 /// Longest prefix accepted.
 const MAX_PREFIX_BYTES: usize = 200;
+/// Parts of an upload that are not images (a prefix field, stray fields) allowed on top of
+/// `max_images`.
+const MAX_OTHER_PARTS: usize = 8;
+/// Largest headers of one multipart part (a browser sends about 150 bytes).
+const MAX_PART_HEADER_BYTES: usize = 8 << 10;
 
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
@@ -66,13 +71,15 @@ pub struct Uploaded {
     security(("apiKey" = [])),
     responses(
         (status = 202, description = "Every image stored and queued", body = UploadResponse),
-        (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`", body = ApiError),
+        (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`, `part-header-too-large`", body = ApiError),
         (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ApiError),
         (status = 403, description = "`forbidden`: the key lacks the `upload` scope", body = ApiError),
-        (status = 413, description = "`body-too-large`, `image-too-large`, `too-many-images`", body = ApiError),
+        (status = 408, description = "`body-timeout`, `request-timeout`: the body stalled or the request took too long", body = ApiError),
+        (status = 413, description = "`body-too-large`, `image-too-large`, `too-many-images`, `too-many-parts`", body = ApiError),
+        (status = 429, description = "`rate-limited`, with `Retry-After`", body = ApiError),
         (status = 415, description = "`unsupported-format`, `not-multipart`", body = ApiError),
         (status = 422, description = "`unreadable-image`, `too-many-pixels`, `truncated-image`", body = ApiError),
-        (status = 503, description = "`unavailable`: the store or the queue is not answering", body = ApiError),
+        (status = 503, description = "`unavailable`: the store or the queue is not answering; `too-busy` (with `Retry-After`): max_concurrent_uploads are being received", body = ApiError),
     )
 )]
 pub async fn upload(
@@ -87,10 +94,32 @@ pub async fn upload(
             format!("send the images as multipart/form-data: {}", e.body_text()),
         )
     })?;
+    // Held until the answer: the cap counts uploads being received and stored.
+    let _slot = state.guards.upload_slot()?;
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
         let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
+        let mut parts = 0usize;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+            parts += 1;
+            // Images are counted below; this bounds the parts that are not images (prefixes, empty
+            // or unnamed fields), which would otherwise cost a loop turn each up to the body limit.
+            if parts > state.limits.max_images as usize + MAX_OTHER_PARTS {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-many-parts",
+                    format!("at most {} images and {MAX_OTHER_PARTS} other fields per upload", state.limits.max_images),
+                ));
+            }
+            let header_bytes: usize =
+                field.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+            if header_bytes > MAX_PART_HEADER_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "part-header-too-large",
+                    format!("a part's headers take {header_bytes} bytes, over the limit of {MAX_PART_HEADER_BYTES}"),
+                ));
+            }
             if field.name() == Some("prefix") && field.file_name().is_none() {
                 if !stored.is_empty() {
                     return Err(ApiError::new(
@@ -99,8 +128,16 @@ pub async fn upload(
                         "the prefix field must come before the images",
                     ));
                 }
-                let text = field.text().await.map_err(multipart_error)?;
-                prefix = Some(normalise_prefix(&text)?);
+                let bytes = read_limited(field, MAX_PREFIX_BYTES as u64, "the prefix field").await.map_err(|e| {
+                    if e.code == "image-too-large" {
+                        ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", "prefix: longer than 200 bytes")
+                    } else {
+                        e
+                    }
+                })?;
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", "prefix: not UTF-8 text"))?;
+                prefix = Some(normalise_prefix(text)?);
                 continue;
             }
             let index = stored.len() + 1;
@@ -268,7 +305,13 @@ fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if stalled(&e) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "the request body stopped arriving (see limits.body_idle_timeout_secs)",
+        )
+    } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body-too-large",
@@ -281,4 +324,16 @@ fn multipart_error(e: MultipartError) -> ApiError {
             format!("not a valid multipart/form-data body: {}", e.body_text()),
         )
     }
+}
+
+/// Whether a multipart error comes from the body-idle timeout rather than from the body's bytes.
+fn stalled(e: &MultipartError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
