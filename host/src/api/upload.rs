@@ -6,7 +6,8 @@
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +84,23 @@ pub struct Uploaded {
     )
 )]
 pub async fn upload(
+    state: State<ApiState>,
+    query: Query<UploadQuery>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    match receive(state, query, multipart).await {
+        Ok(accepted) => accepted.into_response(),
+        Err(e) => {
+            // The body may not have been read to its end: the connection is not reused, so a
+            // client does not send its next request into the rest of this one.
+            let mut response = e.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+async fn receive(
     State(state): State<ApiState>,
     Query(query): Query<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
