@@ -342,3 +342,33 @@ async fn a_wrong_method_is_a_json_405() {
     assert_eq!(error_code(response).await, (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed".into()));
     app.running.stop().await;
 }
+
+/// `max_connections`: with the cap taken by idle connections a new client waits until the header
+/// timeout frees a slot; one below the cap, it is served at once.
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let app = App::start_with(&[], Reads::Public, |c| {
+        c.limits.max_connections = 2;
+        c.limits.header_read_timeout_secs = 2;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // Each request on a connection of its own, so the pool cannot hide the cap.
+    let fresh = || reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+
+    let one_idle = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    assert_eq!(fresh().get(format!("{}/health", app.base)).send().await.unwrap().status(), StatusCode::OK);
+    assert!(asked.elapsed() < Duration::from_millis(500), "below the cap: waited {:?}", asked.elapsed());
+    drop(one_idle);
+
+    let idle = [TcpStream::connect(&addr).await.unwrap(), TcpStream::connect(&addr).await.unwrap()];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    assert_eq!(fresh().get(format!("{}/health", app.base)).send().await.unwrap().status(), StatusCode::OK);
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4), "at the cap: waited {waited:?}");
+    drop(idle);
+    app.running.stop().await;
+}

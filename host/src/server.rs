@@ -147,8 +147,16 @@ async fn serve(
             request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             app.clone().oneshot(request)
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // hyper's header timer starts with the first byte: a client that connects and stays
+            // silent would hold its slot forever. It gets the same time to start as to finish.
+            // (`peek` waits for a byte, or the end; `readable` may answer before either.)
+            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut [0u8; 1])).await.is_err() {
+                tracing::debug!(%peer, "closed a connection that sent nothing");
+                return;
+            }
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
