@@ -130,9 +130,9 @@ async fn mutated_images_end_as_images_or_typed_errors() {
                     }
                     Err(e @ (TransformError::Trap(_) | TransformError::OutOfMemory { .. })) => {
                         eprintln!("{name} case {case}: {e}");
-                        format!("error: {}", kind(&e))
+                        format!("error: {}", e.code())
                     }
-                    Err(e) => format!("error: {}", kind(&e)),
+                    Err(e) => format!("error: {}", e.code()),
                 }
             }
         };
@@ -158,20 +158,5 @@ fn fix_png_crcs(png: &mut [u8]) {
         let crc = crc32fast::hash(&png[at + 4..end]);
         png[end..end + 4].copy_from_slice(&crc.to_be_bytes());
         at = end + 4;
-    }
-}
-
-fn kind(e: &TransformError) -> &'static str {
-    match e {
-        TransformError::BadInput(_) => "bad-input",
-        TransformError::Unsupported(_) => "unsupported",
-        TransformError::PluginFailed(_) => "plugin-failed",
-        TransformError::Timeout { .. } => "timeout",
-        TransformError::OutOfMemory { .. } => "out-of-memory",
-        TransformError::Trap(_) => "trap",
-        TransformError::InvalidOutput(_) => "invalid-output",
-        TransformError::OutputTooLarge { .. } => "output-too-large",
-        TransformError::Unavailable(_) => "unavailable",
-        _ => "other",
     }
 }

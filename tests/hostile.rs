@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use image::codecs::gif::GifEncoder;
 use image::{DynamicImage, Frame, ImageBuffer, ImageFormat, Luma, Rgb, Rgba, RgbaImage};
-use pixbox::config::{Config, QueueKind, Role, StorageKind};
+use pixbox::config::{Config, Role};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
@@ -410,13 +410,7 @@ async fn config(aws: bool, dir: &std::path::Path) -> Option<Config> {
     // The table sends more requests than a client would; the rate limit has its own test.
     config.limits.rate_per_second = 0;
     if aws {
-        config.endpoint_url = Some(common::aws_endpoint("hostile_input_catalogue")?);
-        config.storage = StorageKind::S3;
-        config.queue = QueueKind::Sqs;
-        config.create_resources = true;
-        config.temp_bucket = common::unique_name("temp");
-        config.permanent_bucket = common::unique_name("perm");
-        config.queue_name = common::unique_name("jobs");
+        common::use_aws(&mut config, "hostile_input_catalogue")?;
     }
     Some(config)
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::GenericImageView;
-use pixbox::config::{Config, QueueKind, Role, StorageKind};
+use pixbox::config::{Config, Role, StorageKind};
 use pixbox::jobs::Job;
 use pixbox::queue::JobQueue;
 use pixbox::sandbox::{OptionValue, RouteConfig};
@@ -59,13 +59,7 @@ impl Harness {
         config.limits.max_images = 4;
         config.limits.max_request_bytes = 1 << 20;
         if backend == Backend::Aws {
-            config.endpoint_url = Some(common::aws_endpoint(test)?);
-            config.storage = StorageKind::S3;
-            config.queue = QueueKind::Sqs;
-            config.create_resources = true;
-            config.temp_bucket = common::unique_name("temp");
-            config.permanent_bucket = common::unique_name("perm");
-            config.queue_name = common::unique_name("jobs");
+            common::use_aws(&mut config, test)?;
         }
         let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
         Some(Harness { config, store, queue, client: reqwest::Client::new(), _dir: dir })

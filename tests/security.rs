@@ -55,6 +55,11 @@ impl App {
         App { running, base, client: reqwest::Client::new(), store, _dir: dir }
     }
 
+    /// `host:port` of the app, for raw connections.
+    fn addr(&self) -> String {
+        self.running.addr.unwrap().to_string()
+    }
+
     async fn upload(&self, key: Option<&str>) -> reqwest::Response {
         let image = common::png(&common::photo(16, 12));
         let form = Form::new().part("images", Part::bytes(image).file_name("a.png").mime_str("image/png").unwrap());
@@ -227,7 +232,7 @@ async fn until_closed(stream: &mut TcpStream, started: Instant, limit: Duration)
 #[tokio::test]
 async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
     let app = App::start_with(&[], Reads::Public, |c| c.limits.header_read_timeout_secs = 1).await;
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let addr = app.addr();
     let before = rss_bytes();
     let started = Instant::now();
     let mut slow = Vec::new();
@@ -314,7 +319,7 @@ async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
         c.limits.body_idle_timeout_secs = 1;
     })
     .await;
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let addr = app.addr();
     let started = Instant::now();
     let mut stalled = stalled_upload(&addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -352,7 +357,7 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         c.limits.header_read_timeout_secs = 2;
     })
     .await;
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let addr = app.addr();
     // Each request on a connection of its own, so the pool cannot hide the cap.
     let fresh = || reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
 

@@ -126,6 +126,19 @@ pub fn aws_endpoint(test: &str) -> Option<String> {
     );
 }
 
+/// Points `config` at S3 + SQS on the emulator, with buckets and queue of its own (created at
+/// start); `None` when the AWS half is explicitly skipped (see [`aws_endpoint`]).
+pub fn use_aws(config: &mut pixbox::config::Config, test: &str) -> Option<()> {
+    config.endpoint_url = Some(aws_endpoint(test)?);
+    config.storage = pixbox::config::StorageKind::S3;
+    config.queue = pixbox::config::QueueKind::Sqs;
+    config.create_resources = true;
+    config.temp_bucket = unique_name("temp");
+    config.permanent_bucket = unique_name("perm");
+    config.queue_name = unique_name("jobs");
+    Some(())
+}
+
 /// A name no other test uses, for buckets and queues (lowercase, S3-safe).
 pub fn unique_name(what: &str) -> String {
     format!("pixbox-test-{what}-{}", uuid::Uuid::new_v4().simple()).chars().take(60).collect()
