@@ -287,8 +287,10 @@ async fn a_burst_over_the_rate_gets_429_with_retry_after() {
     for _ in 0..3 {
         assert_eq!(app.get("/status/a.jpg", None).await.status(), StatusCode::NOT_FOUND);
     }
+    let asked = Instant::now();
     let refused = app.get("/status/a.jpg", None).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(asked.elapsed() < Duration::from_millis(200), "refused only after {:?}", asked.elapsed());
     let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "Retry-After: {retry}");
     assert_eq!(error_code(refused).await.1, "rate-limited");
@@ -320,6 +322,7 @@ async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
     })
     .await;
     let addr = app.addr();
+    let before = rss_bytes();
     let started = Instant::now();
     let mut stalled = stalled_upload(&addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -333,6 +336,8 @@ async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body-timeout"), "{answer}");
     assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "ended after {after:?}");
+    let grew = rss_bytes().saturating_sub(before);
+    assert!(grew < 16 << 20, "a stalled upload and a refused one cost {} MiB", grew >> 20);
     assert_eq!(app.upload(None).await.status(), StatusCode::ACCEPTED);
     assert_eq!(app.originals().await, 1, "the stalled upload stored nothing");
     app.running.stop().await;
@@ -368,12 +373,15 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     assert!(asked.elapsed() < Duration::from_millis(500), "below the cap: waited {:?}", asked.elapsed());
     drop(one_idle);
 
+    let before = rss_bytes();
     let idle = [TcpStream::connect(&addr).await.unwrap(), TcpStream::connect(&addr).await.unwrap()];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let asked = Instant::now();
     assert_eq!(fresh().get(format!("{}/health", app.base)).send().await.unwrap().status(), StatusCode::OK);
     let waited = asked.elapsed();
     assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4), "at the cap: waited {waited:?}");
+    let grew = rss_bytes().saturating_sub(before);
+    assert!(grew < 16 << 20, "connections at the cap cost {} MiB", grew >> 20);
     drop(idle);
     app.running.stop().await;
 }
