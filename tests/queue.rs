@@ -61,8 +61,37 @@ conformance_tests!(
     delete_removes,
     dead_letter_after_max_receives,
     dead_letters_can_be_looked_at,
+    depth_counts_each_state,
+    dead_letters_can_be_deleted,
     check_answers,
 );
+
+/// The embedded queue can say whether it holds a job for a key (the orphan sweep asks); a queue
+/// file from before message ages were kept opens, and its old rows simply have no age.
+#[tokio::test]
+async fn embedded_queue_finds_keys_and_opens_old_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE TABLE messages (id TEXT PRIMARY KEY, body TEXT NOT NULL, seq INTEGER NOT NULL,
+                 visible_at INTEGER NOT NULL, receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT);
+             INSERT INTO messages (id, body, seq, visible_at) VALUES ('old', '{\"key\":\"old.png\"}', 1, 0);",
+        )
+        .unwrap();
+    }
+    let queue = EmbeddedQueue::open(&path, 5).unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.waiting, depth.oldest_age), (1, None), "{depth:?}");
+    queue.send_batch(&[r#"{"key":"a/new.jpg"}"#.to_string()]).await.unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!(depth.waiting, 2);
+    assert!(depth.oldest_age.is_some_and(|age| age < Duration::from_secs(60)), "{depth:?}");
+    assert_eq!(queue.holds_key("old.png").await.unwrap(), Some(true));
+    assert_eq!(queue.holds_key("a/new.jpg").await.unwrap(), Some(true));
+    assert_eq!(queue.holds_key("a/other.jpg").await.unwrap(), Some(false));
+}
 
 /// Dropping and reopening the embedded queue keeps undelivered and in-flight messages.
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pixbox::queue::{Delivery, JobQueue, QueueError};
+use pixbox::queue::{Delivery, JobQueue, QueueDepth, QueueError};
 use pixbox::storage::{BlobStore, Bucket, GetObject, ObjectInfo, ObjectMeta, StoreError, validate_key};
 
 /// Both buckets in a map. ETags count writes, so an overwrite is visible to tests.
@@ -30,7 +30,12 @@ impl MemoryStore {
         }
         let mut writes = self.writes.lock().unwrap();
         *writes += 1;
-        let info = ObjectInfo { meta: meta.clone(), size: body.len() as u64, etag: format!("\"w{writes}\"") };
+        let info = ObjectInfo {
+            meta: meta.clone(),
+            size: body.len() as u64,
+            etag: format!("\"w{writes}\""),
+            modified: Some(std::time::SystemTime::now()),
+        };
         objects.insert(slot(bucket, key), (body, info));
         true
     }
@@ -228,6 +233,22 @@ impl JobQueue for MemoryQueue {
         Ok(visible.map(|(id, message)| deliver(*id, message, now + visibility)).collect())
     }
 
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        self.delete(receipt).await
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap();
+        let hidden = state.messages.values().filter(|m| m.visible_at > now).count() as u64;
+        Ok(QueueDepth {
+            waiting: state.messages.len() as u64 - hidden,
+            in_flight: hidden,
+            dead: state.dead.len() as u64,
+            oldest_age: None,
+        })
+    }
+
     async fn check(&self) -> Result<(), QueueError> {
         Ok(())
     }
@@ -351,6 +372,12 @@ impl<Q: JobQueue> JobQueue for Faulty<Q> {
     }
     async fn receive_dead_letters(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         self.inner.receive_dead_letters(max, visibility).await
+    }
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        self.inner.delete_dead_letter(receipt).await
+    }
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        self.inner.depth().await
     }
     async fn check(&self) -> Result<(), QueueError> {
         self.inner.check().await

@@ -128,6 +128,53 @@ pub async fn dead_letters_can_be_looked_at(queue: &dyn JobQueue) {
     assert_eq!(seen, 2, "the dead letter was visible to two looks in a row");
 }
 
+/// The depth counts waiting, in-flight and dead-lettered messages (SQS's counts are approximate
+/// and settle within seconds, so each is awaited).
+pub async fn depth_counts_each_state(queue: &dyn JobQueue) {
+    let settles = async |what: &str, want: fn(&super::QueueDepth) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let depth = queue.depth().await.unwrap();
+            if want(&depth) {
+                return depth;
+            }
+            assert!(Instant::now() < deadline, "{what}: {depth:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    settles("empty", |d| d.waiting == 0 && d.in_flight == 0 && d.dead == 0).await;
+    queue.send_batch(&strings(&["a", "b", "c"])).await.unwrap();
+    let depth = settles("three waiting", |d| d.waiting == 3 && d.in_flight == 0).await;
+    if let Some(age) = depth.oldest_age {
+        assert!(age < Duration::from_secs(60), "{age:?}");
+    }
+    let got = receive_n(queue, 1, Duration::from_secs(30), Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1);
+    settles("two waiting, one in flight", |d| d.waiting == 2 && d.in_flight == 1).await;
+    queue.delete(&got[0].receipt).await.unwrap();
+    settles("two waiting", |d| d.waiting == 2 && d.in_flight == 0).await;
+}
+
+/// A dead letter can be deleted once handled (a redrive sends it again, then deletes it).
+pub async fn dead_letters_can_be_deleted(queue: &dyn JobQueue) {
+    queue.send_batch(&strings(&["redrive me"])).await.unwrap();
+    for _ in 1..=MAX_RECEIVES {
+        receive_n(queue, 1, VISIBILITY, Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(queue.receive(10, Duration::from_secs(1), VISIBILITY).await.unwrap().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut dead = Vec::new();
+    while dead.is_empty() && Instant::now() < deadline {
+        dead = queue.receive_dead_letters(10, VISIBILITY).await.unwrap();
+    }
+    assert_eq!(bodies(&dead), BTreeSet::from(["redrive me".to_string()]));
+    queue.delete_dead_letter(&dead[0].receipt).await.unwrap();
+    queue.delete_dead_letter(&dead[0].receipt).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(queue.receive_dead_letters(10, Duration::ZERO).await.unwrap().is_empty(), "deleted for good");
+}
+
 /// Readiness answers.
 pub async fn check_answers(queue: &dyn JobQueue) {
     queue.check().await.unwrap();

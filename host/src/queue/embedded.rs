@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Delivery, JobQueue, QueueError, check_batch};
+use super::{Delivery, JobQueue, QueueDepth, QueueError, check_batch};
 
 /// How often a waiting receive looks again when nothing was sent from this process.
 const POLL: Duration = Duration::from_millis(100);
@@ -38,7 +38,8 @@ impl EmbeddedQueue {
                  seq INTEGER NOT NULL,
                  visible_at INTEGER NOT NULL,
                  receive_count INTEGER NOT NULL DEFAULT 0,
-                 receipt TEXT
+                 receipt TEXT,
+                 sent_at INTEGER
              );
              CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at, seq);
              CREATE TABLE IF NOT EXISTS dead_letters (
@@ -51,6 +52,14 @@ impl EmbeddedQueue {
              );",
         )
         .map_err(sql)?;
+        // Queues made before `sent_at` existed get the column (their rows have no age).
+        let has_sent_at = db
+            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'sent_at'")
+            .and_then(|mut stmt| stmt.exists([]))
+            .map_err(sql)?;
+        if !has_sent_at {
+            db.execute_batch("ALTER TABLE messages ADD COLUMN sent_at INTEGER").map_err(sql)?;
+        }
         Ok(EmbeddedQueue {
             db: Arc::new(Mutex::new(db)),
             path: path.to_path_buf(),
@@ -159,7 +168,7 @@ impl JobQueue for EmbeddedQueue {
             let now = now_ms();
             for (i, body) in bodies.iter().enumerate() {
                 tx.execute(
-                    "INSERT INTO messages (id, body, seq, visible_at) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO messages (id, body, seq, visible_at, sent_at) VALUES (?1, ?2, ?3, ?4, ?4)",
                     params![uuid::Uuid::new_v4().to_string(), body, seq + 1 + i as i64, now],
                 )
                 .map_err(sql)?;
@@ -237,6 +246,55 @@ impl JobQueue for EmbeddedQueue {
             }
             tx.commit().map_err(sql)?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        // Receipts name their row; `delete` looks in both tables.
+        self.delete(receipt).await
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let max_receives = self.max_receives;
+        self.with_db(move |db| {
+            let now = now_ms();
+            // Messages past their last receive count as dead already: the next receive moves them.
+            let (waiting, in_flight, dying, oldest): (i64, i64, i64, Option<i64>) = db
+                .query_row(
+                    "SELECT
+                         COALESCE(SUM(visible_at <= ?1 AND receive_count < ?2), 0),
+                         COALESCE(SUM(visible_at > ?1), 0),
+                         COALESCE(SUM(visible_at <= ?1 AND receive_count >= ?2), 0),
+                         MIN(CASE WHEN visible_at > ?1 OR receive_count < ?2 THEN sent_at END)
+                     FROM messages",
+                    params![now, max_receives],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(sql)?;
+            let dead: i64 = db.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0)).map_err(sql)?;
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            Ok(QueueDepth {
+                waiting: count(waiting),
+                in_flight: count(in_flight),
+                dead: count(dead + dying),
+                oldest_age: oldest.map(|sent| Duration::from_millis(count(now - sent))),
+            })
+        })
+        .await
+    }
+
+    async fn holds_key(&self, key: &str) -> Result<Option<bool>, QueueError> {
+        let key = key.to_string();
+        self.with_db(move |db| {
+            db.query_row(
+                "SELECT EXISTS(SELECT 1 FROM messages WHERE json_extract(body, '$.key') = ?1)
+                     OR EXISTS(SELECT 1 FROM dead_letters WHERE json_extract(body, '$.key') = ?1)",
+                params![key],
+                |r| r.get::<_, bool>(0),
+            )
+            .map(Some)
+            .map_err(sql)
         })
         .await
     }

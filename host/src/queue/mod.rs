@@ -24,6 +24,25 @@ pub struct Delivery {
     pub receive_count: u32,
 }
 
+/// How many messages a queue holds, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueDepth {
+    /// Waiting to be received.
+    pub waiting: u64,
+    /// Received and hidden (a worker has them, or a retry waits out its delay).
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+    /// Age of the oldest message waiting or in flight, when the backend can tell (SQS cannot
+    /// without CloudWatch: `ApproximateAgeOfOldestMessage`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "seconds")]
+    pub oldest_age: Option<Duration>,
+}
+
+fn seconds<S: serde::Serializer>(age: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(age.unwrap_or_default().as_secs_f64())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
@@ -55,6 +74,16 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
     /// Receives up to `max` messages from the dead-letter queue (for operators, the worker's
     /// dead-letter sweep and tests); each stays hidden for `visibility` (zero: not at all).
     async fn receive_dead_letters(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError>;
+    /// Deletes the dead-lettered message of this delivery (from `receive_dead_letters`), e.g.
+    /// once it is sent again. Deleting twice succeeds.
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError>;
+    /// How many messages wait, are in flight and are dead-lettered (approximate on SQS).
+    async fn depth(&self) -> Result<QueueDepth, QueueError>;
+    /// Whether a message for `key` is queued, in flight or dead-lettered; `None` when the backend
+    /// cannot tell (SQS cannot search its messages). The orphan sweep keeps what is still queued.
+    async fn holds_key(&self, _key: &str) -> Result<Option<bool>, QueueError> {
+        Ok(None)
+    }
     /// Checks the queue answers (for readiness).
     async fn check(&self) -> Result<(), QueueError>;
 }

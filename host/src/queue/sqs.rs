@@ -7,7 +7,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
 
-use super::{Delivery, JobQueue, QueueError, check_batch};
+use super::{Delivery, JobQueue, QueueDepth, QueueError, check_batch};
 use crate::aws::describe;
 
 /// Source queue retention: SQS's default, 4 days.
@@ -109,6 +109,30 @@ impl SqsQueue {
                 Some(Delivery { message_id: m.message_id?, body: m.body?, receipt: m.receipt_handle?, receive_count })
             })
             .collect())
+    }
+}
+
+impl SqsQueue {
+    /// (visible, not visible) approximate message counts of the queue at `url`.
+    async fn counts(&self, url: &str) -> Result<(u64, u64), QueueError> {
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(unavailable)?
+            .attributes
+            .unwrap_or_default();
+        let get = |name: QueueAttributeName| attributes.get(&name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok((
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                + get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        ))
     }
 }
 
@@ -219,6 +243,20 @@ impl JobQueue for SqsQueue {
     async fn receive_dead_letters(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         check_batch(max)?;
         self.receive_from(&self.dead_letter_url, max, Duration::ZERO, visibility).await
+    }
+
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        match self.client.delete_message().queue_url(&self.dead_letter_url).receipt_handle(receipt).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_stale_receipt(e.code()) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let ((waiting, in_flight), (dead_visible, dead_hidden)) =
+            tokio::try_join!(self.counts(&self.url), self.counts(&self.dead_letter_url))?;
+        Ok(QueueDepth { waiting, in_flight, dead: dead_visible + dead_hidden, oldest_age: None })
     }
 
     async fn check(&self) -> Result<(), QueueError> {

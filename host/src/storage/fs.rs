@@ -116,7 +116,7 @@ fn open_object(path: &Path, key: &str) -> Result<(std::fs::File, ObjectInfo), St
     let size = file_len - line.len() as u64;
     let stamp = modified.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let etag = hex::encode(&sha2::Sha256::digest(format!("{key}\0{size}\0{stamp}"))[..8]);
-    Ok((file, ObjectInfo { meta, size, etag }))
+    Ok((file, ObjectInfo { meta, size, etag, modified: Some(modified) }))
 }
 
 /// Percent-encodes everything outside `A-Za-z0-9._-` (so also `~` and `%`).

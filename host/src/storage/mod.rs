@@ -38,6 +38,8 @@ pub struct ObjectInfo {
     pub size: u64,
     /// An opaque version tag (changes when the object is overwritten).
     pub etag: String,
+    /// When the object was last written, when the backend says (for the orphan sweep).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// A body read as a stream of chunks, so large objects are never held in memory whole.

@@ -85,6 +85,7 @@ fn info(
     metadata: Option<std::collections::HashMap<String, String>>,
     size: Option<i64>,
     etag: Option<String>,
+    modified: Option<aws_sdk_s3::primitives::DateTime>,
 ) -> ObjectInfo {
     ObjectInfo {
         meta: ObjectMeta {
@@ -93,6 +94,7 @@ fn info(
         },
         size: size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
         etag: etag.unwrap_or_default().trim_matches('"').to_string(),
+        modified: modified.and_then(|t| std::time::SystemTime::try_from(t).ok()),
     }
 }
 
@@ -129,7 +131,7 @@ impl BlobStore for S3Store {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        let info = info(out.content_type, out.metadata, out.content_length, out.e_tag);
+        let info = info(out.content_type, out.metadata, out.content_length, out.e_tag, out.last_modified);
         let body = tokio_util::io::ReaderStream::new(out.body.into_async_read());
         Ok(GetObject { info, body: Box::pin(body) })
     }
@@ -137,7 +139,7 @@ impl BlobStore for S3Store {
     async fn head(&self, bucket: Bucket, key: &str) -> Result<ObjectInfo, StoreError> {
         validate_key(key)?;
         match self.client.head_object().bucket(self.bucket(bucket)).key(key).send().await {
-            Ok(out) => Ok(info(out.content_type, out.metadata, out.content_length, out.e_tag)),
+            Ok(out) => Ok(info(out.content_type, out.metadata, out.content_length, out.e_tag, out.last_modified)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) || is_status(&e, 404) => {
                 Err(StoreError::NotFound { key: key.into() })
             }
