@@ -10,16 +10,21 @@ RUN cargo build --release --locked -p pixbox --bin pixbox \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --create-home --home-dir /var/lib/pixbox pixbox
 COPY --from=build /usr/local/bin/pixbox /usr/local/bin/pixbox
 USER pixbox
 WORKDIR /var/lib/pixbox
+# 3000: the api (role api or all). 3001: the admin address every role serves (/health, /ready,
+# /metrics; no API key, so publish it only to a private network).
 ENV PIXBOX_LISTEN=0.0.0.0:3000 \
+    PIXBOX_ADMIN_LISTEN=0.0.0.0:3001 \
     PIXBOX_DATA_DIR=/var/lib/pixbox
-EXPOSE 3000
+EXPOSE 3000 3001
+# The same command for every role: GET /health on the admin address (tests/operations.rs runs it
+# against an api and a worker process).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:3000/health || exit 1
+  CMD ["pixbox", "health"]
 ENTRYPOINT ["pixbox"]
 CMD ["serve"]

@@ -53,6 +53,7 @@ impl Rig {
             guards: pixbox::api::Guards::new(&limits),
             limits,
             auth: pixbox::auth::Auth::open(),
+            cors: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

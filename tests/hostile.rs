@@ -401,8 +401,13 @@ fn rss_bytes() -> usize {
 }
 
 async fn config(aws: bool, dir: &std::path::Path) -> Option<Config> {
-    let mut config =
-        Config { listen: "127.0.0.1:0".into(), data_dir: dir.to_path_buf(), role: Role::All, ..Config::default() };
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        role: Role::All,
+        ..Config::default()
+    };
     config.worker.schedule = "* * * * * *".into();
     config.worker.concurrency = 1;
     config.limits.max_request_bytes = 4 << 20;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::GenericImageView;
-use pixbox::config::{Config, Role, StorageKind};
+use pixbox::config::{Config, Role};
 use pixbox::jobs::Job;
 use pixbox::queue::JobQueue;
 use pixbox::sandbox::{OptionValue, RouteConfig};
@@ -45,6 +45,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             data_dir: dir.path().to_path_buf(),
             routes: vec![
                 route("", "resize", &[("width", 200), ("height", 200)]),
@@ -73,28 +74,7 @@ impl Harness {
 
     /// Environment that configures a `pixbox` process like this harness.
     fn env(&self, role: &str) -> Vec<(String, String)> {
-        let c = &self.config;
-        let mut env = vec![
-            ("PIXBOX_ROLE", role.to_string()),
-            ("PIXBOX_LISTEN", c.listen.clone()),
-            ("PIXBOX_DATA_DIR", c.data_dir.display().to_string()),
-            ("PIXBOX_WORKER_SCHEDULE", c.worker.schedule.clone()),
-            ("PIXBOX_WORKER_VISIBILITY_TIMEOUT_SECS", c.worker.visibility_timeout_secs.to_string()),
-            ("PIXBOX_WORKER_MAX_RECEIVES", c.worker.max_receives.to_string()),
-            ("PIXBOX_TEMP_BUCKET", c.temp_bucket.clone()),
-            ("PIXBOX_PERMANENT_BUCKET", c.permanent_bucket.clone()),
-            ("PIXBOX_QUEUE_NAME", c.queue_name.clone()),
-            ("PIXBOX_LOG", "info".into()),
-        ];
-        if c.storage == StorageKind::S3 {
-            env.push(("PIXBOX_STORAGE", "s3".into()));
-            env.push(("PIXBOX_QUEUE", "sqs".into()));
-            env.push(("PIXBOX_ENDPOINT_URL", c.endpoint_url.clone().unwrap()));
-            env.push(("AWS_ACCESS_KEY_ID", "test".into()));
-            env.push(("AWS_SECRET_ACCESS_KEY", "test".into()));
-            env.push(("AWS_REGION", "us-east-1".into()));
-        }
-        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        common::process_env(&self.config, role)
     }
 
     /// A real `pixbox serve` process (default routes: resize to fit 1024x1024).

@@ -38,6 +38,7 @@ impl App {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             data_dir: dir.path().to_path_buf(),
             role: Role::Api,
             auth: AuthSettings {

@@ -31,7 +31,7 @@ async fn run() {
         .env_clear()
         .arg("--data-dir")
         .arg(data.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--role", "api"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--role", "api"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

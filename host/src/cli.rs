@@ -1,4 +1,5 @@
-//! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info`, `pixbox keys`.
+//! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info`, `pixbox keys`,
+//! `pixbox jobs`, `pixbox health`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,6 +31,9 @@ pub enum Command {
         /// Address to listen on, e.g. 127.0.0.1:3000.
         #[arg(long)]
         listen: Option<String>,
+        /// Admin address (health, readiness, metrics), e.g. 127.0.0.1:3001; "" for none.
+        #[arg(long)]
+        admin_listen: Option<String>,
         /// Which parts to run.
         #[arg(long, value_enum)]
         role: Option<Role>,
@@ -59,6 +63,46 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// List, count and retry jobs (uses the configured store and queue; a server may be running).
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Ask a running pixbox (any role) on its admin address whether it is up; exit status 0 if so.
+    /// The container health check.
+    Health {
+        /// Ask whether it is ready (store and queue answer) instead.
+        #[arg(long)]
+        ready: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Originals waiting to be processed, or with --failed the jobs that failed for good.
+    List {
+        /// List failed jobs (with their code, reason and attempts) instead.
+        #[arg(long)]
+        failed: bool,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a failed or dead-lettered job again (after fixing its cause).
+    Retry {
+        /// The key of the job.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        key: Option<String>,
+        /// Every failed job and every dead-lettered message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Queue depths (waiting, in flight, dead-lettered), oldest age, failed and waiting counts.
+    Stats {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -90,9 +134,12 @@ impl Cli {
         if let Some(dir) = &self.data_dir {
             flags.insert("data_dir".into(), dir.display().to_string().into());
         }
-        if let Command::Serve { listen, role } = &self.command {
+        if let Command::Serve { listen, admin_listen, role } = &self.command {
             if let Some(listen) = listen {
                 flags.insert("listen".into(), listen.clone().into());
+            }
+            if let Some(admin_listen) = admin_listen {
+                flags.insert("admin_listen".into(), admin_listen.clone().into());
             }
             if let Some(role) = role {
                 flags.insert("role".into(), toml::Value::try_from(role)?);
@@ -192,18 +239,6 @@ pub fn plugin_info(config: &Config, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs go to stderr; `log` in the configuration (or `RUST_LOG`) is an env-filter directive.
-pub fn init_tracing(config: &Config) {
-    // The scheduler crate logs its own start-up at info; that is noise for pixbox's users.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tokio_cron_scheduler=warn,{}", config.log)));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// `pixbox serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
@@ -212,11 +247,129 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(addr) = running.addr {
             println!("pixbox listening on http://{addr} (role {:?})", config.role);
         }
+        if let Some(addr) = running.admin_addr {
+            println!("pixbox admin on http://{addr} (health, ready, metrics)");
+        }
         crate::server::shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight work");
         running.stop().await;
         Ok(())
     })
+}
+
+/// `pixbox jobs ...`: runs against the configured backends.
+pub fn jobs(config: &Config, command: &JobsCommand) -> anyhow::Result<()> {
+    use crate::operations::{self, Retry};
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let (store, queue) = crate::backends::connect(config).await?;
+        let (store, queue) = (&*store, &*queue);
+        match command {
+            JobsCommand::List { failed: true, json } => {
+                let failed = operations::failed(store).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&failed)?);
+                } else if failed.is_empty() {
+                    println!("no failed jobs");
+                } else {
+                    for job in &failed {
+                        let kept = if job.original_kept { "" } else { " (original gone)" };
+                        let plugin = job.failure.plugin.as_deref().map(|p| format!(" [{p}]")).unwrap_or_default();
+                        println!(
+                            "{}  {}  after {} attempt(s){plugin}: {}{kept}",
+                            job.key, job.failure.code, job.failure.attempts, job.failure.message
+                        );
+                    }
+                }
+            }
+            JobsCommand::List { failed: false, json } => {
+                let waiting = operations::waiting(store).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&waiting)?);
+                } else if waiting.is_empty() {
+                    println!("no originals waiting");
+                } else {
+                    for job in &waiting {
+                        let age = job.age_secs.map_or("?".to_string(), |a| format!("{a:.0} s"));
+                        println!("{}  waiting for {age}", job.key);
+                    }
+                }
+            }
+            JobsCommand::Retry { key, all } => {
+                let retried = match (key, all) {
+                    (Some(key), false) => vec![operations::retry(store, queue, key).await?],
+                    _ => operations::retry_all(store, queue).await?,
+                };
+                if retried.is_empty() {
+                    println!("nothing to retry");
+                }
+                for retry in &retried {
+                    match retry {
+                        Retry::Queued { key, dead_letters: 0 } => println!("{key}: queued again"),
+                        Retry::Queued { key, dead_letters } => {
+                            println!("{key}: queued again ({dead_letters} message(s) taken off the dead-letter queue)")
+                        }
+                        Retry::AlreadyDone { key } => println!("{key}: already done, nothing to retry"),
+                        Retry::NotFailed { key } => {
+                            println!("{key}: not failed (waiting or unknown), nothing to retry")
+                        }
+                    }
+                }
+            }
+            JobsCommand::Stats { json } => {
+                let stats = operations::stats(store, queue).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&stats)?);
+                } else {
+                    let q = &stats.queue;
+                    let age = |a: Option<f64>| a.map_or("unknown".to_string(), |a| format!("{a:.0} s"));
+                    println!("queue: {} waiting, {} in flight, {} dead-lettered", q.waiting, q.in_flight, q.dead);
+                    println!("oldest queued message: {}", age(q.oldest_age.map(|a| a.as_secs_f64())));
+                    println!("failed jobs: {}", stats.failed);
+                    println!(
+                        "originals waiting: {} (oldest {})",
+                        stats.waiting_originals,
+                        age(stats.oldest_original_age_secs)
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `pixbox health [--ready]`: GET /health (or /ready) on the admin address (or on `listen`
+/// when there is none), with a short timeout. Plain HTTP/1.0 over a socket: the check must not
+/// need curl in the image, nor start a runtime.
+pub fn health(config: &Config, ready: bool) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+    let listen = if config.admin_listen.is_empty() { &config.listen } else { &config.admin_listen };
+    let mut addr = listen
+        .to_socket_addrs()
+        .with_context(|| format!("bad address {listen:?}"))?
+        .next()
+        .with_context(|| format!("{listen:?} names no address"))?;
+    // A service listening on every interface is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+    }
+    let path = if ready { "/ready" } else { "/health" };
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, TIMEOUT).with_context(|| format!("nothing answers on {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut answer).with_context(|| format!("no answer from {addr}{path}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("http://{addr}{path} answered {status:?}");
+    }
+    println!("{} on http://{addr}{path}", if ready { "ready" } else { "up" });
+    Ok(())
 }
 
 /// `pixbox keys new` / `pixbox keys secret`: needs no configuration.

@@ -24,6 +24,16 @@ pub enum Role {
     All,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, with the request id and span fields flattened in.
+    Json,
+}
+
 /// Where images are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,9 +59,14 @@ pub enum QueueKind {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: String,
+    /// The operators' address (`/health`, `/ready`, `/metrics`) for every role; empty: none.
+    pub admin_listen: String,
     pub data_dir: PathBuf,
     pub role: Role,
     pub log: String,
+    pub log_format: LogFormat,
+    /// Origins allowed to call the api from a browser (space-separated, or `*`); empty: no CORS.
+    pub cors_origins: String,
     pub storage: StorageKind,
     pub queue: QueueKind,
     pub temp_bucket: String,
@@ -75,9 +90,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:3000".into(),
+            admin_listen: "127.0.0.1:3001".into(),
             data_dir: "./data".into(),
             role: Role::All,
             log: "info".into(),
+            log_format: LogFormat::Text,
+            cors_origins: String::new(),
             storage: StorageKind::Fs,
             queue: QueueKind::Embedded,
             temp_bucket: "pixbox-temp".into(),
@@ -171,6 +189,10 @@ pub struct WorkerSettings {
     /// On shutdown, how long jobs in flight may take to finish, in seconds; the rest are cancelled
     /// and their messages released for another worker.
     pub shutdown_grace_secs: u64,
+    /// Originals and upload records in the temp bucket with no job, no failure record and older
+    /// than this many seconds are removed (embedded queue only: SQS cannot be searched; use an
+    /// S3 lifecycle rule, see DEPLOY.md). 0: never.
+    pub orphan_age_secs: u64,
 }
 
 impl Default for WorkerSettings {
@@ -183,6 +205,7 @@ impl Default for WorkerSettings {
             max_receives: 5,
             tick_budget_secs: 300,
             shutdown_grace_secs: 20,
+            orphan_age_secs: 24 * 3600,
         }
     }
 }
@@ -272,6 +295,7 @@ impl Config {
                 "limits.max_concurrent_uploads and max_connections must be above zero".into(),
             ));
         }
+        crate::api::cors(&self.cors_origins).map_err(ConfigError::Invalid)?;
         if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 {
             return Err(ConfigError::Invalid("sandbox limits must be above zero".into()));
         }

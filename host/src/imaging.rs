@@ -68,6 +68,18 @@ pub enum HeaderError {
     Unreadable { format: Format, reason: String },
 }
 
+impl HeaderError {
+    /// A short reason for clients: the decoder's own words stay in the server's log.
+    pub fn public_reason(&self) -> String {
+        match self {
+            HeaderError::Unreadable { format, .. } => {
+                format!("the {} header cannot be read (the file is damaged or not what it claims)", format.media_type())
+            }
+            e => e.to_string(),
+        }
+    }
+}
+
 /// Recognises a supported format from the first bytes; names and declared types are ignored.
 pub fn sniff(bytes: &[u8]) -> Option<Format> {
     match image::guess_format(bytes).ok()? {

@@ -67,6 +67,11 @@ pub fn commit_key(upload: &str) -> String {
     format!("{RESERVED_PREFIX}uploads/{upload}")
 }
 
+/// The upload id of a commit record's key, or `None` for any other key.
+pub fn upload_of_commit_key(key: &str) -> Option<&str> {
+    key.strip_prefix(RESERVED_PREFIX)?.strip_prefix("uploads/")
+}
+
 /// The code of the failure recorded when the queue gives up on a job (it is dead-lettered).
 pub const GAVE_UP: &str = "gave-up";
 
@@ -140,11 +145,9 @@ pub async fn state(store: &dyn BlobStore, key: &str) -> Result<State, StoreError
 pub async fn failure(store: &dyn BlobStore, key: &str) -> Result<Option<Failure>, StoreError> {
     let Some(object) = found(store.get(Bucket::Permanent, &failure_key(key)).await)? else { return Ok(None) };
     let bytes = object.bytes(64 * 1024).await?;
-    Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| Failure {
-        code: "failed".into(),
-        message: format!("the failure record is unreadable: {e}"),
-        plugin: None,
-        attempts: 0,
+    Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        tracing::warn!(key, "unreadable failure record: {e}");
+        Failure { code: "failed".into(), message: "the job failed".into(), plugin: None, attempts: 0 }
     })))
 }
 

@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     cli.config().and_then(|config| {
-        pixbox::cli::init_tracing(&config);
+        pixbox::telemetry::init_tracing(&config);
         match &cli.command {
             Command::Serve { .. } => pixbox::cli::serve(config),
             Command::Transform { plugin, options, key, input, output } => {
@@ -25,6 +25,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             }
             Command::Plugin { command: PluginCommand::Info { plugin } } => pixbox::cli::plugin_info(&config, plugin),
             Command::Keys { command } => pixbox::cli::keys(command),
+            Command::Jobs { command } => pixbox::cli::jobs(&config, command),
+            Command::Health { ready } => pixbox::cli::health(&config, *ready),
         }
     })
 }

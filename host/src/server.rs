@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::auth::Auth;
-use crate::config::{Config, Role};
+use crate::config::{Config, QueueKind, Role};
 use crate::sandbox::{Routes, Sandbox};
 use crate::worker::Worker;
 use crate::worker::runner::Runner;
@@ -19,16 +19,43 @@ use crate::worker::runner::Runner;
 pub struct Running {
     /// Where the api listens (None for the worker role).
     pub addr: Option<SocketAddr>,
+    /// Where the admin routes (health, readiness, metrics) listen, when `admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     api: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    admin: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     worker: Option<Runner>,
 }
 
 /// Connects the backends and starts what the role asks for. Binds before returning, so `addr` is
 /// ready for requests (port 0 picks a free port).
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    // Before anything binds: a service that would be open to the network does not start at all.
+    let auth = match config.role {
+        Role::Api | Role::All => Some(Auth::from_settings(&config.auth, &config.listen)?),
+        Role::Worker => None,
+    };
+    crate::telemetry::install();
     let (store, queue) = crate::backends::connect(config).await?;
     let shutdown = CancellationToken::new();
+    let connection_limits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs),
+        max_connections: config.limits.max_connections as usize,
+    };
+
+    // First, so that a worker has its health check from the start.
+    let (admin_addr, admin) = if config.admin_listen.is_empty() {
+        (None, None)
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on the admin address {}", config.admin_listen))?;
+        let addr = listener.local_addr()?;
+        let app = api::admin_router(api::Backends { store: store.clone(), queue: queue.clone() });
+        let task = tokio::spawn(serve(listener, app, connection_limits, shutdown.clone()));
+        tracing::info!(%addr, "admin listening (health, ready, metrics)");
+        (Some(addr), Some(task))
+    };
 
     let worker = if matches!(config.role, Role::Worker | Role::All) {
         let mut settings = config.sandbox.clone();
@@ -52,33 +79,31 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             limits: config.limits.pixels(),
             max_input_bytes: usize::try_from(config.limits.max_image_bytes).unwrap_or(usize::MAX),
         };
-        let runner = Runner::start(worker, &config.worker.schedule, config.worker_concurrency()).await?;
+        // Only the embedded queue can be searched for a key; on SQS an S3 lifecycle rule does it.
+        let orphan_age = (config.queue == QueueKind::Embedded && config.worker.orphan_age_secs > 0)
+            .then(|| Duration::from_secs(config.worker.orphan_age_secs));
+        let runner = Runner::start(worker, &config.worker.schedule, config.worker_concurrency(), orphan_age).await?;
         tracing::info!(schedule = config.worker.schedule, concurrency = config.worker_concurrency(), "worker started");
         Some(runner)
     } else {
         None
     };
 
-    let (addr, api) = if matches!(config.role, Role::Api | Role::All) {
-        // Before binding: a service that would be open to the network does not start at all.
-        let auth = Auth::from_settings(&config.auth, &config.listen)?;
+    let (addr, api) = if let Some(auth) = auth {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let guards = api::Guards::new(&config.limits);
-        let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth, guards });
-        let limits = ConnectionLimits {
-            header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs),
-            max_connections: config.limits.max_connections as usize,
-        };
-        let task = tokio::spawn(serve(listener, app, limits, shutdown.clone()));
+        let cors = api::cors(&config.cors_origins).map_err(anyhow::Error::msg)?;
+        let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth, guards, cors });
+        let task = tokio::spawn(serve(listener, app, connection_limits, shutdown.clone()));
         tracing::info!(%addr, "api listening");
         (Some(addr), Some(task))
     } else {
         (None, None)
     };
-    Ok(Running { addr, shutdown, api, worker })
+    Ok(Running { addr, admin_addr, shutdown, api, admin, worker })
 }
 
 impl Running {
@@ -88,10 +113,11 @@ impl Running {
         if let Some(worker) = self.worker {
             worker.stop().await;
         }
-        if let Some(api) = self.api {
-            match api.await {
-                Ok(Err(e)) => tracing::warn!("api: {e}"),
-                Err(e) => tracing::warn!("api task: {e}"),
+        for (name, task) in [("api", self.api), ("admin", self.admin)] {
+            let Some(task) = task else { continue };
+            match task.await {
+                Ok(Err(e)) => tracing::warn!("{name}: {e}"),
+                Err(e) => tracing::warn!("{name} task: {e}"),
                 Ok(Ok(())) => {}
             }
         }

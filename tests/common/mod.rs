@@ -139,6 +139,33 @@ pub fn use_aws(config: &mut pixbox::config::Config, test: &str) -> Option<()> {
     Some(())
 }
 
+/// Environment that configures a `pixbox` process (`serve` in `role`, or any other command) like
+/// `config`: addresses, data dir, worker timing, buckets and queue, and the emulator when used.
+pub fn process_env(c: &pixbox::config::Config, role: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PIXBOX_ROLE", role.to_string()),
+        ("PIXBOX_LISTEN", c.listen.clone()),
+        ("PIXBOX_ADMIN_LISTEN", c.admin_listen.clone()),
+        ("PIXBOX_DATA_DIR", c.data_dir.display().to_string()),
+        ("PIXBOX_WORKER_SCHEDULE", c.worker.schedule.clone()),
+        ("PIXBOX_WORKER_VISIBILITY_TIMEOUT_SECS", c.worker.visibility_timeout_secs.to_string()),
+        ("PIXBOX_WORKER_MAX_RECEIVES", c.worker.max_receives.to_string()),
+        ("PIXBOX_TEMP_BUCKET", c.temp_bucket.clone()),
+        ("PIXBOX_PERMANENT_BUCKET", c.permanent_bucket.clone()),
+        ("PIXBOX_QUEUE_NAME", c.queue_name.clone()),
+        ("PIXBOX_LOG", "info".into()),
+    ];
+    if c.storage == pixbox::config::StorageKind::S3 {
+        env.push(("PIXBOX_STORAGE", "s3".into()));
+        env.push(("PIXBOX_QUEUE", "sqs".into()));
+        env.push(("PIXBOX_ENDPOINT_URL", c.endpoint_url.clone().unwrap()));
+        env.push(("AWS_ACCESS_KEY_ID", "test".into()));
+        env.push(("AWS_SECRET_ACCESS_KEY", "test".into()));
+        env.push(("AWS_REGION", "us-east-1".into()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 /// A name no other test uses, for buckets and queues (lowercase, S3-safe).
 pub fn unique_name(what: &str) -> String {
     format!("pixbox-test-{what}-{}", uuid::Uuid::new_v4().simple()).chars().take(60).collect()

@@ -1,4 +1,5 @@
-//! `GET /health` (the process is up) and `GET /ready` (the store and the queue answer).
+//! `GET /health` (the process is up), `GET /ready` (the store and the queue answer), and the
+//! admin-only `GET /metrics` (Prometheus text).
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, Backends};
 
 /// How long readiness waits for each backend.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +31,7 @@ pub async fn health() -> Json<Health> {
     (status = 200, description = "The store and the queue answer", body = Health),
     (status = 503, description = "`not-ready`", body = ApiError),
 ))]
-pub async fn ready(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
+pub async fn ready(State(state): State<Backends>) -> Result<Json<Health>, ApiError> {
     let not_ready = |what: &str, detail: String| {
         tracing::warn!("not ready: {what}: {detail}");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", format!("the {what} is not answering"))
@@ -46,4 +47,10 @@ pub async fn ready(State(state): State<ApiState>) -> Result<Json<Health>, ApiErr
         Err(_) => return Err(not_ready("queue", "timed out".into())),
     }
     Ok(Json(Health { status: "ready" }))
+}
+
+/// Prometheus text, the queue's depths sampled now. Served on the admin address only.
+pub async fn metrics(State(state): State<Backends>) -> impl axum::response::IntoResponse {
+    let text = crate::telemetry::render(&*state.queue).await;
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }

@@ -1,10 +1,12 @@
-//! The HTTP api: upload, download, status, health. Handlers see only the two ports.
+//! The HTTP api: upload, download, status, health; and the operators' admin router (health,
+//! readiness, metrics). Handlers see only the two ports.
 
 mod auth;
 mod download;
 mod error;
 mod guard;
 mod health;
+pub mod observe;
 pub mod openapi;
 mod upload;
 
@@ -32,6 +34,65 @@ pub struct ApiState {
     pub limits: UploadLimits,
     pub auth: Auth,
     pub guards: Guards,
+    /// Browser access, when configured.
+    pub cors: Option<tower_http::cors::CorsLayer>,
+}
+
+/// The two ports, for handlers that need nothing else (readiness, metrics).
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub store: Arc<dyn BlobStore>,
+    pub queue: Arc<dyn JobQueue>,
+}
+
+impl axum::extract::FromRef<ApiState> for Backends {
+    fn from_ref(state: &ApiState) -> Self {
+        Backends { store: state.store.clone(), queue: state.queue.clone() }
+    }
+}
+
+/// The admin address's routes (every role serves them): `/health`, `/ready`, `/metrics`.
+pub fn admin_router(backends: Backends) -> Router {
+    crate::telemetry::install();
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no-such-route", "no such route") })
+        .layer(axum::middleware::from_fn(observe::observe))
+        .with_state(backends)
+}
+
+/// Browser access (CORS) for `origins` (space-separated, or `*`); `None` when empty.
+pub fn cors(origins: &str) -> Result<Option<tower_http::cors::CorsLayer>, String> {
+    use axum::http::{HeaderValue, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<&str> = origins.split_whitespace().collect();
+    let allow = match origins.as_slice() {
+        [] => return Ok(None),
+        ["*"] => AllowOrigin::any(),
+        list => {
+            let mut values = Vec::new();
+            for origin in list {
+                let ok = (origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/');
+                let value = HeaderValue::from_str(origin).ok().filter(|_| ok).ok_or_else(|| {
+                    format!(
+                        "cors_origins: {origin:?} is not an origin like https://app.example.com (or use \"*\" alone)"
+                    )
+                })?;
+                values.push(value);
+            }
+            AllowOrigin::list(values)
+        }
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, observe::REQUEST_ID.clone()])
+            .expose_headers([observe::REQUEST_ID.clone(), header::RETRY_AFTER, header::LOCATION])
+            .max_age(Duration::from_secs(600)),
+    ))
 }
 
 /// Every route of the api, with its state.
@@ -60,7 +121,9 @@ pub fn router(state: ApiState) -> Router {
                 }))
                 .timeout(request_timeout),
         )
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Preflights are answered here, before the rate limit and the key check.
+        .layer(tower::util::option_layer(state.cors.clone()))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(state)
 }
 

@@ -13,7 +13,9 @@ use super::{download, health, upload};
         title = "pixbox",
         description = "Image upload-and-resize service: upload images, a worker transforms them in a \
                        WebAssembly sandbox every 10 seconds, download the results. Errors are JSON \
-                       `{code, message}` with a stable kebab-case `code`."
+                       `{code, message}` with a stable kebab-case `code`. Every answer carries an \
+                       `X-Request-Id` header (the request's own when it sends a sane one), which \
+                       the server's log lines for that request name."
     ),
     paths(
         upload::upload,

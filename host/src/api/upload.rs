@@ -220,6 +220,7 @@ async fn receive(
     match result {
         Ok(()) => {
             for image in &stored {
+                crate::telemetry::uploaded(image.bytes);
                 tracing::info!(key = image.key, bytes = image.bytes, "uploaded");
             }
             Ok((StatusCode::ACCEPTED, Json(UploadResponse { images: stored })))
@@ -299,7 +300,14 @@ fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError
         imaging::HeaderError::UnknownFormat => {
             ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-format", format!("{label}: {e}"))
         }
-        e => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unreadable-image", format!("{label}: {e}")),
+        e => {
+            tracing::info!("{label}: {e}");
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unreadable-image",
+                format!("{label}: {}", e.public_reason()),
+            )
+        }
     })?;
     state
         .limits

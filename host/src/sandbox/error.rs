@@ -82,9 +82,9 @@ impl TransformError {
     /// host saw (trap details, plugin stderr, engine errors) stays in the server's log.
     pub fn public_reason(&self) -> String {
         match self {
-            TransformError::BadInput(m) => format!("bad input: {m}"),
-            TransformError::Unsupported(m) => format!("unsupported: {m}"),
-            TransformError::PluginFailed(m) => format!("the plugin failed: {m}"),
+            TransformError::BadInput(m) => format!("bad input: {}", short(m)),
+            TransformError::Unsupported(m) => format!("unsupported: {}", short(m)),
+            TransformError::PluginFailed(m) => format!("the plugin failed: {}", short(m)),
             TransformError::Timeout { budget } => format!("the plugin ran past its time budget of {budget:?}"),
             TransformError::OutOfMemory { limit_bytes } => {
                 format!("the plugin needed more than its memory limit of {} MiB", limit_bytes >> 20)
@@ -109,5 +109,34 @@ impl TransformError {
             TransformError::OutputTooLarge { .. } => "output-too-large",
             TransformError::Unavailable(_) => "unavailable",
         }
+    }
+}
+
+/// Longest part of a plugin's own message passed on to clients.
+const MAX_PUBLIC_MESSAGE_CHARS: usize = 200;
+
+/// A plugin's message cut to one short line for clients (the whole of it is in the log).
+fn short(message: &str) -> String {
+    let line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let line = line.trim();
+    match line.char_indices().nth(MAX_PUBLIC_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_messages_reach_clients_as_one_short_line() {
+        let long = format!("line one\nline two\t{}", "x".repeat(500));
+        let reason = TransformError::BadInput(long).public_reason();
+        assert!(!reason.contains('\n') && !reason.contains('\t'), "{reason}");
+        assert!(reason.starts_with("bad input: line one line two"), "{reason}");
+        assert!(reason.chars().count() <= "bad input: ".len() + MAX_PUBLIC_MESSAGE_CHARS + 3, "{reason}");
+        assert_eq!(TransformError::PluginFailed("ünïcode ok".into()).public_reason(), "the plugin failed: ünïcode ok");
+        assert_eq!(TransformError::Trap("wasm backtrace ...".into()).public_reason(), "the plugin crashed");
     }
 }

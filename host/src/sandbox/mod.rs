@@ -241,6 +241,23 @@ impl Sandbox {
         media_type: &str,
         options: &[Param],
     ) -> Result<Output, TransformError> {
+        let started = Instant::now();
+        let result = self.transform_unobserved(plugin, input, media_type, options).await;
+        let (label, peak) = match &result {
+            Ok(output) => ("ok", Some(output.stats.memory_peak)),
+            Err(e) => (e.code(), None),
+        };
+        crate::telemetry::sandbox_call(&plugin.info.name, label, started.elapsed(), peak);
+        result
+    }
+
+    async fn transform_unobserved(
+        &self,
+        plugin: &LoadedPlugin,
+        input: &[u8],
+        media_type: &str,
+        options: &[Param],
+    ) -> Result<Output, TransformError> {
         let limit = self.settings.max_output_bytes();
         let (output, stats) = self
             .call(plugin, async |store, instance| {

@@ -71,6 +71,22 @@ impl Worker {
     /// more jobs in flight than it has slots, so one job's reads and writes overlap another's
     /// plugin call instead of leaving a core idle.
     pub(crate) async fn process_in(&self, delivery: &Delivery, slots: Option<&tokio::sync::Semaphore>) -> Outcome {
+        let outcome = self.process_unobserved(delivery, slots).await;
+        let (name, code, plugin) = match &outcome {
+            Outcome::Done { plugin, .. } => ("done", "ok", plugin.as_str()),
+            Outcome::AlreadyDone { .. } => ("already-done", "ok", "none"),
+            Outcome::Failed { failure, .. } => {
+                ("failed", failure.code.as_str(), failure.plugin.as_deref().unwrap_or("none"))
+            }
+            Outcome::Retry { code, .. } => ("retry", *code, "none"),
+            Outcome::Deferred { .. } => ("deferred", "not-committed", "none"),
+            Outcome::Discarded { .. } => ("discarded", "dropped", "none"),
+        };
+        crate::telemetry::job(name, code, plugin);
+        outcome
+    }
+
+    async fn process_unobserved(&self, delivery: &Delivery, slots: Option<&tokio::sync::Semaphore>) -> Outcome {
         let job: Job = match serde_json::from_str(&delivery.body) {
             Ok(job) => job,
             Err(e) => {
@@ -186,7 +202,10 @@ impl Worker {
         // The same header checks as at upload: the limits may have changed since.
         let header = match imaging::probe(&original) {
             Ok(header) => header,
-            Err(e) => return self.fail(key, "unreadable-image", e.to_string(), None, delivery).await,
+            Err(e) => {
+                tracing::info!(key, "unreadable original: {e}");
+                return self.fail(key, "unreadable-image", e.public_reason(), None, delivery).await;
+            }
         };
         if let Err(e) = self.limits.check(&header) {
             return self.fail(key, "too-many-pixels", e.to_string(), None, delivery).await;

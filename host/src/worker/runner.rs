@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Outcome, Worker};
 use crate::jobs::{self, Failure, GAVE_UP};
@@ -77,8 +78,11 @@ impl Worker {
                         for delivery in batch {
                             let (worker, slots) = (self.clone(), slots.clone());
                             let receipt = delivery.receipt.clone();
-                            let handle =
-                                in_flight.spawn(async move { worker.process_in(&delivery, Some(&slots)).await });
+                            // Every log line of the job names its message.
+                            let span = tracing::info_span!("job", message_id = %delivery.message_id);
+                            let handle = in_flight.spawn(
+                                async move { worker.process_in(&delivery, Some(&slots)).await }.instrument(span),
+                            );
                             receipts.insert(handle.id(), receipt);
                         }
                     }
@@ -191,6 +195,55 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Removes what dropped uploads left in the temp bucket: originals older than `age` that no
+    /// queued or dead-lettered message and no failure record refers to (a failed job's original
+    /// is kept for `pixbox jobs retry`), and upload records older than `age` none of whose keys
+    /// is still queued. Needs a queue that can be searched; with one that cannot (SQS), nothing
+    /// is removed. Returns how many objects were removed.
+    pub async fn sweep_orphans(&self, age: Duration) -> Result<usize, crate::storage::StoreError> {
+        let mut removed = 0;
+        for key in self.store.list(Bucket::Temp, "").await? {
+            let Some(info) = jobs::found(self.store.head(Bucket::Temp, &key).await)? else { continue };
+            let old_enough = info.modified.and_then(|m| m.elapsed().ok()).is_some_and(|elapsed| elapsed >= age);
+            if !old_enough {
+                continue;
+            }
+            let referred_to = match jobs::upload_of_commit_key(&key) {
+                Some(upload) => {
+                    let keys = jobs::committed_keys(&*self.store, upload).await?.unwrap_or_default();
+                    let mut queued = false;
+                    for key in &keys {
+                        queued |= self.queue_holds(key).await;
+                    }
+                    queued
+                }
+                None if key.starts_with(jobs::RESERVED_PREFIX) => true,
+                None => jobs::failure(&*self.store, &key).await?.is_some() || self.queue_holds(&key).await,
+            };
+            if !referred_to {
+                self.store.delete(Bucket::Temp, &key).await?;
+                tracing::info!(key, "removed an orphan from the temp bucket");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Whether the queue holds a message for `key`; true when it cannot tell or does not answer
+    /// (then nothing is removed).
+    async fn queue_holds(&self, key: &str) -> bool {
+        match self.queue.holds_key(key).await {
+            Ok(Some(held)) => held,
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!("orphan sweep: cannot search the queue: {e}");
+                true
+            }
+        }
+    }
+}
+
 /// The scheduled worker; [`Runner::stop`] returns when the running tick is over (its jobs
 /// finished, or cancelled after the grace period).
 pub struct Runner {
@@ -199,22 +252,53 @@ pub struct Runner {
     tick_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The orphan sweep runs at most this often (and more often only when the age is shorter).
+const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
 impl Runner {
-    pub async fn start(worker: Worker, schedule: &str, concurrency: usize) -> anyhow::Result<Runner> {
+    /// Starts ticking on `schedule`. With `orphan_age`, ticks also remove temp objects that no
+    /// job refers to once they are that old (only for a queue that can be searched).
+    pub async fn start(
+        worker: Worker,
+        schedule: &str,
+        concurrency: usize,
+        orphan_age: Option<Duration>,
+    ) -> anyhow::Result<Runner> {
         let stop = CancellationToken::new();
         let tick_lock = Arc::new(tokio::sync::Mutex::new(()));
         let scheduler = JobScheduler::new().await?;
         let (job_stop, job_lock) = (stop.clone(), tick_lock.clone());
         let worker = Arc::new(worker);
+        let last_sweep: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
         let job = Job::new_async(schedule, move |_, _| {
             let (worker, stop, lock) = (worker.clone(), job_stop.clone(), job_lock.clone());
+            let last_sweep = last_sweep.clone();
             Box::pin(async move {
                 // Ticks never overlap: a tick that finds the previous one still running skips.
                 let Ok(_guard) = lock.try_lock() else { return };
                 if stop.is_cancelled() {
                     return;
                 }
+                let started = Instant::now();
                 let report = worker.tick(concurrency, &stop).await;
+                crate::telemetry::tick(started.elapsed());
+                if let Some(age) = orphan_age {
+                    let due = {
+                        let mut last = last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+                        let due = last.is_none_or(|at| at.elapsed() >= age.min(ORPHAN_SWEEP_EVERY));
+                        if due {
+                            *last = Some(Instant::now());
+                        }
+                        due
+                    };
+                    if due && !stop.is_cancelled() {
+                        match worker.sweep_orphans(age).await {
+                            Ok(0) => {}
+                            Ok(removed) => tracing::info!(removed, "removed orphaned originals and upload records"),
+                            Err(e) => tracing::warn!("orphan sweep: {e}"),
+                        }
+                    }
+                }
                 if report != TickReport::default() {
                     tracing::info!(
                         done = report.done,

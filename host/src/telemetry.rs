@@ -1,0 +1,155 @@
+//! What pixbox tells its operators: the Prometheus metrics it records (names, labels, buckets)
+//! and the log subscriber (text or JSON lines).
+//!
+//! Metrics go through the `metrics` facade into one Prometheus recorder per process, installed on
+//! first use; `/metrics` on the admin address renders it. Label values are bounded sets (routes,
+//! stable error codes, configured plugin names), never keys or client input.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::{Config, LogFormat};
+use crate::queue::JobQueue;
+
+/// Requests answered, by `route`, `method` and `status`.
+pub const HTTP_REQUESTS: &str = "pixbox_http_requests_total";
+/// Time to answer, by `route`, `method` and `status` (histogram).
+pub const HTTP_DURATION: &str = "pixbox_http_request_duration_seconds";
+/// Image bytes accepted by `/upload`.
+pub const UPLOADED_BYTES: &str = "pixbox_uploaded_bytes_total";
+/// Images accepted by `/upload`.
+pub const UPLOADED_IMAGES: &str = "pixbox_uploaded_images_total";
+/// Job deliveries processed, by `outcome`, `code` and `plugin`.
+pub const JOBS: &str = "pixbox_jobs_total";
+/// Time of one plugin call, by `plugin` and `result` (`ok` or an error code) (histogram).
+pub const SANDBOX_DURATION: &str = "pixbox_sandbox_duration_seconds";
+/// Linear-memory high-water mark of one successful plugin call, by `plugin` (histogram).
+pub const SANDBOX_MEMORY: &str = "pixbox_sandbox_memory_peak_bytes";
+/// Time of one worker tick (histogram).
+pub const TICK_DURATION: &str = "pixbox_worker_tick_duration_seconds";
+/// Messages waiting in the job queue (sampled when `/metrics` is read).
+pub const QUEUE_DEPTH: &str = "pixbox_queue_depth";
+/// Messages received and not yet settled (sampled).
+pub const QUEUE_IN_FLIGHT: &str = "pixbox_queue_in_flight";
+/// Messages in the dead-letter queue (sampled).
+pub const DEAD_LETTER_DEPTH: &str = "pixbox_dead_letter_depth";
+/// Age of the oldest queued message, when the queue can tell (sampled; embedded queue only).
+pub const QUEUE_OLDEST_AGE: &str = "pixbox_queue_oldest_age_seconds";
+/// 1 when the last sample of the queue succeeded, 0 when the queue did not answer.
+pub const QUEUE_UP: &str = "pixbox_queue_up";
+
+/// Request and plugin times: 1 ms to 2 min.
+const SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
+/// Memory high-water: 1 MiB to 1 GiB.
+const BYTES_BUCKETS: &[f64] = &[
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    33_554_432.0,
+    67_108_864.0,
+    134_217_728.0,
+    268_435_456.0,
+    536_870_912.0,
+    1_073_741_824.0,
+];
+/// How long a scrape waits for the queue's counts.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's Prometheus recorder (once; later calls return the same handle). Until
+/// it is installed, the `metrics` macros record nothing, at no cost.
+pub fn install() -> &'static PrometheusHandle {
+    RECORDER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
+            .expect("the bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            // A program embedding pixbox installed its own: metrics go there, /metrics stays empty.
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// The Prometheus text for `/metrics`, with the queue's depths sampled now.
+pub async fn render(queue: &dyn JobQueue) -> String {
+    match tokio::time::timeout(SAMPLE_TIMEOUT, queue.depth()).await {
+        Ok(Ok(depth)) => {
+            gauge!(QUEUE_DEPTH).set(depth.waiting as f64);
+            gauge!(QUEUE_IN_FLIGHT).set(depth.in_flight as f64);
+            gauge!(DEAD_LETTER_DEPTH).set(depth.dead as f64);
+            if let Some(age) = depth.oldest_age {
+                gauge!(QUEUE_OLDEST_AGE).set(age.as_secs_f64());
+            } else {
+                gauge!(QUEUE_OLDEST_AGE).set(0.0);
+            }
+            gauge!(QUEUE_UP).set(1.0);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("metrics: cannot sample the queue: {e}");
+            gauge!(QUEUE_UP).set(0.0);
+        }
+        Err(_) => {
+            tracing::warn!("metrics: the queue did not answer within {SAMPLE_TIMEOUT:?}");
+            gauge!(QUEUE_UP).set(0.0);
+        }
+    }
+    let handle = install();
+    // Histograms are kept in per-thread buffers until an upkeep folds them in.
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// One answered request.
+pub fn request(route: &'static str, method: &str, status: u16, elapsed: Duration) {
+    let labels = [("route", route.to_string()), ("method", method.to_string()), ("status", status.to_string())];
+    counter!(HTTP_REQUESTS, &labels).increment(1);
+    histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// One image accepted by `/upload`.
+pub fn uploaded(bytes: usize) {
+    counter!(UPLOADED_IMAGES).increment(1);
+    counter!(UPLOADED_BYTES).increment(bytes as u64);
+}
+
+/// One processed job delivery.
+pub fn job(outcome: &'static str, code: &str, plugin: &str) {
+    let labels = [("outcome", outcome.to_string()), ("code", code.to_string()), ("plugin", plugin.to_string())];
+    counter!(JOBS, &labels).increment(1);
+}
+
+/// One plugin call: its time, and its memory high-water when it succeeded.
+pub fn sandbox_call(plugin: &str, result: &'static str, elapsed: Duration, memory_peak: Option<usize>) {
+    let labels = [("plugin", plugin.to_string()), ("result", result.to_string())];
+    histogram!(SANDBOX_DURATION, &labels).record(elapsed.as_secs_f64());
+    if let Some(peak) = memory_peak {
+        histogram!(SANDBOX_MEMORY, "plugin" => plugin.to_string()).record(peak as f64);
+    }
+}
+
+/// One worker tick.
+pub fn tick(elapsed: Duration) {
+    histogram!(TICK_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Logs go to stderr; `log` in the configuration (or `RUST_LOG`) is an env-filter directive,
+/// `log_format` picks readable lines or JSON objects (span fields such as the request id are
+/// flattened into each line).
+pub fn init_tracing(config: &Config) {
+    // The scheduler crate logs its own start-up at info; that is noise for pixbox's users.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tokio_cron_scheduler=warn,{}", config.log)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+    };
+}
