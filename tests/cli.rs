@@ -78,8 +78,13 @@ fn plugin_info_prints_the_contract() {
     let run = pixbox(dir.path()).args(["plugin", "info"]).arg(built_plugin("thumbnail")).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.starts_with("thumbnail 0.1.0"), "{stdout}");
+    assert!(stdout.starts_with("thumbnail 0.1.0 (pixbox:transform@0.2.0)"), "{stdout}");
     assert!(stdout.contains("size") && stdout.contains("default 256"), "{stdout}");
+    // A plugin built against the frozen 0.1.0 contract says so.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/misbehave-0.1.0.wasm");
+    let run = pixbox(dir.path()).args(["plugin", "info", fixture]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.starts_with("misbehave 0.1.0 (pixbox:transform@0.1.0)"), "{stdout}");
 
     std::fs::write(dir.path().join("junk.wasm"), b"junk").unwrap();
     let run = pixbox(dir.path()).args(["plugin", "info", "junk.wasm"]).output().unwrap();

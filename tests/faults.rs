@@ -54,6 +54,7 @@ impl Rig {
             limits,
             auth: pixbox::auth::Auth::open(),
             cors: None,
+            routes: Vec::new().into(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

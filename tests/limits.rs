@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::wat::{Shape, component};
 use common::{built_plugin, photo, png};
-use pixbox::sandbox::{LoadedPlugin, Param, Sandbox, SandboxSettings, TransformError};
+use pixbox::sandbox::{Contract, LoadedPlugin, Param, Sandbox, SandboxSettings, TransformError};
 
 const MEMORY_MIB: u64 = 64;
 const BUDGET: Duration = Duration::from_millis(1_000);
@@ -37,9 +37,56 @@ fn params(pairs: &[(&str, &str)]) -> Vec<Param> {
     pairs.iter().map(|(n, v)| Param { name: n.to_string(), value: v.to_string() }).collect()
 }
 
+/// The misbehaving test plugin as built now (contract 0.2.0).
 async fn misbehave() -> Arc<LoadedPlugin> {
     SANDBOX.load(built_plugin("misbehave").to_str().unwrap()).await.unwrap()
 }
+
+/// The same plugin built against the frozen contract 0.1.0 (a committed binary): every limit
+/// holds for plugins already deployed, too.
+async fn misbehave_0_1() -> Arc<LoadedPlugin> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/misbehave-0.1.0.wasm");
+    let plugin = SANDBOX.load(path).await.unwrap();
+    assert_eq!(plugin.contract, Contract::V0_1);
+    plugin
+}
+
+/// Each limit test runs against a plugin of each contract version.
+macro_rules! for_both_contracts {
+    ($($name:ident),* $(,)?) => {
+        mod contract_0_2 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    // Loading (compiling) counts towards resident memory too: one test at a time.
+                    let _serial = super::SERIAL.lock().await;
+                    super::$name(super::misbehave().await).await;
+                }
+            )*
+        }
+        mod contract_0_1 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let _serial = super::SERIAL.lock().await;
+                    super::$name(super::misbehave_0_1().await).await;
+                }
+            )*
+        }
+    };
+}
+
+for_both_contracts!(
+    cpu_time_budget,
+    sleeping_in_a_host_call_is_stopped_at_the_budget,
+    blocking_on_a_pollable_that_never_fires_is_stopped_at_the_budget,
+    linear_memory_budget,
+    log_floods_are_cut_off,
+    huge_random_requests_trap_without_host_allocation,
+    output_over_the_cap_is_refused_before_it_is_copied,
+    panics_are_contained,
+    concurrent_violations_each_end_at_their_budget,
+);
 
 fn input() -> Vec<u8> {
     png(&photo(8, 8))
@@ -101,40 +148,28 @@ async fn violated(plugin: &LoadedPlugin, options: &[(&str, &str)], within: Durat
     err
 }
 
-#[tokio::test]
-async fn cpu_time_budget() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn cpu_time_budget(plugin: Arc<LoadedPlugin>) {
     let out = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "spin"), ("ms", "200")])).await;
     assert!(out.unwrap().stats.elapsed >= Duration::from_millis(200));
     let err = violated(&plugin, &[("mode", "spin")], BUDGET + SLACK).await;
     assert_eq!(err, TransformError::Timeout { budget: BUDGET });
 }
 
-#[tokio::test]
-async fn sleeping_in_a_host_call_is_stopped_at_the_budget() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn sleeping_in_a_host_call_is_stopped_at_the_budget(plugin: Arc<LoadedPlugin>) {
     let out = SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "sleep"), ("ms", "200")])).await;
     assert!(out.unwrap().stats.elapsed >= Duration::from_millis(200));
     let err = violated(&plugin, &[("mode", "sleep"), ("ms", "60000")], BUDGET + SLACK).await;
     assert_eq!(err, TransformError::Timeout { budget: BUDGET });
 }
 
-#[tokio::test]
-async fn blocking_on_a_pollable_that_never_fires_is_stopped_at_the_budget() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn blocking_on_a_pollable_that_never_fires_is_stopped_at_the_budget(plugin: Arc<LoadedPlugin>) {
     // Obeyed: the same plugin answers at once when it does not block.
     SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "echo")])).await.unwrap();
     let err = violated(&plugin, &[("mode", "block")], BUDGET + SLACK).await;
     assert_eq!(err, TransformError::Timeout { budget: BUDGET });
 }
 
-#[tokio::test]
-async fn linear_memory_budget() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn linear_memory_budget(plugin: Arc<LoadedPlugin>) {
     let out =
         SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "alloc"), ("mib", "32")])).await.unwrap();
     assert!(out.stats.memory_peak >= 32 << 20 && out.stats.memory_peak <= (MEMORY_MIB << 20) as usize);
@@ -197,10 +232,7 @@ async fn components_larger_than_a_plugin_may_be_are_refused_at_load() {
     assert!(started.elapsed() < Duration::from_millis(500));
 }
 
-#[tokio::test]
-async fn log_floods_are_cut_off() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn log_floods_are_cut_off(plugin: Arc<LoadedPlugin>) {
     let out = SANDBOX
         .transform(&plugin, &input(), "image/png", &params(&[("mode", "log"), ("mib", "0"), ("count", "10")]))
         .await
@@ -219,19 +251,13 @@ async fn log_floods_are_cut_off() {
     assert!(peak <= RSS_BOUND, "resident memory reached {} MiB", peak >> 20);
 }
 
-#[tokio::test]
-async fn huge_random_requests_trap_without_host_allocation() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn huge_random_requests_trap_without_host_allocation(plugin: Arc<LoadedPlugin>) {
     SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "random"), ("kib", "16")])).await.unwrap();
     let err = violated(&plugin, &[("mode", "random"), ("kib", "1048576")], Duration::from_millis(500)).await;
     assert!(matches!(err, TransformError::Trap(_)), "{err:?}");
 }
 
-#[tokio::test]
-async fn output_over_the_cap_is_refused_before_it_is_copied() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn output_over_the_cap_is_refused_before_it_is_copied(plugin: Arc<LoadedPlugin>) {
     // Within the cap: copied out and checked (a PNG signature and zeros is not an image).
     let err =
         SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "big"), ("mib", "8")])).await.unwrap_err();
@@ -245,10 +271,7 @@ async fn output_over_the_cap_is_refused_before_it_is_copied() {
     assert!(grew < (40 + 16) << 20, "resident memory grew by {} MiB: the output was copied", grew >> 20);
 }
 
-#[tokio::test]
-async fn panics_are_contained() {
-    let _serial = SERIAL.lock().await;
-    let plugin = misbehave().await;
+async fn panics_are_contained(plugin: Arc<LoadedPlugin>) {
     let err = violated(&plugin, &[("mode", "panic")], Duration::from_millis(500)).await;
     assert!(matches!(&err, TransformError::Trap(m) if m.contains("misbehave was asked to panic")), "{err:?}");
     assert_eq!(err.public_reason(), "the plugin crashed", "plugin output stays in the log");
@@ -256,11 +279,34 @@ async fn panics_are_contained() {
     assert!(matches!(err, TransformError::InvalidOutput(_)), "{err:?}");
 }
 
-/// Many calls at once on one engine: each keeps its own budget, and the engine recovers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_violations_each_end_at_their_budget() {
+/// The images of one call share the output cap (16 MiB here): one of 10 MiB is copied out, two
+/// are refused before the second is copied.
+#[tokio::test]
+async fn renditions_share_the_output_cap() {
     let _serial = SERIAL.lock().await;
     let plugin = misbehave().await;
+    let big = |name: &str| pixbox::sandbox::RenditionRequest {
+        name: name.into(),
+        options: params(&[("mode", "big"), ("mib", "10")]),
+    };
+    let err = SANDBOX.render(&plugin, &input(), "image/png", &[big("one")]).await.unwrap_err();
+    assert!(matches!(err, TransformError::InvalidOutput(_)), "copied and checked: {err:?}");
+    let before = rss_bytes();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let err = SANDBOX.render(&plugin, &input(), "image/png", &[big("one"), big("two")]).await.unwrap_err();
+    let (elapsed, grew) = (started.elapsed(), watch.peak().saturating_sub(before));
+    assert!(
+        matches!(err, TransformError::OutputTooLarge { size, limit } if size == 10 << 20 && limit == 16 << 20),
+        "{err:?}"
+    );
+    assert!(elapsed < Duration::from_millis(500), "took {elapsed:?}");
+    // The guest's 20 MiB plus one host copy of 10 MiB at most.
+    assert!(grew < (20 + 10 + 8) << 20, "resident memory grew by {} MiB", grew >> 20);
+}
+
+/// Many calls at once on one engine: each keeps its own budget, and the engine recovers.
+async fn concurrent_violations_each_end_at_their_budget(plugin: Arc<LoadedPlugin>) {
     let started = Instant::now();
     let calls = ["spin", "sleep", "block", "spin"].map(|mode| {
         let plugin = plugin.clone();

@@ -32,6 +32,8 @@ fn config(dir: &Path) -> Config {
         prefix: prefix.into(),
         plugin,
         options: options.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        renditions: Default::default(),
+        default_rendition: None,
     };
     let mut config = Config {
         listen: "127.0.0.1:0".into(),

@@ -37,6 +37,8 @@ fn route(prefix: &str, plugin: &str, options: &[(&str, i64)]) -> RouteConfig {
         prefix: prefix.into(),
         plugin: plugin.into(),
         options: options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect(),
+        renditions: Default::default(),
+        default_rendition: None,
     }
 }
 
@@ -387,6 +389,8 @@ async fn timeouts_fail_for_good_on_the_second_attempt(backend: Backend) {
         prefix: "slow/".into(),
         plugin: common::built_plugin("misbehave").display().to_string(),
         options: [("mode".to_string(), OptionValue::Text("spin".into()))].into_iter().collect(),
+        renditions: Default::default(),
+        default_rendition: None,
     });
     let app = h.start(Role::All).await;
     let base = base(&app);
@@ -411,6 +415,8 @@ async fn crashes_retry_then_give_up(backend: Backend) {
         prefix: "crash/".into(),
         plugin: common::built_plugin("misbehave").display().to_string(),
         options: [("mode".to_string(), OptionValue::Text("panic".into()))].into_iter().collect(),
+        renditions: Default::default(),
+        default_rendition: None,
     });
     let app = h.start(Role::All).await;
     let base = base(&app);
@@ -446,6 +452,8 @@ async fn long_jobs_extend_their_visibility() {
             .into_iter()
             .map(|(k, v)| (k.to_string(), OptionValue::Text(v.into())))
             .collect(),
+        renditions: Default::default(),
+        default_rendition: None,
     };
     let routes = pixbox::sandbox::Routes::load(&sandbox, &[slow]).await.unwrap();
     let mut settings = h.config.worker.clone();
@@ -562,6 +570,156 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     assert_eq!(released.len(), 1, "its message was released for another worker at once");
 }
 
+/// One upload to a route with three renditions (one per mode of serving: the default under the
+/// key, the others by path and by query) gives three images of the right sizes and formats,
+/// from one call of a 0.2.0 plugin; a 0.1.0 plugin's route is called once per rendition.
+async fn renditions_from_one_call(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "renditions_from_one_call").await else { return };
+    let options = |pairs: &[(&str, OptionValue)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let int = OptionValue::Integer;
+    h.config.routes.push(RouteConfig {
+        prefix: "products/".into(),
+        plugin: "resize".into(),
+        options: options(&[("quality", int(80))]),
+        renditions: [
+            ("thumb", options(&[("width", int(128)), ("height", int(128))])),
+            (
+                "medium",
+                options(&[("width", int(400)), ("height", int(400)), ("format", OptionValue::Text("png".into()))]),
+            ),
+            ("large", options(&[("width", int(800)), ("height", int(800))])),
+        ]
+        .into_iter()
+        .map(|(name, o)| (name.to_string(), o))
+        .collect(),
+        default_rendition: Some("large".into()),
+    });
+    h.config.routes.push(RouteConfig {
+        prefix: "legacy/".into(),
+        plugin: concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/misbehave-0.1.0.wasm").into(),
+        options: Default::default(),
+        renditions: [("a", Default::default()), ("b", Default::default())]
+            .into_iter()
+            .map(|(n, o)| (n.to_string(), o))
+            .collect(),
+        default_rendition: Some("a".into()),
+    });
+    let api = h.start(Role::Api).await;
+    let base = base(&api);
+    let (status, body) =
+        h.upload(&base, "?prefix=products/", vec![("p.jpg", common::jpeg(&common::photo(1200, 900)))]).await;
+    assert_eq!(status, 202, "{body}");
+    let key = keys(&body).remove(0);
+    let urls = &body["images"][0]["renditions"];
+    assert_eq!(urls["large"], format!("/download/{key}"), "{body}");
+    assert_eq!(urls["thumb"], format!("/download/{key}/thumb"), "{body}");
+    assert_eq!(urls.as_object().unwrap().len(), 3, "{body}");
+    // Pending: every rendition URL says so.
+    let pending = h.client.get(format!("{base}/download/{key}/thumb")).send().await.unwrap();
+    assert_eq!(pending.status(), 202);
+    let (status, body) = h.upload(&base, "?prefix=legacy/", vec![("e.png", common::png(&common::photo(20, 10)))]).await;
+    assert_eq!(status, 202, "{body}");
+    let legacy = keys(&body).remove(0);
+
+    let worker = h.start(Role::Worker).await;
+    let done = h.wait_settled(&base, &key, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let made: Vec<(String, u64, u64, String, bool)> = done["renditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let n = |f: &str| r[f].as_u64().unwrap();
+            (
+                r["name"].as_str().unwrap().into(),
+                n("width"),
+                n("height"),
+                r["media_type"].as_str().unwrap().into(),
+                r["default"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        made,
+        [
+            ("large".to_string(), 800, 600, "image/jpeg".to_string(), true),
+            ("medium".to_string(), 400, 300, "image/png".to_string(), false),
+            ("thumb".to_string(), 128, 96, "image/jpeg".to_string(), false),
+        ],
+        "{done}"
+    );
+    let fetch = async |path: &str| {
+        let response = h.client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let media_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        (media_type, common::decode(&response.bytes().await.unwrap()).dimensions())
+    };
+    assert_eq!(fetch(&format!("/download/{key}")).await, ("image/jpeg".into(), (800, 600)));
+    assert_eq!(fetch(&format!("/download/{key}/thumb")).await, ("image/jpeg".into(), (128, 96)));
+    assert_eq!(fetch(&format!("/download/{key}?rendition=medium")).await, ("image/png".into(), (400, 300)));
+    assert_eq!(fetch(&format!("/download?key={key}&rendition=thumb")).await, ("image/jpeg".into(), (128, 96)));
+    let unknown = h.client.get(format!("{base}/download/{key}?rendition=huge")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["code"], "no-such-rendition");
+    // A placeholder from the same call.
+    let colour = done["placeholder"]["dominant_color"].as_str().unwrap();
+    assert!(colour.len() == 7 && colour.starts_with('#'), "{done}");
+    assert!(!done["placeholder"]["thumbhash"].as_str().unwrap().is_empty(), "{done}");
+    // One plugin call made all three (stored with the result); where S3 users find them.
+    let stored = h.store.head(Bucket::Permanent, &key).await.unwrap();
+    assert_eq!(stored.meta.metadata["plugin-calls"], "1");
+    assert_eq!(stored.meta.metadata["renditions"], "large,medium,thumb");
+    assert!(h.store.head(Bucket::Permanent, &format!("{key}/thumb")).await.is_ok());
+    assert!(h.store.head(Bucket::Permanent, &format!("{key}/large")).await.is_err(), "the default is stored once");
+
+    // The 0.1.0 plugin: one call per rendition, both outputs stored.
+    let done = h.wait_settled(&base, &legacy, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let stored = h.store.head(Bucket::Permanent, &legacy).await.unwrap();
+    assert_eq!(stored.meta.metadata["plugin-calls"], "2");
+    assert_eq!(fetch(&format!("/download/{legacy}/b")).await.1, (20, 10));
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// A focal point given at upload (`?focus=x,y`) is where a cropping rendition keeps the image.
+async fn focal_point_from_the_upload(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "focal_point_from_the_upload").await else { return };
+    let text = |v: &str| OptionValue::Text(v.into());
+    h.config.routes.push(RouteConfig {
+        prefix: "banners/".into(),
+        plugin: "resize".into(),
+        options: [("width", OptionValue::Integer(100)), ("height", OptionValue::Integer(100)), ("mode", text("cover"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        renditions: Default::default(),
+        default_rendition: None,
+    });
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    // Left half red, right half blue.
+    let halves = || vec![("h.png", common::png(&common::red_left_blue_right(400, 200)))];
+    let (status, body) = h.upload(&base, "?prefix=banners/&focus=1.5,0", halves()).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid-focus")), "{body}");
+    let (_, body) = h.upload(&base, "?prefix=banners/&focus=0.9,0.5", halves()).await;
+    let focused = keys(&body).remove(0);
+    let (_, body) = h.upload(&base, "?prefix=banners/", halves()).await;
+    let centred = keys(&body).remove(0);
+    let pixels = async |key: &str| {
+        assert_eq!(h.wait_settled(&base, key, Duration::from_secs(60)).await["state"], "done");
+        let bytes = h.client.get(format!("{base}/download/{key}")).send().await.unwrap().bytes().await.unwrap();
+        common::decode(&bytes).to_rgb8()
+    };
+    let blue = |p: &image::Rgb<u8>| p[2] > 200 && p[0] < 60;
+    let focused = pixels(&focused).await;
+    assert_eq!(focused.dimensions(), (100, 100));
+    assert!(focused.enumerate_pixels().filter(|(x, ..)| *x >= 10).all(|(.., p)| blue(p)), "kept the blue side");
+    let centred = pixels(&centred).await;
+    assert!(!blue(centred.get_pixel(5, 50)) && blue(centred.get_pixel(95, 50)), "without a focus: the centre");
+    app.stop().await;
+}
+
 macro_rules! on_each_backend {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -584,4 +742,6 @@ on_each_backend!(
     timeouts_fail_for_good_on_the_second_attempt,
     crashes_retry_then_give_up,
     a_sleeping_plugin_never_stalls_the_worker,
+    renditions_from_one_call,
+    focal_point_from_the_upload,
 );

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use common::{decode, jpeg, photo, png, red_left_blue_right, with_exif_orientation};
 use image::GenericImageView;
-use pixbox::sandbox::{OptionValue, Param, RouteConfig, Routes, Sandbox, SandboxSettings, TransformError};
+use pixbox::sandbox::{
+    Contract, MAX_RENDITIONS, OptionValue, Param, RenditionRequest, RouteConfig, Routes, Sandbox, SandboxSettings,
+    TransformError,
+};
 
 fn sandbox() -> Sandbox {
     Sandbox::new(SandboxSettings { memory_limit_mib: 64, time_budget_ms: 1_000, ..SandboxSettings::default() }).unwrap()
@@ -96,6 +99,8 @@ async fn longest_prefix_wins() {
         prefix: prefix.into(),
         plugin: plugin.into(),
         options: options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect::<BTreeMap<_, _>>(),
+        renditions: Default::default(),
+        default_rendition: None,
     };
     let routes = Routes::load(
         &sandbox,
@@ -137,4 +142,156 @@ async fn a_file_that_is_not_a_component_is_refused() {
     assert!(err.to_string().contains("not a valid pixbox plugin"), "{err}");
     let err = sandbox.load("no-such-builtin").await.unwrap_err();
     assert!(err.to_string().contains("unknown built-in plugin"), "{err}");
+}
+
+fn request(name: &str, pairs: &[(&str, &str)]) -> RenditionRequest {
+    RenditionRequest { name: name.into(), options: params(pairs) }
+}
+
+/// A 0.2.0 plugin makes every rendition in one call (one decode), each checked by the host.
+#[tokio::test]
+async fn a_0_2_plugin_makes_every_rendition_in_one_call() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    assert_eq!(resize.contract, Contract::V0_2);
+    let input = jpeg(&photo(1200, 900));
+    let requests = [
+        request("thumb", &[("width", "128"), ("height", "128")]),
+        request("medium", &[("width", "400"), ("height", "400"), ("format", "png")]),
+        request("large", &[("width", "800"), ("height", "800")]),
+    ];
+    let rendered = sandbox.render(&resize, &input, "image/jpeg", &requests).await.unwrap();
+    assert_eq!(rendered.calls, 1);
+    let sizes: Vec<_> =
+        rendered.images.iter().map(|i| (i.header.width, i.header.height, i.header.format.media_type())).collect();
+    assert_eq!(sizes, [(128, 96, "image/jpeg"), (400, 300, "image/png"), (800, 600, "image/jpeg")]);
+    for image in &rendered.images {
+        assert_eq!(decode(&image.bytes).dimensions(), (image.header.width, image.header.height));
+    }
+    // One bad rendition fails the call, with the plugin's typed error.
+    let bad = [request("ok", &[]), request("bad", &[("width", "0")])];
+    let err = sandbox.render(&resize, &input, "image/jpeg", &bad).await.unwrap_err();
+    assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
+}
+
+/// A plugin built against the frozen 0.1.0 contract (a committed binary) still loads, says so,
+/// and is called once per rendition.
+#[tokio::test]
+async fn a_0_1_plugin_still_loads_and_is_called_once_per_rendition() {
+    let sandbox = sandbox();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/misbehave-0.1.0.wasm");
+    let old = sandbox.load(path).await.unwrap();
+    assert_eq!((old.contract, old.contract.version()), (Contract::V0_1, "0.1.0"));
+    assert_eq!(old.info.name, "misbehave");
+    let input = png(&photo(16, 16));
+    let requests = [request("a", &[]), request("b", &[("mode", "echo")]), request("c", &[])];
+    let rendered = sandbox.render(&old, &input, "image/png", &requests).await.unwrap();
+    assert_eq!(rendered.calls, 3);
+    assert!(rendered.images.iter().all(|i| i.bytes == input));
+    assert_eq!(rendered.placeholder, None);
+    // Its typed errors still come through.
+    let err = sandbox.render(&old, &input, "image/png", &[request("x", &[("mode", "nope")])]).await.unwrap_err();
+    assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
+}
+
+/// The host holds a 0.2.0 plugin to its answer: exactly one image per request, and no more
+/// requests than a call may carry.
+#[tokio::test]
+async fn rendition_counts_are_checked() {
+    let sandbox = sandbox();
+    let misbehave = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
+    let input = png(&photo(16, 16));
+    let echoed = sandbox.render(&misbehave, &input, "image/png", &[request("a", &[]), request("b", &[])]).await;
+    assert_eq!(echoed.unwrap().images.len(), 2);
+    let short = [request("a", &[]), request("b", &[("mode", "short")])];
+    let err = sandbox.render(&misbehave, &input, "image/png", &short).await.unwrap_err();
+    assert!(matches!(&err, TransformError::InvalidOutput(m) if m.contains("asked for 2")), "{err:?}");
+    let too_many: Vec<_> = (0..=MAX_RENDITIONS).map(|i| request(&format!("r{i}"), &[])).collect();
+    let err = sandbox.render(&misbehave, &input, "image/png", &too_many).await.unwrap_err();
+    assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
+    let err = sandbox.render(&misbehave, &input, "image/png", &[]).await.unwrap_err();
+    assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
+}
+
+/// The resize modes: fit (inside), cover (fill, cut at gravity), pad (fit on a box-sized canvas of
+/// the background colour), crop (a box-sized region at gravity); no upscaling unless asked.
+#[tokio::test]
+async fn resize_modes_bring_the_image_to_the_box() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    // Left half red, right half blue: where a crop was taken shows in the colours.
+    let input = png(&red_left_blue_right(800, 400));
+    let run = async |pairs: &[(&str, &str)]| {
+        let out = sandbox.transform(&resize, &input, "image/png", &params(pairs)).await.unwrap();
+        decode(&out.bytes).to_rgba8()
+    };
+    let box_200 = [("width", "200"), ("height", "200")];
+    let with = |extra: &[(&'static str, &'static str)]| [&box_200[..], extra].concat();
+    let red = |p: &image::Rgba<u8>| p[0] > 200 && p[2] < 60;
+    let blue = |p: &image::Rgba<u8>| p[2] > 200 && p[0] < 60;
+
+    let fit = run(&with(&[("mode", "fit")])).await;
+    assert_eq!(fit.dimensions(), (200, 100));
+    let cover = run(&with(&[("mode", "cover")])).await;
+    assert_eq!(cover.dimensions(), (200, 200));
+    assert!(red(cover.get_pixel(10, 100)) && blue(cover.get_pixel(190, 100)), "centred: both halves");
+    let west = run(&with(&[("mode", "cover"), ("gravity", "west")])).await;
+    // (The filter may blend the window's last columns with what lies beyond it.)
+    assert!(west.enumerate_pixels().filter(|(x, ..)| *x < 190).all(|(.., p)| red(p)), "cover at west: red half only");
+    let focus = run(&with(&[("mode", "cover"), ("gravity", "0.9,0.5")])).await;
+    assert!(focus.enumerate_pixels().filter(|(x, ..)| *x >= 10).all(|(.., p)| blue(p)), "focal point in the blue half");
+    let pad = run(&with(&[("mode", "pad"), ("background", "00ff00")])).await;
+    assert_eq!(pad.dimensions(), (200, 200));
+    let green = |p: &image::Rgba<u8>| p[1] > 200 && p[0] < 60 && p[2] < 60;
+    assert!(green(pad.get_pixel(100, 5)) && green(pad.get_pixel(100, 195)), "letterboxed top and bottom");
+    assert!(red(pad.get_pixel(10, 100)) && blue(pad.get_pixel(190, 100)), "the image in the middle");
+    let crop = run(&with(&[("mode", "crop"), ("gravity", "north-east")])).await;
+    assert_eq!(crop.dimensions(), (200, 200));
+    assert!(crop.pixels().all(blue), "a 200x200 region of the top right, not resized");
+
+    // A box larger than the image: no upscaling unless asked (cover keeps the box's shape).
+    let small = png(&red_left_blue_right(100, 50));
+    let out = sandbox
+        .transform(&resize, &small, "image/png", &params(&[("width", "400"), ("height", "400"), ("mode", "cover")]))
+        .await
+        .unwrap();
+    assert_eq!((out.header.width, out.header.height), (50, 50));
+    let out = sandbox
+        .transform(
+            &resize,
+            &small,
+            "image/png",
+            &params(&[("width", "400"), ("height", "400"), ("mode", "cover"), ("upscale", "true")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.header.width, out.header.height), (400, 400));
+    let err = sandbox.transform(&resize, &small, "image/png", &params(&[("mode", "stretch")])).await.unwrap_err();
+    assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
+    let err = sandbox.transform(&resize, &small, "image/png", &params(&[("gravity", "1.5,0")])).await.unwrap_err();
+    assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
+}
+
+/// The default plugin returns a placeholder of the input from the same decode: a ThumbHash that
+/// decodes to the image's look, and its dominant colour.
+#[tokio::test]
+async fn the_default_plugin_returns_a_placeholder() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    let green = png(&image::RgbImage::from_pixel(300, 200, image::Rgb([20, 200, 40])));
+    let rendered = sandbox.render(&resize, &green, "image/png", &[request("a", &[])]).await.unwrap();
+    let placeholder = rendered.placeholder.expect("resize computes a placeholder");
+    let (r, g, b) = placeholder.dominant_color;
+    assert!(r.abs_diff(20) < 12 && g.abs_diff(200) < 12 && b.abs_diff(40) < 12, "{:?}", placeholder.dominant_color);
+    assert!(placeholder.thumbhash.len() <= 25, "{} bytes", placeholder.thumbhash.len());
+    let ratio = thumbhash::thumb_hash_to_approximate_aspect_ratio(&placeholder.thumbhash).unwrap();
+    assert!((ratio - 1.5).abs() < 0.15, "aspect {ratio}");
+    // Left red, right blue: the hash's picture keeps which side is which.
+    let halves = png(&red_left_blue_right(200, 100));
+    let rendered = sandbox.render(&resize, &halves, "image/png", &[request("a", &[])]).await.unwrap();
+    let hash = rendered.placeholder.unwrap().thumbhash;
+    let (w, h, rgba) = thumbhash::thumb_hash_to_rgba(&hash).unwrap();
+    let at = |x: usize, y: usize| &rgba[(y * w + x) * 4..(y * w + x) * 4 + 3];
+    let (left, right) = (at(1, h / 2), at(w - 2, h / 2));
+    assert!(left[0] > left[2] + 60 && right[2] > right[0] + 60, "left {left:?}, right {right:?}");
 }

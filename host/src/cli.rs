@@ -225,7 +225,7 @@ pub fn plugin_info(config: &Config, spec: &str) -> anyhow::Result<()> {
     let sandbox = sandbox(config)?;
     let plugin = tokio::runtime::Runtime::new()?.block_on(sandbox.load(spec))?;
     let info = &plugin.info;
-    println!("{} {} (pixbox:transform@0.1.0)", info.name, info.version);
+    println!("{} {} (pixbox:transform@{})", info.name, info.version, plugin.contract.version());
     println!("{}", info.description);
     if info.params.is_empty() {
         println!("options: none");

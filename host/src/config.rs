@@ -296,6 +296,9 @@ impl Config {
             ));
         }
         crate::api::cors(&self.cors_origins).map_err(ConfigError::Invalid)?;
+        for route in &self.routes {
+            route.validate().map_err(|e| ConfigError::Invalid(format!("route {:?}: {e}", route.prefix)))?;
+        }
         if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 {
             return Err(ConfigError::Invalid("sandbox limits must be above zero".into()));
         }

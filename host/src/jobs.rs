@@ -67,6 +67,24 @@ pub fn commit_key(upload: &str) -> String {
     format!("{RESERVED_PREFIX}uploads/{upload}")
 }
 
+/// Where rendition `name` of `key` is stored (permanent bucket), unless it is the route's default
+/// rendition, which is stored under `key` itself. A path below the key: S3 users can serve
+/// `{key}` and `{key}/{name}` straight from the bucket.
+pub fn rendition_key(key: &str, name: &str) -> String {
+    format!("{key}/{name}")
+}
+
+/// The metadata entry of a result that lists every rendition its job made (comma-separated).
+pub const RENDITIONS_META: &str = "renditions";
+/// The metadata entry of an original with the focal point given at upload (`x,y` fractions).
+pub const FOCUS_META: &str = "focus";
+
+/// The metadata entry of a result with the input's dominant colour (`#rrggbb`), when the plugin
+/// computed a placeholder.
+pub const DOMINANT_COLOR_META: &str = "dominant-color";
+/// The metadata entry of a result with the input's ThumbHash (standard base64).
+pub const THUMBHASH_META: &str = "thumbhash";
+
 /// The upload id of a commit record's key, or `None` for any other key.
 pub fn upload_of_commit_key(key: &str) -> Option<&str> {
     key.strip_prefix(RESERVED_PREFIX)?.strip_prefix("uploads/")

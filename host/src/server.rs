@@ -96,7 +96,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let addr = listener.local_addr()?;
         let guards = api::Guards::new(&config.limits);
         let cors = api::cors(&config.cors_origins).map_err(anyhow::Error::msg)?;
-        let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth, guards, cors });
+        let routes = config.routes.clone().into();
+        let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth, guards, cors, routes });
         let task = tokio::spawn(serve(listener, app, connection_limits, shutdown.clone()));
         tracing::info!(%addr, "api listening");
         (Some(addr), Some(task))

@@ -1,5 +1,6 @@
 //! `GET /download/{key}` (and `?key=`): the result with its real type, or where the job stands;
-//! `GET /status/{key}` (and `?key=`): the job's state as JSON.
+//! a rendition other than the route's default at `/download/{key}/{name}` (or `?rendition=`);
+//! `GET /status/{key}` (and `?key=`): the job's state as JSON, with every rendition.
 
 use axum::Json;
 use axum::body::Body;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, ApiState, read_url};
 use crate::auth::Signed;
 use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
+use crate::sandbox::rendition_names;
 use crate::storage::{Bucket, StoreError, validate_key};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -22,6 +24,8 @@ pub struct KeyQuery {
     expires: Option<u64>,
     /// Signature of a signed URL.
     sig: Option<String>,
+    /// Which rendition to download (`/download` only); default: the route's default rendition.
+    rendition: Option<String>,
 }
 
 /// `expires` and `sig` of a signed URL (path forms).
@@ -32,17 +36,19 @@ pub struct SignedQuery {
     expires: Option<u64>,
     /// Signature of a signed URL.
     sig: Option<String>,
+    /// Which rendition to download (`/download` only); default: the route's default rendition.
+    rendition: Option<String>,
 }
 
 impl KeyQuery {
-    fn split(self) -> (Option<String>, Signed) {
-        (self.key, Signed { expires: self.expires, sig: self.sig })
+    fn split(self) -> (Option<String>, Signed, Option<String>) {
+        (self.key, Signed { expires: self.expires, sig: self.sig }, self.rendition)
     }
 }
 
-impl From<SignedQuery> for Signed {
-    fn from(q: SignedQuery) -> Self {
-        Signed { expires: q.expires, sig: q.sig }
+impl SignedQuery {
+    fn split(self) -> (Signed, Option<String>) {
+        (Signed { expires: self.expires, sig: self.sig }, self.rendition)
     }
 }
 
@@ -61,6 +67,40 @@ pub struct Status {
     pub size: Option<u64>,
     pub status_url: String,
     pub download_url: String,
+    /// Every rendition of the key: while pending, what its route will make; when done, what
+    /// was made, with sizes.
+    pub renditions: Vec<RenditionStatus>,
+    /// When done, and the plugin computed it: something to show while the image loads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<PlaceholderStatus>,
+}
+
+/// The placeholder of a done image.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlaceholderStatus {
+    /// The image's dominant colour.
+    #[schema(example = "#7a8b9c")]
+    pub dominant_color: String,
+    /// A ThumbHash of the image (https://evanw.github.io/thumbhash/), standard base64.
+    #[schema(example = "1QcSHQRnh493V4dIh4eXh1h4kJUI")]
+    pub thumbhash: String,
+}
+
+/// One rendition in `/status`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RenditionStatus {
+    pub name: String,
+    /// True for the one served at `/download/{key}`.
+    pub default: bool,
+    pub download_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// The body of a 422 from `/download`: why processing failed.
@@ -93,10 +133,11 @@ pub struct FailedDownload {
 pub async fn download_by_path(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    Query(signed): Query<SignedQuery>,
+    Query(query): Query<SignedQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    download(&state, &key, &headers, &signed.into()).await
+    let (signed, rendition) = query.split();
+    download(&state, &key, rendition.as_deref(), &headers, &signed).await
 }
 
 #[utoipa::path(
@@ -122,8 +163,8 @@ pub async fn download_by_query(
     Query(query): Query<KeyQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (key, signed) = query.split();
-    download(&state, &required(key)?, &headers, &signed).await
+    let (key, signed, rendition) = query.split();
+    download(&state, &required(key)?, rendition.as_deref(), &headers, &signed).await
 }
 
 #[utoipa::path(
@@ -144,10 +185,10 @@ pub async fn download_by_query(
 pub async fn status_by_path(
     State(state): State<ApiState>,
     Path(key): Path<String>,
-    Query(signed): Query<SignedQuery>,
+    Query(query): Query<SignedQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
-    state.auth.authorize_read(&headers, "status", &key, &signed.into())?;
+    state.auth.authorize_read(&headers, "status", &key, &query.split().0)?;
     status(&state, &key).await.map(Json)
 }
 
@@ -171,7 +212,7 @@ pub async fn status_by_query(
     Query(query): Query<KeyQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
-    let (key, signed) = query.split();
+    let (key, signed, _) = query.split();
     let key = required(key)?;
     state.auth.authorize_read(&headers, "status", &key, &signed)?;
     status(&state, &key).await.map(Json)
@@ -204,10 +245,46 @@ async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
         size: None,
         status_url: read_url(&state.auth, "status", key),
         download_url: read_url(&state.auth, "download", key),
+        renditions: Vec::new(),
+        placeholder: None,
     };
+    let urls = super::rendition_urls(state, key);
+    let configured = rendition_names(&state.routes, key);
     match jobs::state(&*state.store, key).await? {
         JobState::Done(info) => {
             status.state = "done";
+            // What the job made (the configuration may have changed since).
+            let made: Vec<String> = match info.meta.metadata.get(jobs::RENDITIONS_META) {
+                Some(list) => list.split(',').map(str::to_string).collect(),
+                None => vec![info.meta.metadata.get("rendition").cloned().unwrap_or(configured.default.clone())],
+            };
+            let default = info.meta.metadata.get("rendition").cloned().unwrap_or(configured.default.clone());
+            for name in made {
+                let info = if name == default {
+                    Some(info.clone())
+                } else {
+                    jobs::found(state.store.head(Bucket::Permanent, &jobs::rendition_key(key, &name)).await)?
+                };
+                let dimension = |d: &str| info.as_ref().and_then(|i| i.meta.metadata.get(d)?.parse().ok());
+                status.renditions.push(RenditionStatus {
+                    download_url: if name == default {
+                        status.download_url.clone()
+                    } else {
+                        read_url(&state.auth, "download", &jobs::rendition_key(key, &name))
+                    },
+                    default: name == default,
+                    width: dimension("width"),
+                    height: dimension("height"),
+                    media_type: info.as_ref().map(|i| i.meta.content_type.clone()),
+                    size: info.as_ref().map(|i| i.size),
+                    name,
+                });
+            }
+            let meta = &info.meta.metadata;
+            if let (Some(colour), Some(hash)) = (meta.get(jobs::DOMINANT_COLOR_META), meta.get(jobs::THUMBHASH_META)) {
+                status.placeholder =
+                    Some(PlaceholderStatus { dominant_color: colour.clone(), thumbhash: hash.clone() });
+            }
             status.media_type = Some(info.meta.content_type);
             status.size = Some(info.size);
         }
@@ -218,16 +295,71 @@ async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
         }
         JobState::Unknown => return Err(not_found(key)),
     }
+    if status.state != "done" {
+        status.renditions = urls
+            .into_iter()
+            .map(|(name, download_url)| RenditionStatus {
+                default: name == configured.default,
+                name,
+                download_url,
+                media_type: None,
+                width: None,
+                height: None,
+                size: None,
+            })
+            .collect();
+    }
     Ok(status)
 }
 
-async fn download(state: &ApiState, key: &str, headers: &HeaderMap, signed: &Signed) -> Result<Response, ApiError> {
+/// Which stored object a download names, and the key of the job it belongs to: `?rendition=`
+/// picks one of the key's renditions; a path `{key}/{name}` whose last segment is a rendition of
+/// the route of `{key}` is that rendition.
+fn resolve(state: &ApiState, key: &str, rendition: Option<&str>) -> Result<(String, String), ApiError> {
+    if let Some(name) = rendition {
+        let names = rendition_names(&state.routes, key);
+        if !names.contains(name) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no-such-rendition",
+                format!("the route of {key:?} makes no rendition {name:?} (it makes {})", names.names.join(", ")),
+            ));
+        }
+        let object = if name == names.default { key.to_string() } else { jobs::rendition_key(key, name) };
+        return Ok((key.to_string(), object));
+    }
+    if let Some((base, name)) = key.rsplit_once('/') {
+        let names = rendition_names(&state.routes, base);
+        if names.contains(name) && name != names.default {
+            return Ok((base.to_string(), key.to_string()));
+        }
+    }
+    Ok((key.to_string(), key.to_string()))
+}
+
+async fn download(
+    state: &ApiState,
+    key: &str,
+    rendition: Option<&str>,
+    headers: &HeaderMap,
+    signed: &Signed,
+) -> Result<Response, ApiError> {
     state.auth.authorize_read(headers, "download", key, signed)?;
     checked(key)?;
-    let object = match state.store.get(Bucket::Permanent, key).await {
+    let (job_key, object_key) = resolve(state, key, rendition)?;
+    let key = job_key.as_str();
+    let object = match state.store.get(Bucket::Permanent, &object_key).await {
         Ok(object) => object,
         Err(StoreError::NotFound { .. }) => {
             let status = status(state, key).await?;
+            if status.state == "done" && object_key != key {
+                // Done, but this rendition was not made (the route changed since).
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no-such-rendition",
+                    format!("{key} has no rendition stored at {object_key:?}"),
+                ));
+            }
             return Ok(match status.state {
                 "failed" => {
                     let reason = status.error.as_ref().map_or("unknown", |f| f.message.as_str());

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub guards: Guards,
     /// Browser access, when configured.
     pub cors: Option<tower_http::cors::CorsLayer>,
+    /// The configured routes (for the names of a key's renditions; the api loads no plugin).
+    pub routes: Arc<[crate::sandbox::RouteConfig]>,
 }
 
 /// The two ports, for handlers that need nothing else (readiness, metrics).
@@ -163,6 +165,20 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
         .route(Method::GET, "/health", get(health::health))
         .route(Method::GET, "/ready", get(health::ready))
         .route(Method::GET, "/openapi.json", get(openapi::openapi_json))
+}
+
+/// The download URL of every rendition of `key`, by name: the default one at `/download/{key}`,
+/// the others at `/download/{key}/{name}`, signed when reads are.
+pub fn rendition_urls(state: &ApiState, key: &str) -> std::collections::BTreeMap<String, String> {
+    let names = crate::sandbox::rendition_names(&state.routes, key);
+    names
+        .names
+        .iter()
+        .map(|name| {
+            let object = if *name == names.default { key.to_string() } else { crate::jobs::rendition_key(key, name) };
+            (name.clone(), read_url(&state.auth, "download", &object))
+        })
+        .collect()
 }
 
 /// The URL of a key under `/download/` or `/status/`, signed when reads are.

@@ -95,5 +95,10 @@ mod tests {
         assert_eq!(doc["components"]["securitySchemes"]["apiKey"]["scheme"], "bearer");
         // Error bodies are described.
         assert!(doc["components"]["schemas"]["ApiError"]["properties"]["code"].is_object());
+        // Renditions: named in the upload answer and in the status, selectable on download.
+        assert!(doc["components"]["schemas"]["Uploaded"]["properties"]["renditions"].is_object(), "{doc}");
+        assert!(doc["components"]["schemas"]["RenditionStatus"]["properties"]["width"].is_object(), "{doc}");
+        let params = doc["paths"]["/download/{key}"]["get"]["parameters"].as_array().unwrap();
+        assert!(params.iter().any(|p| p["name"] == "rendition"), "{params:?}");
     }
 }

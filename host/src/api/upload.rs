@@ -28,6 +28,8 @@ const MAX_PART_HEADER_BYTES: usize = 8 << 10;
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
     prefix: Option<String>,
+    /// The images' focal point, `x,y` fractions of width and height.
+    focus: Option<String>,
 }
 
 /// The multipart form `POST /upload` takes (documentation only; parts are read as a stream).
@@ -54,8 +56,11 @@ pub struct Uploaded {
     pub key: String,
     /// Relative URL of `/status/{key}`.
     pub status_url: String,
-    /// Relative URL of `/download/{key}`.
+    /// Relative URL of `/download/{key}` (the route's default rendition).
     pub download_url: String,
+    /// Relative download URL of every rendition the key's route makes, by name.
+    #[schema(example = json!({"thumb": "/download/01a2...c3.jpg/thumb", "large": "/download/01a2...c3.jpg"}))]
+    pub renditions: std::collections::BTreeMap<String, String>,
     #[schema(value_type = String, example = "image/jpeg")]
     pub media_type: &'static str,
     pub width: u32,
@@ -67,7 +72,10 @@ pub struct Uploaded {
     post,
     path = "/upload",
     tag = "images",
-    params(("prefix" = Option<String>, Query, description = "Route prefix, e.g. `avatars/` (or the `prefix` form field)")),
+    params(
+        ("prefix" = Option<String>, Query, description = "Route prefix, e.g. `avatars/` (or the `prefix` form field)"),
+        ("focus" = Option<String>, Query, description = "Focal point of the images, `x,y` as fractions 0..1 of the width and height (e.g. `0.3,0.25`): renditions that crop keep it (plugins with a `gravity` option)"),
+    ),
     request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
     security(("apiKey" = [])),
     responses(
@@ -117,6 +125,7 @@ async fn receive(
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
         let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
+        let focus = query.focus.as_deref().map(parse_focus).transpose()?;
         let mut parts = 0usize;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             parts += 1;
@@ -174,18 +183,22 @@ async fn receive(
             let header = check(&bytes, &state, &label)?;
             let key =
                 format!("{}{}.{}", prefix.as_deref().unwrap_or(""), uuid::Uuid::now_v7(), header.format.extension());
-            let meta = ObjectMeta {
+            let mut meta = ObjectMeta {
                 content_type: header.format.media_type().into(),
                 metadata: [("width", header.width), ("height", header.height)]
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             };
+            if let Some(focus) = &focus {
+                meta.metadata.insert(jobs::FOCUS_META.into(), focus.clone());
+            }
             let size = bytes.len();
             state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
             stored.push(Uploaded {
                 status_url: read_url(&state.auth, "status", &key),
                 download_url: read_url(&state.auth, "download", &key),
+                renditions: super::rendition_urls(&state, &key),
                 key,
                 media_type: header.format.media_type(),
                 width: header.width,
@@ -246,6 +259,20 @@ async fn receive(
 
 /// Prefixes select a route: `avatars`, `avatars/` and `avatars/large/` are fine. Letters, digits,
 /// `.`, `_`, `-` and `/` only, so keys stay URL-safe; pixbox's own `.pixbox/` is refused.
+/// `x,y` with both in 0..=1, returned in a canonical form (what the plugin's `gravity` takes).
+fn parse_focus(raw: &str) -> Result<String, ApiError> {
+    let point =
+        raw.split_once(',').and_then(|(x, y)| Some((x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?)));
+    match point {
+        Some((x, y)) if (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y) => Ok(format!("{x},{y}")),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-focus",
+            format!("focus must be x,y with both from 0 to 1 (fractions of the width and height), got {raw:?}"),
+        )),
+    }
+}
+
 fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
     if raw.is_empty() {

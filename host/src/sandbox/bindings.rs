@@ -1,18 +1,23 @@
 //! The single `bindgen!` site for the plugin contract (`wit/`), the host side of its imports
 //! (`log`) and of WASI (stdio captured, nothing else granted), and the per-call host state that
 //! keeps every resource a plugin can make the host hold bounded.
+//!
+//! Two contract versions are served: 0.1.0 (frozen, one image per call) and 0.2.0 (every
+//! rendition from one call). Component-model types are structural, so one set of host types
+//! (generated from 0.1.0, plus the 0.2.0 records written here) fits both; only the import names
+//! carry the version.
 
 use std::sync::{Arc, Mutex};
 
 use wasmtime::StoreContextMut;
 use wasmtime::component::{ComponentType, HasSelf, Lift, Linker, Lower, ResourceTable, WasmStr};
 
-use super::bounded::{BoundedText, OutputBytes};
+use super::bounded::{BoundedList, BoundedText, OutputBytes};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/frozen/transform-0.1.0.wit",
     world: "plugin",
     // Calls run on the async executor so a deadline can cancel them wherever they are.
     imports: { default: async },
@@ -75,10 +80,63 @@ pub enum ErrorOut {
     Internal(BoundedText<ERROR_MESSAGE_BYTES>),
 }
 
-/// The `transform` export's signature: the input borrowed (copied once, into the guest), the
-/// output read with bounds (see `bounded.rs`).
+/// The contract versions pixbox loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `pixbox:transform@0.1.0`: `transform` makes one image; called once per rendition.
+    V0_1,
+    /// `pixbox:transform@0.2.0`: `transform` makes every rendition from one decode.
+    V0_2,
+}
+
+impl Contract {
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+}
+
+/// Most renditions one call may ask for (and a plugin may return).
+pub const MAX_RENDITIONS: usize = 16;
+/// Longest ThumbHash kept (the format's own maximum is 25 bytes).
+pub const THUMBHASH_BYTES: usize = 64;
+
+/// 0.1.0's `transform` signature: the input borrowed (copied once, into the guest), the output
+/// read with bounds (see `bounded.rs`).
 pub type TransformParams<'a> = (ImageIn<'a>, &'a [Param]);
 pub type TransformResults = (Result<ImageOut, ErrorOut>,);
+
+/// 0.2.0's `rendition-request`, borrowed.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub struct RenditionIn<'a> {
+    pub name: &'a str,
+    pub options: &'a [Param],
+}
+
+/// 0.2.0's `placeholder`, read with bounds.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct PlaceholderOut {
+    #[component(name = "dominant-color")]
+    pub dominant_color: (u8, u8, u8),
+    pub thumbhash: BoundedList<u8, THUMBHASH_BYTES>,
+}
+
+/// 0.2.0's `transformed`, read with bounds: at most [`MAX_RENDITIONS`] images, whose bytes
+/// together stay within the call's output cap.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub struct TransformedOut {
+    pub renditions: BoundedList<ImageOut, MAX_RENDITIONS>,
+    pub placeholder: Option<PlaceholderOut>,
+}
+
+/// 0.2.0's `transform` signature.
+pub type RenditionParams<'a> = (ImageIn<'a>, &'a [RenditionIn<'a>]);
+pub type RenditionResults = (Result<TransformedOut, ErrorOut>,);
 
 /// Everything one call's `Store` holds. A fresh one per call: no state leaks between images.
 pub struct HostState {
@@ -174,33 +232,42 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // `types` has no functions; `log` is linked by hand so its message can stay in guest memory
     // (the generated binding would copy the whole string first).
     self::pixbox::transform::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
-    linker.instance("pixbox:transform/log@0.1.0")?.func_wrap(
-        "log",
-        |store: StoreContextMut<'_, HostState>, (level, message): (Level, WasmStr)| {
-            HostState::log(store, level, message)
-        },
-    )?;
+    linker.instance("pixbox:transform/types@0.2.0")?;
+    // The `level` enum is the same in both versions (types are structural).
+    for version in ["0.1.0", "0.2.0"] {
+        linker.instance(&format!("pixbox:transform/log@{version}"))?.func_wrap(
+            "log",
+            |store: StoreContextMut<'_, HostState>, (level, message): (Level, WasmStr)| {
+                HostState::log(store, level, message)
+            },
+        )?;
+    }
     Ok(())
 }
 
 impl self::pixbox::transform::types::Host for HostState {}
 
-/// Turns a plugin's answer, read with bounds, into the image or the typed error.
-pub fn take_output(
-    output: Result<ImageOut, ErrorOut>,
-    max_output: usize,
-) -> Result<(Vec<u8>, String), super::TransformError> {
+/// Turns a plugin's typed error, read with bounds, into a [`super::TransformError`].
+pub fn take_error(error: ErrorOut) -> super::TransformError {
     use super::TransformError as E;
     let message = |m: &BoundedText<ERROR_MESSAGE_BYTES>| escape(&m.text, ERROR_MESSAGE_BYTES);
-    match output {
-        Ok(ImageOut { bytes: OutputBytes::TooLarge(size), .. }) => Err(E::OutputTooLarge { size, limit: max_output }),
-        Ok(ImageOut { media_type, .. }) if media_type.cut => {
+    match error {
+        ErrorOut::BadInput(m) => E::BadInput(message(&m)),
+        ErrorOut::Unsupported(m) => E::Unsupported(message(&m)),
+        ErrorOut::Internal(m) => E::PluginFailed(message(&m)),
+    }
+}
+
+/// Turns one returned image, read with bounds, into its bytes and media type. `size` is what
+/// the call returned in all (over the cap when any image was).
+pub fn take_image(image: ImageOut, max_output: usize) -> Result<(Vec<u8>, String), super::TransformError> {
+    use super::TransformError as E;
+    match image {
+        ImageOut { bytes: OutputBytes::TooLarge(size), .. } => Err(E::OutputTooLarge { size, limit: max_output }),
+        ImageOut { media_type, .. } if media_type.cut => {
             Err(E::InvalidOutput(format!("media type is longer than {MEDIA_TYPE_BYTES} bytes")))
         }
-        Ok(ImageOut { bytes: OutputBytes::Kept(bytes), media_type }) => Ok((bytes, media_type.text)),
-        Err(ErrorOut::BadInput(m)) => Err(E::BadInput(message(&m))),
-        Err(ErrorOut::Unsupported(m)) => Err(E::Unsupported(message(&m))),
-        Err(ErrorOut::Internal(m)) => Err(E::PluginFailed(message(&m))),
+        ImageOut { bytes: OutputBytes::Kept(bytes), media_type } => Ok((bytes, media_type.text)),
     }
 }
 

@@ -14,11 +14,13 @@ use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceT
 use wasmtime::component::{ComponentType, Lift, WasmList};
 
 tokio::task_local! {
-    /// The output cap of the call being lifted (the sandbox sets it around each call).
-    pub static OUTPUT_LIMIT: usize;
+    /// What is left of the output cap of the call being lifted (the sandbox sets it around each
+    /// call): the images one call returns share one cap.
+    pub static OUTPUT_LIMIT: std::cell::Cell<usize>;
 }
 
-/// The `bytes` of a returned image: copied when within [`OUTPUT_LIMIT`], else only its length.
+/// The `bytes` of a returned image: copied when within what is left of [`OUTPUT_LIMIT`], else
+/// only its length.
 #[derive(Debug)]
 pub enum OutputBytes {
     Kept(Vec<u8>),
@@ -62,8 +64,8 @@ unsafe impl ComponentType for OutputBytes {
 impl OutputBytes {
     fn take(cx: &LiftContext<'_>, ptr: usize, len: usize) -> wasmtime::Result<Self> {
         let bytes = range(cx, ptr, len)?;
-        let limit = OUTPUT_LIMIT.try_with(|limit| *limit).unwrap_or(usize::MAX);
-        Ok(if len > limit { OutputBytes::TooLarge(len) } else { OutputBytes::Kept(bytes.to_vec()) })
+        let left = OUTPUT_LIMIT.try_with(|left| left.replace(left.get().saturating_sub(len))).unwrap_or(usize::MAX);
+        Ok(if len > left { OutputBytes::TooLarge(len) } else { OutputBytes::Kept(bytes.to_vec()) })
     }
 }
 
@@ -139,5 +141,40 @@ unsafe impl<const MAX: usize> Lift for BoundedText<MAX> {
             return Self::take(cx, ptr, len);
         }
         String::linear_lift_from_memory(cx, ty, bytes).map(Self::cut)
+    }
+}
+
+/// A returned list of at most `MAX` elements: a longer one fails the lift before anything is
+/// allocated for it (wasmtime's own `Vec` lift allocates what the guest's length says).
+#[derive(Debug)]
+pub struct BoundedList<T, const MAX: usize>(pub Vec<T>);
+
+unsafe impl<T: ComponentType, const MAX: usize> ComponentType for BoundedList<T, MAX> {
+    type Lower = [ValRaw; 2];
+    const ABI: CanonicalAbiInfo = CanonicalAbiInfo::POINTER_PAIR;
+
+    fn typecheck(ty: &InterfaceType, types: &InstanceType<'_>) -> wasmtime::Result<()> {
+        <Vec<T> as ComponentType>::typecheck(ty, types)
+    }
+}
+
+fn check_count<const MAX: usize>(len: usize) -> wasmtime::Result<()> {
+    if len > MAX {
+        return Err(wasmtime::Error::msg(format!("a returned list holds {len} items, over the limit of {MAX}")));
+    }
+    Ok(())
+}
+
+// SAFETY: the lowered form and ABI are those of `list<T>` (a pointer pair), checked by
+// `typecheck`; after the length check, wasmtime's own `Vec<T>` lift reads the elements.
+unsafe impl<T: Lift, const MAX: usize> Lift for BoundedList<T, MAX> {
+    fn linear_lift_from_flat(cx: &mut LiftContext<'_>, ty: InterfaceType, src: &Self::Lower) -> wasmtime::Result<Self> {
+        check_count::<MAX>(pointer_pair_from_flat(src).1)?;
+        Vec::<T>::linear_lift_from_flat(cx, ty, src).map(BoundedList)
+    }
+
+    fn linear_lift_from_memory(cx: &mut LiftContext<'_>, ty: InterfaceType, bytes: &[u8]) -> wasmtime::Result<Self> {
+        check_count::<MAX>(pointer_pair_from_memory(bytes).1)?;
+        Vec::<T>::linear_lift_from_memory(cx, ty, bytes).map(BoundedList)
     }
 }

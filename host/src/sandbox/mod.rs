@@ -17,17 +17,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use crate::imaging;
 use bindings::{
-    CapturedOutput, HostState, ImageIn, LOG_CALLS_PER_CALL, Plugin, PluginPre, TransformParams, TransformResults,
+    CapturedOutput, HostState, ImageIn, LOG_CALLS_PER_CALL, RenditionIn, RenditionParams, RenditionResults,
+    TransformParams, TransformResults,
 };
-pub use bindings::{Param, ParamSpec, PluginInfo};
+pub use bindings::{Contract, MAX_RENDITIONS, Param, ParamSpec, PluginInfo};
 pub use builtin::{BUILT_PLUGINS_DIR, BUILTIN_NAMES};
 pub use error::{LoadError, TransformError};
-pub use routes::{OptionValue, Route, RouteConfig, Routes};
+pub use routes::{DEFAULT_RENDITION, OptionValue, RenditionNames, Route, RouteConfig, Routes, rendition_names};
 
 /// How often the epoch ticker fires; the time budget is enforced with this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -85,7 +86,9 @@ pub struct LoadedPlugin {
     pub source: Arc<str>,
     /// What the plugin says about itself.
     pub info: PluginInfo,
-    pre: PluginPre<HostState>,
+    /// Which version of the contract it implements.
+    pub contract: Contract,
+    pre: InstancePre<HostState>,
     transform: ComponentExportIndex,
 }
 
@@ -111,6 +114,38 @@ pub struct Output {
     pub bytes: Vec<u8>,
     pub header: imaging::Header,
     pub stats: CallStats,
+}
+
+/// One output asked of a plugin: a named rendition with its options.
+#[derive(Debug, Clone)]
+pub struct RenditionRequest {
+    pub name: String,
+    pub options: Vec<Param>,
+}
+
+/// One rendition made: an image whose header the host has checked.
+#[derive(Debug)]
+pub struct Image {
+    pub bytes: Vec<u8>,
+    pub header: imaging::Header,
+}
+
+/// Placeholder data a plugin computed from the decoded input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    pub dominant_color: (u8, u8, u8),
+    pub thumbhash: Vec<u8>,
+}
+
+/// Every rendition of one image, in request order.
+#[derive(Debug)]
+pub struct Rendered {
+    pub images: Vec<Image>,
+    pub placeholder: Option<Placeholder>,
+    /// The calls together: time summed, memory high-water the largest.
+    pub stats: CallStats,
+    /// How many plugin calls it took (1 for a 0.2.0 plugin, one per rendition for 0.1.0).
+    pub calls: u32,
 }
 
 /// The engine and the limits every call runs under. Cheap to share (`Arc`).
@@ -202,7 +237,6 @@ impl Sandbox {
             .get_export_index(None, "transform")
             .ok_or_else(|| LoadError::Invalid { plugin: source.into(), reason: "it exports no `transform`".into() })?;
         let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = PluginPre::new(pre).map_err(invalid)?;
         let mut plugin = LoadedPlugin {
             source: source.into(),
             info: PluginInfo {
@@ -211,22 +245,38 @@ impl Sandbox {
                 description: String::new(),
                 params: vec![],
             },
+            contract: Contract::V0_2,
             pre,
             transform,
         };
-        let (info, _) = self
+        let (found, _) = self
             .call(&plugin, async |store, instance| {
-                // Check the `transform` export's type now rather than on the first image.
-                if let Err(e) =
-                    instance.get_typed_func::<TransformParams<'_>, TransformResults>(&mut *store, &plugin.transform)
-                {
-                    return Ok(Err(format!("its `transform` export does not match the contract: {e:#}")));
-                }
-                Plugin::new(&mut *store, &instance)?.call_info(&mut *store).await.map(Ok)
+                // The `transform` export's type says the contract version; checked now rather
+                // than on the first image.
+                let v2 =
+                    instance.get_typed_func::<RenditionParams<'_>, RenditionResults>(&mut *store, &plugin.transform);
+                let contract = match v2 {
+                    Ok(_) => Contract::V0_2,
+                    Err(v2) => match instance
+                        .get_typed_func::<TransformParams<'_>, TransformResults>(&mut *store, &plugin.transform)
+                    {
+                        Ok(_) => Contract::V0_1,
+                        Err(_) => {
+                            let reason = format!(
+                                "its `transform` export matches neither pixbox:transform@0.2.0 nor @0.1.0: {v2:#}"
+                            );
+                            return Ok(Err(reason));
+                        }
+                    },
+                };
+                let info = instance.get_typed_func::<(), (PluginInfo,)>(&mut *store, "info")?;
+                let (info,) = info.call_async(&mut *store, ()).await?;
+                Ok(Ok((contract, info)))
             })
             .await
             .map_err(|e| LoadError::Info { plugin: source.into(), source: e })?;
-        let info = info.map_err(|reason| LoadError::Invalid { plugin: source.into(), reason })?;
+        let (contract, info) = found.map_err(|reason| LoadError::Invalid { plugin: source.into(), reason })?;
+        plugin.contract = contract;
         plugin.info = info;
         Ok(Arc::new(plugin))
     }
@@ -241,42 +291,109 @@ impl Sandbox {
         media_type: &str,
         options: &[Param],
     ) -> Result<Output, TransformError> {
+        let request = RenditionRequest { name: "default".into(), options: options.to_vec() };
+        let rendered = self.render(plugin, input, media_type, std::slice::from_ref(&request)).await?;
+        let image = rendered.images.into_iter().next().expect("one image per request");
+        Ok(Output { bytes: image.bytes, header: image.header, stats: rendered.stats })
+    }
+
+    /// Makes every requested rendition of one image: one call of a 0.2.0 plugin (one decode), or
+    /// one call per rendition of a 0.1.0 plugin. Each image is checked as [`Sandbox::transform`]
+    /// checks its one; the images of a call share the output cap.
+    pub async fn render(
+        &self,
+        plugin: &LoadedPlugin,
+        input: &[u8],
+        media_type: &str,
+        requests: &[RenditionRequest],
+    ) -> Result<Rendered, TransformError> {
         let started = Instant::now();
-        let result = self.transform_unobserved(plugin, input, media_type, options).await;
+        let result = self.render_unobserved(plugin, input, media_type, requests).await;
         let (label, peak) = match &result {
-            Ok(output) => ("ok", Some(output.stats.memory_peak)),
+            Ok(rendered) => ("ok", Some(rendered.stats.memory_peak)),
             Err(e) => (e.code(), None),
         };
         crate::telemetry::sandbox_call(&plugin.info.name, label, started.elapsed(), peak);
         result
     }
 
-    async fn transform_unobserved(
+    async fn render_unobserved(
         &self,
         plugin: &LoadedPlugin,
         input: &[u8],
         media_type: &str,
-        options: &[Param],
-    ) -> Result<Output, TransformError> {
-        let limit = self.settings.max_output_bytes();
-        let (output, stats) = self
-            .call(plugin, async |store, instance| {
-                let func =
-                    instance.get_typed_func::<TransformParams<'_>, TransformResults>(&mut *store, &plugin.transform)?;
-                let call = func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, options));
-                let (output,) = bounded::OUTPUT_LIMIT.scope(limit, call).await?;
-                Ok(bindings::take_output(output, limit))
-            })
-            .await?;
-        let (bytes, out_type) = output?;
-        let header = imaging::probe(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
-        if header.format.media_type() != out_type {
-            return Err(TransformError::InvalidOutput(format!(
-                "plugin says {out_type} but the bytes are {}",
-                header.format.media_type()
+        requests: &[RenditionRequest],
+    ) -> Result<Rendered, TransformError> {
+        if requests.is_empty() || requests.len() > MAX_RENDITIONS {
+            return Err(TransformError::Unsupported(format!(
+                "{} renditions asked for; one call makes 1 to {MAX_RENDITIONS}",
+                requests.len()
             )));
         }
-        Ok(Output { bytes, header, stats })
+        let limit = self.settings.max_output_bytes();
+        let (raw, placeholder, stats, calls) = match plugin.contract {
+            Contract::V0_2 => {
+                let borrowed: Vec<RenditionIn<'_>> =
+                    requests.iter().map(|r| RenditionIn { name: &r.name, options: &r.options }).collect();
+                let (out, stats) = self
+                    .call(plugin, async |store, instance| {
+                        let func = instance
+                            .get_typed_func::<RenditionParams<'_>, RenditionResults>(&mut *store, &plugin.transform)?;
+                        let call = func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, &borrowed));
+                        let (out,) = bounded::OUTPUT_LIMIT.scope(std::cell::Cell::new(limit), call).await?;
+                        Ok(out)
+                    })
+                    .await?;
+                let out = out.map_err(bindings::take_error)?;
+                let placeholder =
+                    out.placeholder.map(|p| Placeholder { dominant_color: p.dominant_color, thumbhash: p.thumbhash.0 });
+                (out.renditions.0, placeholder, stats, 1)
+            }
+            Contract::V0_1 => {
+                let mut images = Vec::with_capacity(requests.len());
+                let mut total = CallStats { elapsed: Duration::ZERO, memory_peak: 0, logs_dropped: 0 };
+                for request in requests {
+                    let (out, stats) = self
+                        .call(plugin, async |store, instance| {
+                            let func = instance.get_typed_func::<TransformParams<'_>, TransformResults>(
+                                &mut *store,
+                                &plugin.transform,
+                            )?;
+                            let call = func
+                                .call_async(&mut *store, (ImageIn { bytes: input, media_type }, &request.options[..]));
+                            let (out,) = bounded::OUTPUT_LIMIT.scope(std::cell::Cell::new(limit), call).await?;
+                            Ok(out)
+                        })
+                        .await?;
+                    images.push(out.map_err(bindings::take_error)?);
+                    total.elapsed += stats.elapsed;
+                    total.memory_peak = total.memory_peak.max(stats.memory_peak);
+                    total.logs_dropped += stats.logs_dropped;
+                }
+                (images, None, total, requests.len() as u32)
+            }
+        };
+        if raw.len() != requests.len() {
+            return Err(TransformError::InvalidOutput(format!(
+                "asked for {} renditions, the plugin returned {}",
+                requests.len(),
+                raw.len()
+            )));
+        }
+        // Sizes first: an image over the cap fails the call whatever comes before it.
+        let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
+        let mut images = Vec::with_capacity(raw.len());
+        for (bytes, out_type) in raw {
+            let header = imaging::probe(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
+            if header.format.media_type() != out_type {
+                return Err(TransformError::InvalidOutput(format!(
+                    "plugin says {out_type} but the bytes are {}",
+                    header.format.media_type()
+                )));
+            }
+            images.push(Image { bytes, header });
+        }
+        Ok(Rendered { images, placeholder, stats, calls })
     }
 
     /// One call in a fresh store, under the time budget: instantiate from the pre-linked plugin,
@@ -302,7 +419,7 @@ impl Sandbox {
         });
 
         let run = async {
-            match plugin.pre.instance_pre().instantiate_async(&mut store).await {
+            match plugin.pre.instantiate_async(&mut store).await {
                 Ok(instance) => f(&mut store, instance).await.map_err(|e| (e, true)),
                 Err(e) => Err((e, false)),
             }

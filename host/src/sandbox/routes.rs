@@ -1,11 +1,17 @@
-//! Routes: which plugin (and which options) handles a key, chosen by the longest matching prefix.
+//! Routes: which plugin (and which options, and which renditions) handles a key, chosen by the
+//! longest matching prefix.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LoadError, LoadedPlugin, Param, Sandbox};
+use super::{LoadError, LoadedPlugin, MAX_RENDITIONS, Param, RenditionRequest, Sandbox};
+
+/// The rendition of a route that declares none: one output, made with the route's options.
+pub const DEFAULT_RENDITION: &str = "default";
+/// Longest rendition name (names are part of stored keys and URLs).
+const MAX_RENDITION_NAME: usize = 32;
 
 /// One `[[routes]]` entry of pixbox.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,6 +24,83 @@ pub struct RouteConfig {
     /// Options passed to the plugin on every call, checked against its `info()` at startup.
     #[serde(default)]
     pub options: BTreeMap<String, OptionValue>,
+    /// Named outputs, each with options on top of `options` (`[routes.renditions.thumb]`); none:
+    /// one output, named `default`. All are made from one plugin call.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub renditions: BTreeMap<String, BTreeMap<String, OptionValue>>,
+    /// The rendition stored under the key itself and served by `/download/{key}`; required when
+    /// there are several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_rendition: Option<String>,
+}
+
+/// The renditions a key's route makes: their names (in order) and the default one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionNames {
+    pub names: Vec<String>,
+    pub default: String,
+}
+
+impl RenditionNames {
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+}
+
+impl RouteConfig {
+    /// A route with one output and these options.
+    pub fn new(prefix: &str, plugin: &str, options: BTreeMap<String, OptionValue>) -> Self {
+        RouteConfig {
+            prefix: prefix.into(),
+            plugin: plugin.into(),
+            options,
+            renditions: BTreeMap::new(),
+            default_rendition: None,
+        }
+    }
+
+    /// Checks what can be checked without loading the plugin: rendition names and the default.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.renditions.len() > MAX_RENDITIONS {
+            return Err(format!("at most {MAX_RENDITIONS} renditions per route"));
+        }
+        for name in self.renditions.keys() {
+            let ok = (1..=MAX_RENDITION_NAME).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(format!("rendition name {name:?} must be 1 to {MAX_RENDITION_NAME} of a-z, 0-9 and -"));
+            }
+        }
+        match (&self.default_rendition, self.renditions.len()) {
+            (Some(name), 0) => Err(format!("default_rendition = {name:?} but the route declares no renditions")),
+            (Some(name), _) if !self.renditions.contains_key(name) => {
+                Err(format!("default_rendition = {name:?} is not one of the route's renditions"))
+            }
+            (None, n) if n > 1 => Err("a route with several renditions needs default_rendition".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The renditions this route makes.
+    pub fn rendition_names(&self) -> RenditionNames {
+        if self.renditions.is_empty() {
+            return RenditionNames { names: vec![DEFAULT_RENDITION.into()], default: DEFAULT_RENDITION.into() };
+        }
+        let names: Vec<String> = self.renditions.keys().cloned().collect();
+        let default = self.default_rendition.clone().unwrap_or_else(|| names[0].clone());
+        RenditionNames { names, default }
+    }
+}
+
+/// The renditions of the configured route for `key` (longest prefix), without loading any
+/// plugin: what the api needs to name them.
+pub fn rendition_names(configs: &[RouteConfig], key: &str) -> RenditionNames {
+    configs
+        .iter()
+        .filter(|r| key.starts_with(&r.prefix))
+        .max_by_key(|r| r.prefix.len())
+        .map(RouteConfig::rendition_names)
+        .unwrap_or_else(|| RouteConfig::new("", "resize", BTreeMap::new()).rendition_names())
 }
 
 /// An option value as written in TOML: text, number or boolean, handed to the plugin as text.
@@ -46,7 +129,12 @@ impl std::fmt::Display for OptionValue {
 pub struct Route {
     pub prefix: String,
     pub plugin: Arc<LoadedPlugin>,
+    /// The route's own options (what a route without renditions makes its one output with).
     pub options: Vec<Param>,
+    /// Every output, with its options (the route's, overridden by the rendition's).
+    pub renditions: Vec<RenditionRequest>,
+    /// Index in `renditions` of the one stored under the key itself.
+    pub default_rendition: usize,
 }
 
 /// All routes, longest prefix first. There is always a default (`""`) route: the built-in
@@ -61,7 +149,7 @@ impl Routes {
     pub async fn load(sandbox: &Sandbox, configs: &[RouteConfig]) -> Result<Self, LoadError> {
         let mut configs = configs.to_vec();
         if !configs.iter().any(|r| r.prefix.is_empty()) {
-            configs.push(RouteConfig { prefix: String::new(), plugin: "resize".into(), options: BTreeMap::new() });
+            configs.push(RouteConfig::new("", "resize", BTreeMap::new()));
         }
         let mut loaded: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
         let mut routes = Vec::with_capacity(configs.len());
@@ -77,7 +165,9 @@ impl Routes {
                     plugin
                 }
             };
-            for name in config.options.keys() {
+            config.validate().map_err(|reason| LoadError::Route { prefix: config.prefix.clone(), reason })?;
+            let all_options = config.options.keys().chain(config.renditions.values().flat_map(|o| o.keys()));
+            for name in all_options {
                 if !plugin.info.params.iter().any(|p| &p.name == name) {
                     return Err(LoadError::Route {
                         prefix: config.prefix,
@@ -85,12 +175,32 @@ impl Routes {
                     });
                 }
             }
-            let options = config
-                .options
-                .iter()
-                .map(|(name, value)| Param { name: name.clone(), value: value.to_string() })
-                .collect();
-            routes.push(Route { prefix: config.prefix, plugin, options });
+            let params = |options: &BTreeMap<String, OptionValue>| -> Vec<Param> {
+                options.iter().map(|(name, value)| Param { name: name.clone(), value: value.to_string() }).collect()
+            };
+            let names = config.rendition_names();
+            let renditions: Vec<RenditionRequest> = if config.renditions.is_empty() {
+                vec![RenditionRequest { name: names.default.clone(), options: params(&config.options) }]
+            } else {
+                config
+                    .renditions
+                    .iter()
+                    .map(|(name, own)| {
+                        let mut merged = config.options.clone();
+                        merged.extend(own.clone());
+                        RenditionRequest { name: name.clone(), options: params(&merged) }
+                    })
+                    .collect()
+            };
+            let default_rendition =
+                renditions.iter().position(|r| r.name == names.default).expect("validated: the default exists");
+            routes.push(Route {
+                prefix: config.prefix,
+                plugin,
+                options: params(&config.options),
+                renditions,
+                default_rendition,
+            });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Routes { routes })

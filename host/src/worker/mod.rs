@@ -179,8 +179,12 @@ impl Worker {
             self.store.delete(Bucket::Temp, key).await?;
             return Ok(Outcome::Discarded { reason: format!("{key}: its upload was not completed") });
         }
+        let mut focus = None;
         let original = match jobs::found(self.store.get(Bucket::Temp, key).await)? {
-            Some(object) => object.bytes(self.max_input_bytes).await,
+            Some(object) => {
+                focus = object.info.meta.metadata.get(jobs::FOCUS_META).cloned();
+                object.bytes(self.max_input_bytes).await
+            }
             None => Err(StoreError::NotFound { key: key.into() }),
         };
         let original = match original {
@@ -214,7 +218,10 @@ impl Worker {
         let route = self.routes.resolve(key);
         let plugin = route.plugin.info.name.clone();
         let started = Instant::now();
-        let result = self.transform_with_heartbeat(route, &original, header.format.media_type(), delivery, slots).await;
+        let requests = with_focus(route, focus.as_deref());
+        let result = self
+            .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, slots)
+            .await;
         drop(original);
         let output = match result {
             Ok(output) => output,
@@ -229,20 +236,34 @@ impl Worker {
                 return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
             }
         };
-        let meta = ObjectMeta {
-            content_type: output.header.format.media_type().into(),
-            metadata: [
-                ("width", output.header.width.to_string()),
-                ("height", output.header.height.to_string()),
-                ("plugin", format!("{} {}", route.plugin.info.name, route.plugin.info.version)),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        };
-        // Write once: a duplicate delivery that finished first keeps its (served, immutable)
-        // result, and this one settles as already done.
-        let created = self.store.put_if_absent(Bucket::Permanent, key, Bytes::from(output.bytes), &meta).await?;
+        // Every other rendition first, at `{key}/{name}`; the default one last, under the key
+        // itself: its presence means the job is done (and all renditions are there). Each is
+        // written once: a duplicate delivery that finished first keeps its (served, immutable)
+        // results, and this one settles as already done.
+        let plugin_version = format!("{} {}", route.plugin.info.name, route.plugin.info.version);
+        let names: Vec<&str> = route.renditions.iter().map(|r| r.name.as_str()).collect();
+        let mut default_image = None;
+        let (peak, calls, placeholder) = (output.stats.memory_peak, output.calls, output.placeholder);
+        for (i, image) in output.images.into_iter().enumerate() {
+            if i == route.default_rendition {
+                default_image = Some(image);
+                continue;
+            }
+            let meta = result_meta(&image, &plugin_version, names[i], None);
+            let rendition_key = jobs::rendition_key(key, names[i]);
+            self.store.put_if_absent(Bucket::Permanent, &rendition_key, Bytes::from(image.bytes), &meta).await?;
+        }
+        let image = default_image.expect("the default rendition is one of the route's");
+        let mut meta = result_meta(&image, &plugin_version, names[route.default_rendition], Some(&names));
+        meta.metadata.insert("plugin-calls".into(), calls.to_string());
+        if let Some(p) = placeholder {
+            let (r, g, b) = p.dominant_color;
+            meta.metadata.insert(jobs::DOMINANT_COLOR_META.into(), format!("#{r:02x}{g:02x}{b:02x}"));
+            use base64::Engine;
+            let hash = base64::engine::general_purpose::STANDARD.encode(&p.thumbhash);
+            meta.metadata.insert(jobs::THUMBHASH_META.into(), hash);
+        }
+        let created = self.store.put_if_absent(Bucket::Permanent, key, Bytes::from(image.bytes), &meta).await?;
         self.store.delete(Bucket::Temp, key).await?;
         // A `gave-up` record from an earlier round is obsolete now.
         self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
@@ -252,8 +273,10 @@ impl Worker {
         tracing::info!(
             key,
             plugin,
+            renditions = names.len(),
+            calls,
             ms = started.elapsed().as_millis() as u64,
-            memory_peak = output.stats.memory_peak,
+            memory_peak = peak,
             "transformed"
         );
         Ok(Outcome::Done { key: key.into(), plugin })
@@ -265,17 +288,18 @@ impl Worker {
     async fn transform_with_heartbeat(
         &self,
         route: &Route,
+        requests: &[crate::sandbox::RenditionRequest],
         input: &[u8],
         media_type: &'static str,
         delivery: &Delivery,
         slots: Option<&tokio::sync::Semaphore>,
-    ) -> Result<crate::sandbox::Output, TransformError> {
+    ) -> Result<crate::sandbox::Rendered, TransformError> {
         let task = async {
             let _slot = match slots {
                 Some(slots) => Some(slots.acquire().await.expect("the slots are never closed")),
                 None => None,
             };
-            self.sandbox.transform(&route.plugin, input, media_type, &route.options).await
+            self.sandbox.render(&route.plugin, input, media_type, requests).await
         };
         tokio::pin!(task);
         let beat = (self.visibility() / 2).max(Duration::from_secs(1));
@@ -319,6 +343,39 @@ impl Worker {
         }
         self.store.delete(Bucket::Temp, &jobs::commit_key(upload)).await
     }
+}
+
+/// The route's rendition requests, with the focal point given at upload as the `gravity` of
+/// every rendition that sets none, when the plugin has that option.
+fn with_focus(route: &Route, focus: Option<&str>) -> Vec<crate::sandbox::RenditionRequest> {
+    let mut requests = route.renditions.clone();
+    let takes_gravity = route.plugin.info.params.iter().any(|p| p.name == "gravity");
+    if let Some(focus) = focus.filter(|_| takes_gravity) {
+        for request in &mut requests {
+            if !request.options.iter().any(|p| p.name == "gravity") {
+                request.options.push(crate::sandbox::Param { name: "gravity".into(), value: focus.into() });
+            }
+        }
+    }
+    requests
+}
+
+/// What is stored with a result: its type, size, the plugin that made it, which rendition it is
+/// and, on the default one, every rendition the job made.
+fn result_meta(image: &crate::sandbox::Image, plugin: &str, rendition: &str, all: Option<&[&str]>) -> ObjectMeta {
+    let mut metadata: std::collections::BTreeMap<String, String> = [
+        ("width", image.header.width.to_string()),
+        ("height", image.header.height.to_string()),
+        ("plugin", plugin.to_string()),
+        ("rendition", rendition.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(all) = all {
+        metadata.insert(jobs::RENDITIONS_META.into(), all.join(","));
+    }
+    ObjectMeta { content_type: image.header.format.media_type().into(), metadata }
 }
 
 /// The failure recorded when the queue gives up on a job; the reason names the last error's code

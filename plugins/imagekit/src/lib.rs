@@ -30,6 +30,58 @@ pub enum OutputFormat {
     Webp,
 }
 
+/// How an image is brought to the box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Inside the box, aspect ratio kept (the output may be smaller than the box on one side).
+    Fit,
+    /// Fill the box, aspect ratio kept, the overflow cut off at `gravity`.
+    Cover,
+    /// Fit inside the box, then centre (or place at `gravity`) on a box-sized canvas of `background`.
+    Pad,
+    /// Cut a box-sized region at `gravity` without resizing.
+    Crop,
+}
+
+/// Where `cover` and `crop` keep the image, and where `pad` places it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gravity {
+    /// A point of the image, as fractions of its width and height (0,0 top left; 0.5,0.5 centre).
+    Point(f64, f64),
+}
+
+impl Gravity {
+    pub const CENTRE: Gravity = Gravity::Point(0.5, 0.5);
+
+    fn parse(value: &str) -> Result<Gravity, Error> {
+        let named = match value.to_ascii_lowercase().as_str() {
+            "centre" | "center" => Some((0.5, 0.5)),
+            "north" | "top" => Some((0.5, 0.0)),
+            "south" | "bottom" => Some((0.5, 1.0)),
+            "west" | "left" => Some((0.0, 0.5)),
+            "east" | "right" => Some((1.0, 0.5)),
+            "north-west" | "top-left" => Some((0.0, 0.0)),
+            "north-east" | "top-right" => Some((1.0, 0.0)),
+            "south-west" | "bottom-left" => Some((0.0, 1.0)),
+            "south-east" | "bottom-right" => Some((1.0, 1.0)),
+            _ => None,
+        };
+        if let Some((x, y)) = named {
+            return Ok(Gravity::Point(x, y));
+        }
+        let point = value
+            .split_once(',')
+            .and_then(|(x, y)| Some((x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?)));
+        match point {
+            Some((x, y)) if (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y) => Ok(Gravity::Point(x, y)),
+            _ => Err(Error::Unsupported(format!(
+                "option gravity must be centre, north, south, east, west, north-east, north-west, \
+                 south-east, south-west or a focal point x,y with 0..1 fractions, got {value:?}"
+            ))),
+        }
+    }
+}
+
 /// Every option the plugin understands, with its default (see [`PARAMS`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -40,6 +92,10 @@ pub struct Options {
     pub upscale: bool,
     pub max_pixels: u64,
     pub max_side: u32,
+    pub mode: Mode,
+    pub gravity: Gravity,
+    /// RGBA.
+    pub background: [u8; 4],
 }
 
 impl Default for Options {
@@ -52,6 +108,9 @@ impl Default for Options {
             upscale: false,
             max_pixels: 40_000_000,
             max_side: 10_000,
+            mode: Mode::Fit,
+            gravity: Gravity::CENTRE,
+            background: [255, 255, 255, 255],
         }
     }
 }
@@ -69,6 +128,21 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     ("upscale", "Enlarge images smaller than the box: true or false.", "false"),
     ("max-pixels", "Refuse inputs with more pixels than this (width x height) before decoding them.", "40000000"),
     ("max-side", "Refuse inputs wider or taller than this many pixels.", "10000"),
+    (
+        "mode",
+        "How the image meets the box: fit (inside it), cover (fill it, the overflow cut at gravity), \
+         pad (fit, then fill the rest of the box with background) or crop (cut a box-sized region at \
+         gravity, no resizing).",
+        "fit",
+    ),
+    (
+        "gravity",
+        "Where cover and crop keep the image and where pad places it: centre, north, south, east, west, \
+         north-east, north-west, south-east, south-west, or a focal point x,y (fractions 0..1 of the width \
+         and height, e.g. 0.3,0.25).",
+        "centre",
+    ),
+    ("background", "The colour pad fills with, as rrggbb or rrggbbaa hex (alpha needs PNG or WebP).", "ffffff"),
 ];
 
 impl Options {
@@ -100,11 +174,38 @@ impl Options {
                         }
                     }
                 }
+                "mode" => {
+                    o.mode = match value.to_ascii_lowercase().as_str() {
+                        "fit" => Mode::Fit,
+                        "cover" => Mode::Cover,
+                        "pad" => Mode::Pad,
+                        "crop" => Mode::Crop,
+                        _ => {
+                            return Err(Error::Unsupported(format!(
+                                "option mode must be fit, cover, pad or crop, got {value:?}"
+                            )));
+                        }
+                    }
+                }
+                "gravity" => o.gravity = Gravity::parse(value)?,
+                "background" => o.background = parse_colour(value)?,
                 _ => return Err(Error::Unsupported(format!("unknown option {name:?}"))),
             }
         }
         Ok(o)
     }
+}
+
+/// `rrggbb` or `rrggbbaa` (a leading `#` is allowed).
+fn parse_colour(value: &str) -> Result<[u8; 4], Error> {
+    let hex = value.trim().trim_start_matches('#');
+    let byte = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
+    let colour = match hex.len() {
+        6 => (|| Some([byte(0)?, byte(2)?, byte(4)?, 255]))(),
+        8 => (|| Some([byte(0)?, byte(2)?, byte(4)?, byte(6)?]))(),
+        _ => None,
+    };
+    colour.ok_or_else(|| Error::Unsupported(format!("option background must be rrggbb or rrggbbaa hex, got {value:?}")))
 }
 
 /// Parses a number and checks it is in `range`, with a message naming the option.
@@ -132,23 +233,163 @@ pub struct Encoded {
 /// Decodes `input`, applies its EXIF orientation, fits it inside the box and re-encodes it.
 /// Metadata (EXIF, GPS, ICC) is not carried over: the encoders write pixels only.
 pub fn resize(input: &[u8], options: &Options) -> Result<Encoded, Error> {
-    let image = decode_at_least(input, options, |w, h| fit(w, h, options))?;
-    let (width, height) = fit(image.width(), image.height(), options);
-    let resized = if (width, height) == (image.width(), image.height()) {
-        image
-    } else {
-        let image = normalise(image);
-        let mut dst = DynamicImage::new(width, height, image.color());
-        fr::Resizer::new()
-            .resize(
-                &image,
-                &mut dst,
-                &fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3)),
-            )
-            .map_err(|e| Error::Internal(format!("resize failed: {e}")))?;
-        dst
+    let mut out = renditions(input, std::slice::from_ref(options))?;
+    Ok(out.pop().expect("one rendition per request"))
+}
+
+/// [`resize`] for several boxes from one decode: the image is decoded (shrunk while decoding,
+/// for JPEG) once, at the largest size any of them needs, then each is resized from it. The
+/// decode limits are the strictest of the requests'.
+pub fn renditions(input: &[u8], requests: &[Options]) -> Result<Vec<Encoded>, Error> {
+    Ok(renditions_with_placeholder(input, requests, false)?.0)
+}
+
+/// [`renditions`], and with `placeholder` also the [`Placeholder`] of the decoded image.
+pub fn renditions_with_placeholder(
+    input: &[u8],
+    requests: &[Options],
+    placeholder: bool,
+) -> Result<(Vec<Encoded>, Option<Placeholder>), Error> {
+    let Some(first) = requests.first() else { return Ok((Vec::new(), None)) };
+    let limits = Options {
+        max_pixels: requests.iter().map(|o| o.max_pixels).min().unwrap_or(first.max_pixels),
+        max_side: requests.iter().map(|o| o.max_side).min().unwrap_or(first.max_side),
+        ..first.clone()
     };
-    encode(resized, output_format(input, options.format), options.quality)
+    let image = decode_at_least(input, &limits, |w, h| {
+        requests.iter().map(|o| needed(w, h, o)).fold((1, 1), |(a, b), (c, d)| (a.max(c), b.max(d)))
+    })?;
+    let image = normalise(image);
+    let encoded = requests.iter().map(|options| fit_and_encode(input, &image, options)).collect::<Result<_, _>>()?;
+    let placeholder = if placeholder { Some(self::placeholder(&image)?) } else { None };
+    Ok((encoded, placeholder))
+}
+
+/// A stand-in for the image while it loads: its average colour and a ThumbHash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    /// sRGB.
+    pub dominant_color: (u8, u8, u8),
+    /// https://evanw.github.io/thumbhash/ (at most 25 bytes).
+    pub thumbhash: Vec<u8>,
+}
+
+/// ThumbHash takes at most 100x100 pixels.
+const THUMBHASH_SIDE: u32 = 100;
+
+/// The placeholder of a decoded image: a ThumbHash of it shrunk to fit 100x100, and the average
+/// colour the hash encodes (weighted by alpha, as ThumbHash does).
+pub fn placeholder(image: &DynamicImage) -> Result<Placeholder, Error> {
+    let limits = Options { width: THUMBHASH_SIDE, height: THUMBHASH_SIDE, ..Options::default() };
+    let (w, h) = fit(image.width(), image.height(), &limits);
+    // Shrink first, convert after: the full-size image is never copied.
+    let small = resize_region(image, (0.0, 0.0, f64::from(image.width()), f64::from(image.height())), w, h)?;
+    let hash = thumbhash::rgba_to_thumb_hash(w as usize, h as usize, small.to_rgba8().as_raw());
+    let (r, g, b, _) = thumbhash::thumb_hash_to_average_rgba(&hash)
+        .map_err(|()| Error::Internal("the ThumbHash just made does not decode".into()))?;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    Ok(Placeholder { dominant_color: (byte(r), byte(g), byte(b)), thumbhash: hash })
+}
+
+/// The smallest decoded size (of a `width` x `height` image) that `options` can be made from.
+fn needed(width: u32, height: u32, options: &Options) -> (u32, u32) {
+    match options.mode {
+        Mode::Fit | Mode::Pad => fit(width, height, options),
+        Mode::Cover => {
+            let scale = cover_scale(width, height, options);
+            let w = (f64::from(width) * scale).ceil() as u32;
+            let h = (f64::from(height) * scale).ceil() as u32;
+            (w.clamp(1, width), h.clamp(1, height))
+        }
+        Mode::Crop => (width, height),
+    }
+}
+
+/// The scale at which the image fills the box (never above 1 without `upscale`).
+fn cover_scale(width: u32, height: u32, options: &Options) -> f64 {
+    let scale = f64::max(f64::from(options.width) / f64::from(width), f64::from(options.height) / f64::from(height));
+    if scale > 1.0 && !options.upscale { 1.0 } else { scale }
+}
+
+/// Brings an already decoded (and oriented) image to `options`' box in its mode and encodes it.
+fn fit_and_encode(input: &[u8], image: &DynamicImage, options: &Options) -> Result<Encoded, Error> {
+    let out = match options.mode {
+        Mode::Fit => {
+            let (width, height) = fit(image.width(), image.height(), options);
+            resize_region(image, (0.0, 0.0, f64::from(image.width()), f64::from(image.height())), width, height)?
+        }
+        Mode::Cover => {
+            let (w, h) = (image.width(), image.height());
+            // The output: the box, or (without upscale) the box's shape at the image's scale.
+            let scale = f64::max(f64::from(options.width) / f64::from(w), f64::from(options.height) / f64::from(h));
+            let shrink = if scale > 1.0 && !options.upscale { scale } else { 1.0 };
+            let out_w = ((f64::from(options.width) / shrink).round() as u32).clamp(1, options.width);
+            let out_h = ((f64::from(options.height) / shrink).round() as u32).clamp(1, options.height);
+            // The largest window of the output's shape, placed at the gravity.
+            let k = f64::min(f64::from(w) / f64::from(out_w), f64::from(h) / f64::from(out_h));
+            let (cw, ch) = (f64::from(out_w) * k, f64::from(out_h) * k);
+            let Gravity::Point(gx, gy) = options.gravity;
+            let left = window_start(gx, f64::from(w), cw);
+            let top = window_start(gy, f64::from(h), ch);
+            resize_region(image, (left, top, cw, ch), out_w, out_h)?
+        }
+        Mode::Crop => {
+            let (cw, ch) = (options.width.min(image.width()), options.height.min(image.height()));
+            let Gravity::Point(gx, gy) = options.gravity;
+            let left = window_start(gx, f64::from(image.width()), f64::from(cw)).round() as u32;
+            let top = window_start(gy, f64::from(image.height()), f64::from(ch)).round() as u32;
+            image.crop_imm(left.min(image.width() - cw), top.min(image.height() - ch), cw, ch)
+        }
+        Mode::Pad => {
+            let (width, height) = fit(image.width(), image.height(), options);
+            let fitted =
+                resize_region(image, (0.0, 0.0, f64::from(image.width()), f64::from(image.height())), width, height)?;
+            let bg = image::Rgba(options.background);
+            let mut canvas = image::RgbaImage::from_pixel(options.width, options.height, bg);
+            let Gravity::Point(gx, gy) = options.gravity;
+            let x = (f64::from(options.width - width) * gx).round() as i64;
+            let y = (f64::from(options.height - height) * gy).round() as i64;
+            image::imageops::overlay(&mut canvas, &fitted.to_rgba8(), x, y);
+            if options.background[3] == 255 && !image.color().has_alpha() {
+                DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(canvas).to_rgb8())
+            } else {
+                DynamicImage::ImageRgba8(canvas)
+            }
+        }
+    };
+    encode(out, output_format(input, options.format), options.quality)
+}
+
+/// Where a `part`-long window centred on the fraction `at` of a `whole`-long side starts, kept
+/// inside the side.
+fn window_start(at: f64, whole: f64, part: f64) -> f64 {
+    (at * whole - part / 2.0).clamp(0.0, (whole - part).max(0.0))
+}
+
+/// Resizes the region (left, top, width, height) of `image` to `width` x `height` (Lanczos3);
+/// the whole image at its own size is returned as is.
+fn resize_region(
+    image: &DynamicImage,
+    region: (f64, f64, f64, f64),
+    width: u32,
+    height: u32,
+) -> Result<DynamicImage, Error> {
+    let whole = region == (0.0, 0.0, f64::from(image.width()), f64::from(image.height()));
+    if whole && (width, height) == (image.width(), image.height()) {
+        return Ok(image.clone());
+    }
+    let mut dst = DynamicImage::new(width, height, image.color());
+    let (left, top, w, h) = region;
+    fr::Resizer::new()
+        .resize(
+            image,
+            &mut dst,
+            &fr::ResizeOptions::new()
+                .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3))
+                .crop(left, top, w, h),
+        )
+        .map_err(|e| Error::Internal(format!("resize failed: {e}")))?;
+    Ok(dst)
 }
 
 /// Resolves `Same` to the input's format; GIF (which pixbox does not write) becomes PNG.

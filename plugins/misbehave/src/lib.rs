@@ -13,12 +13,15 @@
 //!   zeros, so the host's size check is what stops it);
 //! - `panic`: panic (a trap in the host);
 //! - `garbage`: answer with bytes that are not an image, labelled `image/png`;
-//! - `echo` (default): answer with the input unchanged.
+//! - `echo` (default): answer with the input unchanged;
+//! - `short`: answer with one rendition fewer than asked for.
+//!
+//! Each rendition request runs its own mode, in order.
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
 use pixbox::transform::log::{Level, log};
-use pixbox::transform::types::ParamSpec;
+use pixbox::transform::types::{Param, ParamSpec};
 
 struct Misbehave;
 
@@ -48,7 +51,11 @@ impl Guest for Misbehave {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "Misbehaves on request; for testing the sandbox.".into(),
             params: vec![
-                spec("mode", "echo, spin, sleep, block, alloc, log, random, big, panic or garbage", Some("echo")),
+                spec(
+                    "mode",
+                    "echo, spin, sleep, block, alloc, log, random, big, panic, garbage or short",
+                    Some("echo"),
+                ),
                 spec("ms", "how long `spin` or `sleep` runs; unset: `spin` forever, `sleep` a minute", None),
                 spec("mib", "how much `alloc` holds (unset: without bound), `log` sends, `big` returns", None),
                 spec("count", "how many messages `log` sends", Some("1000")),
@@ -57,63 +64,74 @@ impl Guest for Misbehave {
         }
     }
 
-    fn transform(input: Image, options: Vec<Param>) -> Result<Image, TransformError> {
-        let mode = option(&options, "mode").unwrap_or("echo");
-        log(Level::Info, &format!("misbehave: mode {mode}"));
-        match mode {
-            "echo" => Ok(input),
-            "spin" => {
-                let until =
-                    number(&options, "ms")?.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
-                let mut x: u64 = 1;
-                while until.is_none_or(|t| std::time::Instant::now() < t) {
-                    for _ in 0..10_000 {
-                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                    }
-                }
-                Ok(input)
+    fn transform(input: Image, requests: Vec<RenditionRequest>) -> Result<Transformed, TransformError> {
+        let mut renditions = Vec::new();
+        for request in &requests {
+            if option(&request.options, "mode") == Some("short") {
+                return Ok(Transformed { renditions, placeholder: None });
             }
-            "sleep" => {
-                let ms = number(&options, "ms")?.unwrap_or(60_000);
-                std::thread::sleep(std::time::Duration::from_millis(ms));
-                Ok(input)
-            }
-            "block" => {
-                // A pollable for a clock that never fires: blocks in the host for ever.
-                let never = wasi::clocks::monotonic_clock::subscribe_duration(u64::MAX);
-                never.block();
-                Ok(input)
-            }
-            "alloc" => {
-                let limit = number(&options, "mib")?;
-                let mut held: Vec<Vec<u8>> = Vec::new();
-                while limit.is_none_or(|mib| (held.len() as u64) < mib) {
-                    // Touch every page so the memory is really used.
-                    held.push(std::hint::black_box(vec![1u8; 1 << 20]));
-                }
-                Ok(input)
-            }
-            "log" => {
-                let message = "x\n".repeat(mib(&options, 64)? / 2);
-                for _ in 0..number(&options, "count")?.unwrap_or(1000) {
-                    log(Level::Warn, &message);
-                }
-                Ok(input)
-            }
-            "random" => {
-                let bytes = wasi::random::random::get_random_bytes(number(&options, "kib")?.unwrap_or(256 << 10) << 10);
-                std::hint::black_box(&bytes);
-                Ok(input)
-            }
-            "big" => {
-                let mut bytes = vec![0u8; mib(&options, 128)?];
-                bytes[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
-                Ok(Image { bytes, media_type: "image/png".into() })
-            }
-            "panic" => panic!("misbehave was asked to panic"),
-            "garbage" => Ok(Image { bytes: b"this is not a png".to_vec(), media_type: "image/png".into() }),
-            other => Err(TransformError::Unsupported(format!("unknown mode {other:?}"))),
+            renditions.push(misbehave(input.clone(), &request.options)?);
         }
+        Ok(Transformed { renditions, placeholder: None })
+    }
+}
+
+fn misbehave(input: Image, options: &[Param]) -> Result<Image, TransformError> {
+    let mode = option(options, "mode").unwrap_or("echo");
+    log(Level::Info, &format!("misbehave: mode {mode}"));
+    match mode {
+        "echo" => Ok(input),
+        "spin" => {
+            let until =
+                number(options, "ms")?.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+            let mut x: u64 = 1;
+            while until.is_none_or(|t| std::time::Instant::now() < t) {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            Ok(input)
+        }
+        "sleep" => {
+            let ms = number(options, "ms")?.unwrap_or(60_000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(input)
+        }
+        "block" => {
+            // A pollable for a clock that never fires: blocks in the host for ever.
+            let never = wasi::clocks::monotonic_clock::subscribe_duration(u64::MAX);
+            never.block();
+            Ok(input)
+        }
+        "alloc" => {
+            let limit = number(options, "mib")?;
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            while limit.is_none_or(|mib| (held.len() as u64) < mib) {
+                // Touch every page so the memory is really used.
+                held.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+            Ok(input)
+        }
+        "log" => {
+            let message = "x\n".repeat(mib(options, 64)? / 2);
+            for _ in 0..number(options, "count")?.unwrap_or(1000) {
+                log(Level::Warn, &message);
+            }
+            Ok(input)
+        }
+        "random" => {
+            let bytes = wasi::random::random::get_random_bytes(number(options, "kib")?.unwrap_or(256 << 10) << 10);
+            std::hint::black_box(&bytes);
+            Ok(input)
+        }
+        "big" => {
+            let mut bytes = vec![0u8; mib(options, 128)?];
+            bytes[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
+            Ok(Image { bytes, media_type: "image/png".into() })
+        }
+        "panic" => panic!("misbehave was asked to panic"),
+        "garbage" => Ok(Image { bytes: b"this is not a png".to_vec(), media_type: "image/png".into() }),
+        other => Err(TransformError::Unsupported(format!("unknown mode {other:?}"))),
     }
 }
 

@@ -1,8 +1,9 @@
-//! The default pixbox plugin: fit an image inside a box (see `imagekit::resize`), as a component.
+//! The default pixbox plugin: bring an image to a box (fit, cover, pad or crop; see
+//! `imagekit::renditions`), every rendition from one decode, as a component.
 
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
-use pixbox::transform::types::ParamSpec;
+use pixbox::transform::types::{Param, ParamSpec};
 
 struct Resize;
 
@@ -11,8 +12,9 @@ impl Guest for Resize {
         PluginInfo {
             name: "resize".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Fits an image inside a width x height box keeping its aspect ratio, \
-                          applies EXIF orientation and drops metadata."
+            description: "Brings an image to a width x height box keeping its aspect ratio (fit inside, \
+                          cover and cut, pad, or crop), applies EXIF orientation and drops metadata; \
+                          every rendition from one decode."
                 .into(),
             params: imagekit::PARAMS
                 .iter()
@@ -25,11 +27,21 @@ impl Guest for Resize {
         }
     }
 
-    fn transform(input: Image, options: Vec<Param>) -> Result<Image, TransformError> {
-        let options =
-            imagekit::Options::parse(options.iter().map(|p| (p.name.as_str(), p.value.as_str()))).map_err(into_wit)?;
-        let out = imagekit::resize(&input.bytes, &options).map_err(into_wit)?;
-        Ok(Image { bytes: out.bytes, media_type: out.media_type.into() })
+    /// Every rendition from one decode (see `imagekit::renditions`).
+    fn transform(input: Image, requests: Vec<RenditionRequest>) -> Result<Transformed, TransformError> {
+        let options = requests
+            .iter()
+            .map(|r| imagekit::Options::parse(r.options.iter().map(|p: &Param| (p.name.as_str(), p.value.as_str()))))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(into_wit)?;
+        let (out, placeholder) =
+            imagekit::renditions_with_placeholder(&input.bytes, &options, true).map_err(into_wit)?;
+        let renditions = out.into_iter().map(|e| Image { bytes: e.bytes, media_type: e.media_type.into() }).collect();
+        let placeholder = placeholder.map(|p| pixbox::transform::types::Placeholder {
+            dominant_color: p.dominant_color,
+            thumbhash: p.thumbhash,
+        });
+        Ok(Transformed { renditions, placeholder })
     }
 }
 
