@@ -64,6 +64,12 @@ fn main() {
             std::hint::black_box(out);
         });
         row(case.name, "native: the same imagekit code", native, out_dims, "n/a");
+        // What the plugin's placeholder (ThumbHash + dominant colour) adds to the same work.
+        let with_placeholder = measure(|| {
+            let out = imagekit::renditions_with_placeholder(&case.bytes, std::slice::from_ref(&native_options), true);
+            std::hint::black_box(out.unwrap());
+        });
+        row(case.name, "native: the same, with the placeholder", with_placeholder, out_dims, "n/a");
 
         match &vips {
             Some(vips) => {

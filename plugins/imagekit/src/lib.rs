@@ -282,8 +282,17 @@ const THUMBHASH_SIDE: u32 = 100;
 pub fn placeholder(image: &DynamicImage) -> Result<Placeholder, Error> {
     let limits = Options { width: THUMBHASH_SIDE, height: THUMBHASH_SIDE, ..Options::default() };
     let (w, h) = fit(image.width(), image.height(), &limits);
-    // Shrink first, convert after: the full-size image is never copied.
-    let small = resize_region(image, (0.0, 0.0, f64::from(image.width()), f64::from(image.height())), w, h)?;
+    // Shrink first, convert after: the full-size image is never copied. A ThumbHash is a blur of
+    // the image, so a cheap shrink does (nearest to 4x the size, then a box filter): a Lanczos
+    // pass over the whole decoded image cost 40-50 % of a 12 MP resize natively.
+    let mut small = DynamicImage::new(w, h, image.color());
+    fr::Resizer::new()
+        .resize(
+            image,
+            &mut small,
+            &fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::SuperSampling(fr::FilterType::Box, 4)),
+        )
+        .map_err(|e| Error::Internal(format!("resize failed: {e}")))?;
     let hash = thumbhash::rgba_to_thumb_hash(w as usize, h as usize, small.to_rgba8().as_raw());
     let (r, g, b, _) = thumbhash::thumb_hash_to_average_rgba(&hash)
         .map_err(|()| Error::Internal("the ThumbHash just made does not decode".into()))?;
