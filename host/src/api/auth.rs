@@ -1,10 +1,21 @@
-//! The middleware that checks a route's scope before its handler (and before any body is read).
+//! The middleware that checks a route's scope before its handler (and before any of the body is
+//! looked at).
+
+use std::time::Duration;
 
 use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use crate::auth::{Auth, Scope};
+
+/// How much of a refused request's body is read and dropped before the answer, and for how long
+/// at most: a client still sending a small body then reads the 401/403 instead of a connection
+/// reset (the server closes the connection after answering). Larger or slower bodies are cut.
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Passes the request on with its [`crate::auth::Caller`] in the extensions, or answers 401/403.
 pub async fn require_scope(State((auth, scope)): State<(Auth, Scope)>, mut request: Request, next: Next) -> Response {
@@ -15,7 +26,20 @@ pub async fn require_scope(State((auth, scope)): State<(Auth, Scope)>, mut reque
         }
         Err(e) => {
             tracing::info!(scope = scope.name(), "refused: {e:?}");
-            e.into_response()
+            let mut body = request.into_body().into_data_stream();
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                let mut read = 0;
+                while let Some(Ok(chunk)) = body.next().await {
+                    read += chunk.len();
+                    if read >= DRAIN_BYTES {
+                        break;
+                    }
+                }
+            })
+            .await;
+            let mut response = e.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
         }
     }
 }
