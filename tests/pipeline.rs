@@ -550,7 +550,8 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     let took = started.elapsed();
     assert!(took <= tick + budget * 2 + Duration::from_secs(3), "all settled after {took:?}");
 
-    // SIGTERM while a sleeping job is in flight: out within the 1 s grace (plus a receive wait).
+    // SIGTERM while a sleeping job is in flight (and a receive long-polls for the free slot):
+    // out within the 1 s grace, the receive finishing inside it rather than after it.
     let (_, body) = h.upload(&base, "?prefix=sleepy", vec![("c.jpg", photo())]).await;
     let key = keys(&body)[0].clone();
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
@@ -563,6 +564,7 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     let exit = tokio::task::spawn_blocking(move || app.wait().unwrap()).await.unwrap();
     let stopped = stopping.elapsed();
     assert!(exit.success(), "{exit:?}");
+    eprintln!("SIGTERM to exit: {stopped:?} (1 s grace)");
     assert!(stopped <= Duration::from_millis(2_500), "SIGTERM took {stopped:?} with a 1 s grace");
     let state = pixbox::jobs::state(&*h.store, &key).await.unwrap();
     assert!(matches!(state, pixbox::jobs::State::Pending), "the cancelled job is not failed: {state:?}");

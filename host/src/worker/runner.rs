@@ -61,6 +61,10 @@ impl Worker {
         // How long the next receive may wait for messages; `None` after an empty receive, until a
         // job ends (then one look without waiting: the long poll just waited for new messages).
         let mut wait = Some(RECEIVE_WAIT);
+        // A receive still waiting when shutdown is asked for: it is not dropped (on SQS the
+        // server may already have handed out messages, hidden until their visibility timeout)
+        // but finished during the grace period, and what it brings is released at once.
+        let mut interrupted = None;
         loop {
             if stop.is_cancelled() {
                 break;
@@ -71,7 +75,15 @@ impl Worker {
                 && Instant::now() < deadline
             {
                 let max = free.min(self.settings.batch_size as usize);
-                match self.queue.receive(max, waiting, self.visibility()).await {
+                let mut receiving = self.queue.receive(max, waiting, self.visibility());
+                let received = tokio::select! {
+                    received = &mut receiving => received,
+                    () = stop.cancelled() => {
+                        interrupted = Some(receiving);
+                        break;
+                    }
+                };
+                match received {
                     Ok(batch) if batch.is_empty() => wait = None,
                     Ok(batch) => {
                         wait = Some(RECEIVE_WAIT);
@@ -105,14 +117,23 @@ impl Worker {
             }
         }
 
-        if !in_flight.is_empty() {
+        if !in_flight.is_empty() || interrupted.is_some() {
             let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
-            let _ = tokio::time::timeout(grace, async {
+            // Both within one grace period: a stop during a long poll costs no extra time.
+            let release_received = async {
+                let Some(receiving) = interrupted else { return };
+                for delivery in receiving.await.unwrap_or_default() {
+                    if let Err(e) = self.queue.extend_visibility(&delivery.receipt, Duration::ZERO).await {
+                        tracing::warn!("cannot release a message received during shutdown: {e}");
+                    }
+                }
+            };
+            let drain = async {
                 while let Some(joined) = in_flight.join_next_with_id().await {
                     self.finished(joined, &mut receipts, &mut report).await;
                 }
-            })
-            .await;
+            };
+            let _ = tokio::time::timeout(grace, async { tokio::join!(release_received, drain) }).await;
             in_flight.abort_all();
             while let Some(joined) = in_flight.join_next_with_id().await {
                 self.finished(joined, &mut receipts, &mut report).await;
