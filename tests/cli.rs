@@ -12,6 +12,7 @@ fn pixbox(data_dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(pixbox_bin());
     // Isolated from any pixbox.toml or PIXBOX_* of the machine running the tests.
     cmd.current_dir(data_dir).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd.env("PIXBOX_SANDBOX_CACHE_DIR", common::plugin_cache());
     cmd.arg("--data-dir").arg(data_dir);
     cmd
 }
@@ -23,6 +24,8 @@ fn transform_resizes_a_photo_and_reports_its_cost() {
     let output = dir.path().join("out.jpg");
     std::fs::write(&input, jpeg(&photo(1600, 1200))).unwrap();
     let run = pixbox(dir.path())
+        // The data directory's own cache, to see it filled.
+        .env_remove("PIXBOX_SANDBOX_CACHE_DIR")
         .args(["transform", "--option", "width=400", "--option", "height=400"])
         .arg(&input)
         .arg(&output)

@@ -29,7 +29,9 @@ struct Rig {
 async fn rig() -> Rig {
     let store = Arc::new(Faulty::new(MemoryStore::default()));
     let queue = Arc::new(Faulty::new(MemoryQueue::new(5)));
-    let sandbox = Sandbox::new(SandboxSettings::default()).unwrap();
+    let sandbox =
+        Sandbox::new(SandboxSettings { cache_dir: Some(common::plugin_cache()), ..SandboxSettings::default() })
+            .unwrap();
     let routes = Routes::load(&sandbox, &[]).await.unwrap();
     let config = Config::default();
     let worker = Worker {

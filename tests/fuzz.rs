@@ -91,6 +91,7 @@ async fn mutated_images_end_as_images_or_typed_errors() {
     let sandbox = Sandbox::new(SandboxSettings {
         memory_limit_mib: 128,
         time_budget_ms: budget.as_millis() as u64,
+        cache_dir: Some(common::plugin_cache()),
         ..SandboxSettings::default()
     })
     .unwrap();

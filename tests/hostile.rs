@@ -408,6 +408,7 @@ async fn config(aws: bool, dir: &std::path::Path) -> Option<Config> {
         role: Role::All,
         ..Config::default()
     };
+    config.sandbox.cache_dir = Some(common::plugin_cache());
     config.worker.schedule = "* * * * * *".into();
     config.worker.concurrency = 1;
     config.limits.max_request_bytes = 4 << 20;

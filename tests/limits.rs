@@ -28,6 +28,7 @@ static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
         memory_limit_mib: MEMORY_MIB,
         time_budget_ms: BUDGET.as_millis() as u64,
         max_output_mib: 16,
+        cache_dir: Some(common::plugin_cache()),
         ..SandboxSettings::default()
     })
     .unwrap()

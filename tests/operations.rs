@@ -49,6 +49,7 @@ fn config(dir: &Path) -> Config {
         ],
         ..Config::default()
     };
+    config.sandbox.cache_dir = Some(common::plugin_cache());
     config.worker.schedule = "* * * * * *".into();
     config.worker.visibility_timeout_secs = 2;
     config.worker.max_receives = 3;

@@ -49,6 +49,7 @@ impl App {
             },
             ..Config::default()
         };
+        config.sandbox.cache_dir = Some(common::plugin_cache());
         adjust(&mut config);
         let (store, _) = pixbox::backends::connect(&config).await.unwrap();
         let running = pixbox::server::start(&config).await.unwrap();
@@ -384,5 +385,87 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     let grew = rss_bytes().saturating_sub(before);
     assert!(grew < 16 << 20, "connections at the cap cost {} MiB", grew >> 20);
     drop(idle);
+    app.running.stop().await;
+}
+
+/// Sends a refused (keyless) upload of `len` body bytes, `chunk` at a time with `pause` between
+/// chunks, until the server stops reading; returns what it answered, when it closed, and how many
+/// body bytes it took before closing.
+async fn refused_upload(addr: &str, len: usize, chunk: usize, pause: Duration) -> (String, Duration, usize) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {len}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let sending = tokio::spawn(async move {
+        let block = vec![b'x'; chunk];
+        let mut total = 0;
+        while total < len {
+            let n = chunk.min(len - total);
+            if writer.write_all(&block[..n]).await.is_err() {
+                break;
+            }
+            total += n;
+            counter.store(total, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+        }
+        // Held open (not shut down) until aborted: the server, not the client, ends the exchange.
+        std::future::pending::<()>().await;
+    });
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10).saturating_sub(started.elapsed()), reader.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept a refused upload's connection open for 10 s"),
+        }
+    }
+    let closed = started.elapsed();
+    sending.abort();
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    (String::from_utf8_lossy(&seen).into_owned(), closed, sent)
+}
+
+/// A refused upload's body is read (and dropped) up to 1 MiB or 2 s so that the client reads the
+/// 401 rather than a reset: a 512 KiB body is answered in full and at once; a 64 MiB one, and one
+/// trickled at 1 KiB per 100 ms, are cut after about 1 MiB and within about 2 s, with next to no
+/// memory.
+#[tokio::test]
+async fn refused_uploads_are_drained_within_a_bound() {
+    let (_, entry) = pixbox::auth::new_key(&[Scope::Upload]);
+    let app = App::start(&[&entry], Reads::Public).await;
+    let addr = app.addr();
+    let before = rss_bytes();
+
+    // Obeyed: a body under the bound is read to its end and the 401 arrives.
+    let (answer, closed, sent) = refused_upload(&addr, 512 << 10, 64 << 10, Duration::ZERO).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert_eq!(sent, 512 << 10, "the whole small body was taken");
+    assert!(closed < Duration::from_millis(500), "answered after {closed:?}");
+
+    // Violated by size: cut soon after the first MiB (plus what socket buffers hold).
+    let (answer, closed, sent) = refused_upload(&addr, 64 << 20, 64 << 10, Duration::ZERO).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(sent < 16 << 20, "the server took {} MiB of a refused body", sent >> 20);
+    assert!(closed < Duration::from_millis(1_500), "closed after {closed:?}");
+
+    // Violated by time: a trickle is answered at the 2 s bound.
+    let (answer, closed, sent) = refused_upload(&addr, 1 << 20, 1 << 10, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(closed >= Duration::from_millis(1_900) && closed < Duration::from_millis(3_000), "closed after {closed:?}");
+    assert!(sent < 64 << 10, "{sent} bytes trickled");
+
+    let grew = rss_bytes().saturating_sub(before);
+    eprintln!("refused uploads: resident memory grew by {} KiB", grew >> 10);
+    assert!(grew < 16 << 20, "refused uploads cost {} MiB", grew >> 20);
+    assert_eq!(app.originals().await, 0, "nothing stored");
     app.running.stop().await;
 }

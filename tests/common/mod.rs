@@ -155,6 +155,9 @@ pub fn process_env(c: &pixbox::config::Config, role: &str) -> Vec<(String, Strin
         ("PIXBOX_QUEUE_NAME", c.queue_name.clone()),
         ("PIXBOX_LOG", "info".into()),
     ];
+    if let Some(dir) = &c.sandbox.cache_dir {
+        env.push(("PIXBOX_SANDBOX_CACHE_DIR", dir.display().to_string()));
+    }
     if c.storage == pixbox::config::StorageKind::S3 {
         env.push(("PIXBOX_STORAGE", "s3".into()));
         env.push(("PIXBOX_QUEUE", "sqs".into()));
@@ -164,6 +167,13 @@ pub fn process_env(c: &pixbox::config::Config, role: &str) -> Vec<(String, Strin
         env.push(("AWS_REGION", "us-east-1".into()));
     }
     env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The compiled-plugin cache the tests share (in cargo's per-target temporary directory): the
+/// built-in plugins take seconds to compile, and every test starts a fresh data directory.
+/// Artifacts are named after the plugin's bytes and the engine's settings, so sharing is safe.
+pub fn plugin_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
 
 /// A name no other test uses, for buckets and queues (lowercase, S3-safe).
