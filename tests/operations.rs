@@ -34,6 +34,7 @@ fn config(dir: &Path) -> Config {
         options: options.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         renditions: Default::default(),
         default_rendition: None,
+        formats: Vec::new(),
     };
     let mut config = Config {
         listen: "127.0.0.1:0".into(),

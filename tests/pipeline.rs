@@ -39,6 +39,7 @@ fn route(prefix: &str, plugin: &str, options: &[(&str, i64)]) -> RouteConfig {
         options: options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect(),
         renditions: Default::default(),
         default_rendition: None,
+        formats: Vec::new(),
     }
 }
 
@@ -56,6 +57,7 @@ impl Harness {
             ],
             ..Config::default()
         };
+        config.sandbox.cache_dir = Some(common::plugin_cache());
         config.worker.schedule = "* * * * * *".into();
         config.worker.visibility_timeout_secs = 3;
         config.worker.max_receives = 3;
@@ -391,6 +393,7 @@ async fn timeouts_fail_for_good_on_the_second_attempt(backend: Backend) {
         options: [("mode".to_string(), OptionValue::Text("spin".into()))].into_iter().collect(),
         renditions: Default::default(),
         default_rendition: None,
+        formats: Vec::new(),
     });
     let app = h.start(Role::All).await;
     let base = base(&app);
@@ -417,6 +420,7 @@ async fn crashes_retry_then_give_up(backend: Backend) {
         options: [("mode".to_string(), OptionValue::Text("panic".into()))].into_iter().collect(),
         renditions: Default::default(),
         default_rendition: None,
+        formats: Vec::new(),
     });
     let app = h.start(Role::All).await;
     let base = base(&app);
@@ -454,6 +458,7 @@ async fn long_jobs_extend_their_visibility() {
             .collect(),
         renditions: Default::default(),
         default_rendition: None,
+        formats: Vec::new(),
     };
     let routes = pixbox::sandbox::Routes::load(&sandbox, &[slow]).await.unwrap();
     let mut settings = h.config.worker.clone();
@@ -574,7 +579,8 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
 
 /// One upload to a route with three renditions (one per mode of serving: the default under the
 /// key, the others by path and by query) gives three images of the right sizes and formats,
-/// from one call of a 0.2.0 plugin; a 0.1.0 plugin's route is called once per rendition.
+/// from one call of a 0.2.0 plugin; the `format = "auto"` one is served as AVIF, WebP or the
+/// fallback by `Accept`; a 0.1.0 plugin's route is called once per rendition.
 async fn renditions_from_one_call(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "renditions_from_one_call").await else { return };
     let options = |pairs: &[(&str, OptionValue)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
@@ -584,7 +590,10 @@ async fn renditions_from_one_call(backend: Backend) {
         plugin: "resize".into(),
         options: options(&[("quality", int(80))]),
         renditions: [
-            ("thumb", options(&[("width", int(128)), ("height", int(128))])),
+            (
+                "thumb",
+                options(&[("width", int(128)), ("height", int(128)), ("format", OptionValue::Text("auto".into()))]),
+            ),
             (
                 "medium",
                 options(&[("width", int(400)), ("height", int(400)), ("format", OptionValue::Text("png".into()))]),
@@ -595,6 +604,7 @@ async fn renditions_from_one_call(backend: Backend) {
         .map(|(name, o)| (name.to_string(), o))
         .collect(),
         default_rendition: Some("large".into()),
+        formats: vec!["avif".into(), "webp".into()],
     });
     h.config.routes.push(RouteConfig {
         prefix: "legacy/".into(),
@@ -605,6 +615,7 @@ async fn renditions_from_one_call(backend: Backend) {
             .map(|(n, o)| (n.to_string(), o))
             .collect(),
         default_rendition: Some("a".into()),
+        formats: Vec::new(),
     });
     let api = h.start(Role::Api).await;
     let base = base(&api);
@@ -673,6 +684,32 @@ async fn renditions_from_one_call(backend: Backend) {
     assert_eq!(stored.meta.metadata["renditions"], "large,medium,thumb");
     assert!(h.store.head(Bucket::Permanent, &format!("{key}/thumb")).await.is_ok());
     assert!(h.store.head(Bucket::Permanent, &format!("{key}/large")).await.is_err(), "the default is stored once");
+    assert!(h.store.head(Bucket::Permanent, &format!("{key}/thumb.avif")).await.is_ok());
+
+    // `format = "auto"`: by Accept, in the route's order (AVIF first), named types only.
+    let negotiated = async |accept: Option<&str>| {
+        let mut request = h.client.get(format!("{base}/download/{key}/thumb"));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{accept:?}");
+        assert_eq!(response.headers()["vary"], "Accept", "{accept:?}");
+        let media_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        let header = pixbox::imaging::probe_output(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!(header.format.media_type(), media_type, "{accept:?}");
+        (media_type, (header.width, header.height))
+    };
+    let browser = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8";
+    assert_eq!(negotiated(Some(browser)).await, ("image/avif".into(), (128, 96)));
+    assert_eq!(negotiated(Some("image/webp,*/*")).await, ("image/webp".into(), (128, 96)));
+    assert_eq!(negotiated(Some("image/avif;q=0, image/webp")).await, ("image/webp".into(), (128, 96)));
+    assert_eq!(negotiated(Some("image/*,*/*;q=0.8")).await, ("image/jpeg".into(), (128, 96)));
+    assert_eq!(negotiated(None).await, ("image/jpeg".into(), (128, 96)));
+    // A rendition without `auto` is one format whatever the client takes, and says so.
+    let plain = h.client.get(format!("{base}/download/{key}")).header("accept", browser).send().await.unwrap();
+    assert_eq!(plain.headers()["content-type"], "image/jpeg");
+    assert!(plain.headers().get("vary").is_none());
 
     // The 0.1.0 plugin: one call per rendition, both outputs stored.
     let done = h.wait_settled(&base, &legacy, Duration::from_secs(60)).await;
@@ -684,7 +721,8 @@ async fn renditions_from_one_call(backend: Backend) {
     api.stop().await;
 }
 
-/// A focal point given at upload (`?focus=x,y`) is where a cropping rendition keeps the image.
+/// A focal point given at upload (`?focus=x,y`, or a `focus` form field before each image) is
+/// where a cropping rendition keeps the image.
 async fn focal_point_from_the_upload(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "focal_point_from_the_upload").await else { return };
     let text = |v: &str| OptionValue::Text(v.into());
@@ -697,6 +735,7 @@ async fn focal_point_from_the_upload(backend: Backend) {
             .collect(),
         renditions: Default::default(),
         default_rendition: None,
+        formats: Vec::new(),
     });
     let app = h.start(Role::All).await;
     let base = base(&app);
@@ -719,6 +758,30 @@ async fn focal_point_from_the_upload(backend: Backend) {
     assert!(focused.enumerate_pixels().filter(|(x, ..)| *x >= 10).all(|(.., p)| blue(p)), "kept the blue side");
     let centred = pixels(&centred).await;
     assert!(!blue(centred.get_pixel(5, 50)) && blue(centred.get_pixel(95, 50)), "without a focus: the centre");
+
+    // Form fields: each applies to the images after it.
+    let form = |first: &str| {
+        let image = || Part::bytes(common::png(&common::red_left_blue_right(400, 200))).file_name("h.png");
+        Form::new()
+            .text("prefix", "banners/")
+            .text("focus", first.to_string())
+            .part("images", image())
+            .text("focus", "0.9,0.5")
+            .part("images", image())
+    };
+    let post = async |form: Form| {
+        let response = h.client.post(format!("{base}/upload")).multipart(form).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    let (status, body) = post(form("0.5;0.5")).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid-focus")), "{body}");
+    let (status, body) = post(form("0.1,0.5")).await;
+    assert_eq!(status, 202, "{body}");
+    let (left, right) = (keys(&body).remove(0), keys(&body).remove(1));
+    let left = pixels(&left).await;
+    assert!(left.enumerate_pixels().filter(|(x, ..)| *x < 90).all(|(.., p)| !blue(p)), "kept the red side");
+    let right = pixels(&right).await;
+    assert!(right.enumerate_pixels().filter(|(x, ..)| *x >= 10).all(|(.., p)| blue(p)), "kept the blue side");
     app.stop().await;
 }
 

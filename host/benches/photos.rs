@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo bench -p pixbox --bench photos`; it fetches the photos with
 //! `scripts/fetch-photos` (Debian packages, cached outside the repository). Every photo is fitted
-//! into 1024x1024 (JPEG q85, PNG, WebP lossless: the plugin's defaults) by:
+//! into 1024x1024 (JPEG q85, PNG, lossy WebP q85: the plugin's defaults; lossless WebP before 2026-11-28) by:
 //! - the `resize` plugin in the sandbox, compiled once, one call per photo (as the worker runs it);
 //! - the same `imagekit` code built natively (the sandbox tax is the ratio of the two);
 //! - `vipsthumbnail` with `VIPS_CONCURRENCY=1`, one process per photo, and once more with all the
@@ -21,9 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fast_image_resize as fr;
-use image::{DynamicImage, GrayImage};
+use image::GrayImage;
 use pixbox::sandbox::{LoadedPlugin, Param, Sandbox, SandboxSettings};
+
+#[path = "support/quality.rs"]
+mod quality;
+use quality::{reference, ssim};
 
 const ROUNDS: usize = 3;
 
@@ -267,22 +270,6 @@ fn median(mut f: impl FnMut() -> Vec<u8>) -> Run {
     Run { time: times[ROUNDS / 2], output }
 }
 
-/// The best the plugin could do: full-size decode, Lanczos3 to the fitted size, no encoding.
-fn reference(input: &[u8], options: &imagekit::Options) -> GrayImage {
-    let image = imagekit::decode(input, options).unwrap();
-    let (w, h) = imagekit::fit(image.width(), image.height(), options);
-    let src = DynamicImage::ImageRgb8(image.to_rgb8());
-    let mut dst = DynamicImage::new_rgb8(w, h);
-    fr::Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3)),
-        )
-        .unwrap();
-    dst.to_luma8()
-}
-
 fn luma(encoded: &[u8]) -> GrayImage {
     image::load_from_memory(encoded).unwrap().to_luma8()
 }
@@ -295,37 +282,6 @@ fn psnr(a: &GrayImage, b: &GrayImage) -> Option<f64> {
     let sum: f64 = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
     let mse = sum / a.as_raw().len() as f64;
     Some(if mse == 0.0 { 99.0 } else { 10.0 * (255.0f64 * 255.0 / mse).log10() })
-}
-
-/// Mean SSIM over 8x8 windows every 4 pixels (the usual constants), or `None` when sizes differ.
-fn ssim(a: &GrayImage, b: &GrayImage) -> Option<f64> {
-    if a.dimensions() != b.dimensions() || a.width() < 8 || a.height() < 8 {
-        return None;
-    }
-    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
-    let (mut total, mut windows) = (0.0, 0u32);
-    for y in (0..=a.height() - 8).step_by(4) {
-        for x in (0..=a.width() - 8).step_by(4) {
-            let (mut sa, mut sb, mut saa, mut sbb, mut sab) = (0.0, 0.0, 0.0, 0.0, 0.0);
-            for dy in 0..8 {
-                for dx in 0..8 {
-                    let pa = f64::from(a.get_pixel(x + dx, y + dy).0[0]);
-                    let pb = f64::from(b.get_pixel(x + dx, y + dy).0[0]);
-                    sa += pa;
-                    sb += pb;
-                    saa += pa * pa;
-                    sbb += pb * pb;
-                    sab += pa * pb;
-                }
-            }
-            let n = 64.0;
-            let (ma, mb) = (sa / n, sb / n);
-            let (va, vb, cov) = (saa / n - ma * ma, sbb / n - mb * mb, sab / n - ma * mb);
-            total += ((2.0 * ma * mb + c1) * (2.0 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
-            windows += 1;
-        }
-    }
-    Some(total / f64::from(windows))
 }
 
 fn db(value: Option<f64>) -> String {

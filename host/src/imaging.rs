@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-/// The image formats pixbox accepts.
+/// The image formats pixbox accepts, and AVIF, which plugins may write but uploads may not be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -13,6 +13,7 @@ pub enum Format {
     Png,
     Webp,
     Gif,
+    Avif,
 }
 
 impl Format {
@@ -22,6 +23,7 @@ impl Format {
             Format::Png => "image/png",
             Format::Webp => "image/webp",
             Format::Gif => "image/gif",
+            Format::Avif => "image/avif",
         }
     }
 
@@ -32,7 +34,15 @@ impl Format {
             Format::Png => "png",
             Format::Webp => "webp",
             Format::Gif => "gif",
+            Format::Avif => "avif",
         }
+    }
+
+    /// The format of a media type pixbox writes.
+    pub fn from_media_type(media_type: &str) -> Option<Format> {
+        [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Avif]
+            .into_iter()
+            .find(|f| f.media_type() == media_type)
     }
 
     fn image_format(self) -> image::ImageFormat {
@@ -41,6 +51,7 @@ impl Format {
             Format::Png => image::ImageFormat::Png,
             Format::Webp => image::ImageFormat::WebP,
             Format::Gif => image::ImageFormat::Gif,
+            Format::Avif => image::ImageFormat::Avif,
         }
     }
 }
@@ -92,13 +103,28 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
 }
 
 /// Reads format and dimensions from the header only; no pixel buffer is allocated, so a tiny file
-/// that claims to be 100000x100000 costs microseconds.
+/// that claims to be 100000x100000 costs microseconds. Input formats only (see [`probe_output`]).
 pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
     let format = sniff(bytes).ok_or(HeaderError::UnknownFormat)?;
     let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
         .into_dimensions()
         .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
     Ok(Header { format, width, height })
+}
+
+/// [`probe`] for what a plugin returns: the input formats and AVIF (whose header the image crate
+/// cannot read without its C decoder; imagesize reads the `ispe` box).
+pub fn probe_output(bytes: &[u8]) -> Result<Header, HeaderError> {
+    if !matches!(imagesize::image_type(bytes), Ok(imagesize::ImageType::Heif(imagesize::Compression::Av1))) {
+        return probe(bytes);
+    }
+    let size = imagesize::blob_size(bytes)
+        .map_err(|e| HeaderError::Unreadable { format: Format::Avif, reason: e.to_string() })?;
+    let side = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);
+    match (side(size.width), side(size.height)) {
+        (Some(width), Some(height)) => Ok(Header { format: Format::Avif, width, height }),
+        _ => Err(HeaderError::Unreadable { format: Format::Avif, reason: format!("{}x{}", size.width, size.height) }),
+    }
 }
 
 /// Whether the file ends the way a complete file of its format ends, checked without decoding:
@@ -117,6 +143,8 @@ pub fn is_complete(bytes: &[u8], format: Format) -> bool {
             .get(4..8)
             .map(|n| u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize + 8)
             .is_some_and(|riff| bytes.len() >= riff),
+        // Never uploaded (not sniffed); outputs are checked by `probe_output`.
+        Format::Avif => false,
     }
 }
 

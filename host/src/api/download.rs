@@ -1,5 +1,6 @@
 //! `GET /download/{key}` (and `?key=`): the result with its real type, or where the job stands;
-//! a rendition other than the route's default at `/download/{key}/{name}` (or `?rendition=`);
+//! a rendition other than the route's default at `/download/{key}/{name}` (or `?rendition=`),
+//! in the format the client's `Accept` names when the rendition is made in several;
 //! `GET /status/{key}` (and `?key=`): the job's state as JSON, with every rendition.
 
 use axum::Json;
@@ -11,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, read_url};
 use crate::auth::Signed;
+use crate::imaging::Format;
 use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
-use crate::sandbox::rendition_names;
+use crate::sandbox::{configured_route, rendition_names, variant_name};
 use crate::storage::{Bucket, StoreError, validate_key};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -117,9 +119,13 @@ pub struct FailedDownload {
     path = "/download/{key}",
     tag = "images",
     security((), ("apiKey" = [])),
-    params(("key" = String, Path, description = "The image's key; may contain `/`"), SignedQuery),
+    params(
+        ("key" = String, Path, description = "The image's key; may contain `/`"),
+        ("Accept" = Option<String>, Header, description = "For a rendition made with `format = \"auto\"`: the first of the route's `formats` (e.g. `image/avif`, `image/webp`) named here is served; otherwise the fallback (the input's format). Wildcards do not count."),
+        SignedQuery
+    ),
     responses(
-        (status = 200, description = "The result, with its real Content-Type, ETag, Cache-Control and X-Content-Type-Options: nosniff", content_type = "image/*", body = Vec<u8>),
+        (status = 200, description = "The result, with its real Content-Type, ETag, Cache-Control and X-Content-Type-Options: nosniff; `Vary: Accept` when the rendition comes in several formats", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "Still pending", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "`invalid-key`", body = ApiError),
@@ -145,9 +151,12 @@ pub async fn download_by_path(
     path = "/download",
     tag = "images",
     security((), ("apiKey" = [])),
-    params(KeyQuery),
+    params(
+        KeyQuery,
+        ("Accept" = Option<String>, Header, description = "Picks the format of a `format = \"auto\"` rendition, as for `/download/{key}`"),
+    ),
     responses(
-        (status = 200, description = "The result (as `/download/{key}`)", content_type = "image/*", body = Vec<u8>),
+        (status = 200, description = "The result (as `/download/{key}`, `Vary: Accept` included)", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "Still pending", body = Status),
         (status = 304, description = "Not modified"),
         (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
@@ -312,10 +321,17 @@ async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     Ok(status)
 }
 
+/// What a download names: the key of the job, the stored object and the rendition.
+struct Named {
+    job_key: String,
+    object_key: String,
+    rendition: String,
+}
+
 /// Which stored object a download names, and the key of the job it belongs to: `?rendition=`
 /// picks one of the key's renditions; a path `{key}/{name}` whose last segment is a rendition of
-/// the route of `{key}` is that rendition.
-fn resolve(state: &ApiState, key: &str, rendition: Option<&str>) -> Result<(String, String), ApiError> {
+/// the route of `{key}` is that rendition; any other key is its default rendition.
+fn resolve(state: &ApiState, key: &str, rendition: Option<&str>) -> Result<Named, ApiError> {
     if let Some(name) = rendition {
         let names = rendition_names(&state.routes, key);
         if !names.contains(name) {
@@ -326,15 +342,34 @@ fn resolve(state: &ApiState, key: &str, rendition: Option<&str>) -> Result<(Stri
             ));
         }
         let object = if name == names.default { key.to_string() } else { jobs::rendition_key(key, name) };
-        return Ok((key.to_string(), object));
+        return Ok(Named { job_key: key.to_string(), object_key: object, rendition: name.to_string() });
     }
     if let Some((base, name)) = key.rsplit_once('/') {
         let names = rendition_names(&state.routes, base);
         if names.contains(name) && name != names.default {
-            return Ok((base.to_string(), key.to_string()));
+            return Ok(Named { job_key: base.to_string(), object_key: key.to_string(), rendition: name.to_string() });
         }
     }
-    Ok((key.to_string(), key.to_string()))
+    let rendition = rendition_names(&state.routes, key).default;
+    Ok(Named { job_key: key.to_string(), object_key: key.to_string(), rendition })
+}
+
+/// The format variant of a rendition made with `format = "auto"` that the client takes, in the
+/// route's order of preference. Only media types the client names count: a browser that sends
+/// `*/*` or `image/*` may still not decode AVIF.
+fn negotiate(variants: &[Format], accept: Option<&str>) -> Option<Format> {
+    let accept = accept?;
+    variants.iter().copied().find(|format| {
+        accept.split(',').any(|entry| {
+            let mut parts = entry.split(';');
+            let range = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            range.eq_ignore_ascii_case(format.media_type()) && q > 0.0
+        })
+    })
 }
 
 async fn download(
@@ -346,9 +381,26 @@ async fn download(
 ) -> Result<Response, ApiError> {
     state.auth.authorize_read(headers, "download", key, signed)?;
     checked(key)?;
-    let (job_key, object_key) = resolve(state, key, rendition)?;
+    let Named { job_key, object_key, rendition } = resolve(state, key, rendition)?;
     let key = job_key.as_str();
-    let object = match state.store.get(Bucket::Permanent, &object_key).await {
+    // `format = "auto"`: the variant the client takes, else (or if it was not made: the route
+    // changed since) the fallback.
+    let variants = configured_route(&state.routes, key).map(|r| r.variant_formats(&rendition)).unwrap_or_default();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let mut variant = None;
+    if let Some(format) = negotiate(&variants, accept) {
+        let variant_key = jobs::rendition_key(key, &variant_name(&rendition, format));
+        match state.store.get(Bucket::Permanent, &variant_key).await {
+            Ok(object) => variant = Some(object),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let fetched = match variant {
+        Some(object) => Ok(object),
+        None => state.store.get(Bucket::Permanent, &object_key).await,
+    };
+    let object = match fetched {
         Ok(object) => object,
         Err(StoreError::NotFound { .. }) => {
             let status = status(state, key).await?;
@@ -403,5 +455,9 @@ async fn download(
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if !variants.is_empty() {
+        // Caches must keep one copy per Accept: the same URL answers in several formats.
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    }
     Ok(response)
 }

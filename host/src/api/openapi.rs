@@ -100,5 +100,6 @@ mod tests {
         assert!(doc["components"]["schemas"]["RenditionStatus"]["properties"]["width"].is_object(), "{doc}");
         let params = doc["paths"]["/download/{key}"]["get"]["parameters"].as_array().unwrap();
         assert!(params.iter().any(|p| p["name"] == "rendition"), "{params:?}");
+        assert!(params.iter().any(|p| p["name"] == "Accept" && p["in"] == "header"), "{params:?}");
     }
 }

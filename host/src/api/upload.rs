@@ -19,6 +19,8 @@ use crate::storage::{Bucket, ObjectMeta};
 
 /// Longest prefix accepted.
 const MAX_PREFIX_BYTES: usize = 200;
+/// Longest focus field accepted (`0.333333,0.666667` is 17 bytes).
+const MAX_FOCUS_BYTES: u64 = 64;
 /// Parts of an upload that are not images (a prefix field, stray fields) allowed on top of
 /// `max_images`.
 const MAX_OTHER_PARTS: usize = 8;
@@ -41,6 +43,9 @@ pub struct UploadForm {
     images: Vec<Vec<u8>>,
     /// Optional route prefix (e.g. `avatars/`); must come before the images.
     prefix: Option<String>,
+    /// Optional focal point, `x,y` fractions of the width and height, for the images after it
+    /// (it may be repeated, one before each image); the `focus` query parameter sets it for all.
+    focus: Option<String>,
 }
 
 /// The answer to an accepted upload.
@@ -74,7 +79,7 @@ pub struct Uploaded {
     tag = "images",
     params(
         ("prefix" = Option<String>, Query, description = "Route prefix, e.g. `avatars/` (or the `prefix` form field)"),
-        ("focus" = Option<String>, Query, description = "Focal point of the images, `x,y` as fractions 0..1 of the width and height (e.g. `0.3,0.25`): renditions that crop keep it (plugins with a `gravity` option)"),
+        ("focus" = Option<String>, Query, description = "Focal point of the images, `x,y` as fractions 0..1 of the width and height (e.g. `0.3,0.25`): renditions that crop keep it (plugins with a `gravity` option). A `focus` form field sets it for the images after it"),
     ),
     request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
     security(("apiKey" = [])),
@@ -125,7 +130,7 @@ async fn receive(
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
         let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
-        let focus = query.focus.as_deref().map(parse_focus).transpose()?;
+        let mut focus = query.focus.as_deref().map(parse_focus).transpose()?;
         let mut parts = 0usize;
         while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
             parts += 1;
@@ -165,6 +170,14 @@ async fn receive(
                 let text = std::str::from_utf8(&bytes)
                     .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", "prefix: not UTF-8 text"))?;
                 prefix = Some(normalise_prefix(text)?);
+                continue;
+            }
+            if field.name() == Some("focus") && field.file_name().is_none() {
+                // Applies to the images after it, so each image of an upload can have its own.
+                let bytes = read_limited(field, MAX_FOCUS_BYTES, "the focus field").await.map_err(|e| {
+                    if e.code == "image-too-large" { parse_focus("(too long)").unwrap_err() } else { e }
+                })?;
+                focus = Some(parse_focus(&String::from_utf8_lossy(&bytes))?);
                 continue;
             }
             let index = stored.len() + 1;
@@ -257,8 +270,6 @@ async fn receive(
     }
 }
 
-/// Prefixes select a route: `avatars`, `avatars/` and `avatars/large/` are fine. Letters, digits,
-/// `.`, `_`, `-` and `/` only, so keys stay URL-safe; pixbox's own `.pixbox/` is refused.
 /// `x,y` with both in 0..=1, returned in a canonical form (what the plugin's `gravity` takes).
 fn parse_focus(raw: &str) -> Result<String, ApiError> {
     let point =
@@ -273,6 +284,8 @@ fn parse_focus(raw: &str) -> Result<String, ApiError> {
     }
 }
 
+/// Prefixes select a route: `avatars`, `avatars/` and `avatars/large/` are fine. Letters, digits,
+/// `.`, `_`, `-` and `/` only, so keys stay URL-safe; pixbox's own `.pixbox/` is refused.
 fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
     if raw.is_empty() {
@@ -347,6 +360,7 @@ fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError
             Format::Png => "PNG",
             Format::Webp => "WebP",
             Format::Gif => "GIF",
+            Format::Avif => "AVIF",
         };
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

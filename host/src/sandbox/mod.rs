@@ -28,7 +28,10 @@ use bindings::{
 pub use bindings::{Contract, MAX_RENDITIONS, Param, ParamSpec, PluginInfo};
 pub use builtin::{BUILT_PLUGINS_DIR, BUILTIN_NAMES};
 pub use error::{LoadError, TransformError};
-pub use routes::{DEFAULT_RENDITION, OptionValue, RenditionNames, Route, RouteConfig, Routes, rendition_names};
+pub use routes::{
+    AUTO_FORMAT, DEFAULT_RENDITION, OptionValue, RenditionNames, Route, RouteConfig, Routes, configured_route,
+    is_variant, rendition_names, variant_name,
+};
 
 /// How often the epoch ticker fires; the time budget is enforced with this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -384,7 +387,7 @@ impl Sandbox {
         let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
         let mut images = Vec::with_capacity(raw.len());
         for (bytes, out_type) in raw {
-            let header = imaging::probe(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
+            let header = imaging::probe_output(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
             if header.format.media_type() != out_type {
                 return Err(TransformError::InvalidOutput(format!(
                     "plugin says {out_type} but the bytes are {}",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{LoadError, LoadedPlugin, MAX_RENDITIONS, Param, RenditionRequest, Sandbox};
+use crate::imaging::Format;
 
 /// The rendition of a route that declares none: one output, made with the route's options.
 pub const DEFAULT_RENDITION: &str = "default";
@@ -32,6 +33,27 @@ pub struct RouteConfig {
     /// there are several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_rendition: Option<String>,
+    /// What `format = "auto"` makes besides the fallback (the input's format), in order of
+    /// preference: `avif`, `webp`. `/download` serves the first one the client's `Accept` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<String>,
+}
+
+/// The option value that asks for one output per format of the route's `formats`, plus the
+/// fallback, chosen at download by `Accept`.
+pub const AUTO_FORMAT: &str = "auto";
+/// The formats `formats` may list.
+const VARIANT_FORMATS: [Format; 2] = [Format::Avif, Format::Webp];
+
+/// The name under which rendition `name`'s output in `format` is made and stored (`{key}/{name}.avif`).
+/// Rendition names have no dot, so these never clash with them.
+pub fn variant_name(name: &str, format: Format) -> String {
+    format!("{name}.{}", format.extension())
+}
+
+/// Whether a made output's name is a format variant of a rendition rather than a rendition.
+pub fn is_variant(name: &str) -> bool {
+    name.contains('.')
 }
 
 /// The renditions a key's route makes: their names (in order) and the default one.
@@ -56,7 +78,29 @@ impl RouteConfig {
             options,
             renditions: BTreeMap::new(),
             default_rendition: None,
+            formats: Vec::new(),
         }
+    }
+
+    /// The options of rendition `name` (the route's, overridden by the rendition's own).
+    fn merged_options(&self, name: &str) -> BTreeMap<String, OptionValue> {
+        let mut merged = self.options.clone();
+        if let Some(own) = self.renditions.get(name) {
+            merged.extend(own.clone());
+        }
+        merged
+    }
+
+    /// The formats rendition `name` is also made in (empty unless its `format` is `auto`).
+    pub fn variant_formats(&self, name: &str) -> Vec<Format> {
+        let auto = matches!(self.merged_options(name).get("format"), Some(OptionValue::Text(f)) if f.eq_ignore_ascii_case(AUTO_FORMAT));
+        if !auto {
+            return Vec::new();
+        }
+        self.formats
+            .iter()
+            .filter_map(|f| VARIANT_FORMATS.into_iter().find(|v| v.extension() == f.to_ascii_lowercase()))
+            .collect()
     }
 
     /// Checks what can be checked without loading the plugin: rendition names and the default.
@@ -78,7 +122,23 @@ impl RouteConfig {
             }
             (None, n) if n > 1 => Err("a route with several renditions needs default_rendition".into()),
             _ => Ok(()),
+        }?;
+        let mut seen = Vec::new();
+        for f in &self.formats {
+            let known = VARIANT_FORMATS.iter().any(|v| v.extension() == f.to_ascii_lowercase());
+            if !known || seen.contains(&f.to_ascii_lowercase()) {
+                return Err(format!("formats lists {f:?}: each of \"avif\" and \"webp\" at most once"));
+            }
+            seen.push(f.to_ascii_lowercase());
         }
+        let names = self.rendition_names().names;
+        let auto = names.iter().any(|n| {
+            matches!(self.merged_options(n).get("format"), Some(OptionValue::Text(f)) if f.eq_ignore_ascii_case(AUTO_FORMAT))
+        });
+        if auto && self.formats.is_empty() {
+            return Err("format = \"auto\" needs the route to list formats, e.g. formats = [\"avif\", \"webp\"]".into());
+        }
+        Ok(())
     }
 
     /// The renditions this route makes.
@@ -95,12 +155,14 @@ impl RouteConfig {
 /// The renditions of the configured route for `key` (longest prefix), without loading any
 /// plugin: what the api needs to name them.
 pub fn rendition_names(configs: &[RouteConfig], key: &str) -> RenditionNames {
-    configs
-        .iter()
-        .filter(|r| key.starts_with(&r.prefix))
-        .max_by_key(|r| r.prefix.len())
+    configured_route(configs, key)
         .map(RouteConfig::rendition_names)
         .unwrap_or_else(|| RouteConfig::new("", "resize", BTreeMap::new()).rendition_names())
+}
+
+/// The configured route for `key` (longest prefix), if any (else the built-in default applies).
+pub fn configured_route<'a>(configs: &'a [RouteConfig], key: &str) -> Option<&'a RouteConfig> {
+    configs.iter().filter(|r| key.starts_with(&r.prefix)).max_by_key(|r| r.prefix.len())
 }
 
 /// An option value as written in TOML: text, number or boolean, handed to the plugin as text.
@@ -179,19 +241,30 @@ impl Routes {
                 options.iter().map(|(name, value)| Param { name: name.clone(), value: value.to_string() }).collect()
             };
             let names = config.rendition_names();
-            let renditions: Vec<RenditionRequest> = if config.renditions.is_empty() {
-                vec![RenditionRequest { name: names.default.clone(), options: params(&config.options) }]
-            } else {
-                config
-                    .renditions
-                    .iter()
-                    .map(|(name, own)| {
-                        let mut merged = config.options.clone();
-                        merged.extend(own.clone());
-                        RenditionRequest { name: name.clone(), options: params(&merged) }
-                    })
-                    .collect()
-            };
+            // Every rendition; one whose format is `auto` becomes its fallback (the input's
+            // format) and one request per listed format, all in the same call.
+            let mut renditions = Vec::new();
+            for name in &names.names {
+                let mut merged = config.merged_options(name);
+                let variants = config.variant_formats(name);
+                if !variants.is_empty() {
+                    merged.insert("format".into(), OptionValue::Text("same".into()));
+                }
+                renditions.push(RenditionRequest { name: name.clone(), options: params(&merged) });
+                for format in variants {
+                    merged.insert("format".into(), OptionValue::Text(format.extension().into()));
+                    renditions.push(RenditionRequest { name: variant_name(name, format), options: params(&merged) });
+                }
+            }
+            if renditions.len() > MAX_RENDITIONS {
+                return Err(LoadError::Route {
+                    prefix: config.prefix,
+                    reason: format!(
+                        "{} outputs (renditions and their formats), over {MAX_RENDITIONS}",
+                        renditions.len()
+                    ),
+                });
+            }
             let default_rendition =
                 renditions.iter().position(|r| r.name == names.default).expect("validated: the default exists");
             routes.push(Route {

@@ -254,7 +254,9 @@ impl Worker {
             self.store.put_if_absent(Bucket::Permanent, &rendition_key, Bytes::from(image.bytes), &meta).await?;
         }
         let image = default_image.expect("the default rendition is one of the route's");
-        let mut meta = result_meta(&image, &plugin_version, names[route.default_rendition], Some(&names));
+        // The renditions (not their format variants, which `/download` finds from the route).
+        let renditions: Vec<&str> = names.iter().copied().filter(|n| !crate::sandbox::is_variant(n)).collect();
+        let mut meta = result_meta(&image, &plugin_version, names[route.default_rendition], Some(&renditions));
         meta.metadata.insert("plugin-calls".into(), calls.to_string());
         if let Some(p) = placeholder {
             let (r, g, b) = p.dominant_color;

@@ -64,7 +64,7 @@ fn decode_error(e: jpeg_decoder::Error) -> Error {
 /// Decodes a JPEG that will be fitted inside `options`' box at the smallest scale that keeps the
 /// fitted size reachable by shrinking alone; one pass over the header, one decoder. `need` maps the
 /// oriented full size to the smallest oriented size the caller needs. Returns the image in display
-/// orientation, or `None` when the general decoder should take it (progressive, CMYK or 16-bit
+/// orientation and in sRGB, or `None` when the general decoder should take it (progressive, CMYK or 16-bit
 /// pixels, or nothing to gain).
 pub fn decode_for(
     input: &[u8],
@@ -113,5 +113,5 @@ pub fn decode_for(
     let mut image =
         image.ok_or_else(|| Error::Internal(format!("JPEG decoder returned a buffer that is not {w}x{h}")))?;
     image.apply_orientation(orientation);
-    Ok(Some(image))
+    Ok(Some(crate::colour::to_srgb(image, decoder.icc_profile().as_deref())?))
 }

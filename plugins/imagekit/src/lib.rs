@@ -3,7 +3,12 @@
 //! Plain Rust with no WebAssembly glue, so the same code runs natively (the benchmark compares
 //! it with the sandboxed plugin) and inside the `resize` and `thumbnail` components.
 
+mod colour;
+mod formats;
 mod jpeg;
+mod smart;
+
+pub use smart::focus as smart_focus;
 
 use std::io::Cursor;
 
@@ -27,7 +32,10 @@ pub enum OutputFormat {
     Same,
     Jpeg,
     Png,
+    /// Lossy WebP (VP8) at `quality`.
     Webp,
+    WebpLossless,
+    Avif,
 }
 
 /// How an image is brought to the box.
@@ -48,6 +56,8 @@ pub enum Mode {
 pub enum Gravity {
     /// A point of the image, as fractions of its width and height (0,0 top left; 0.5,0.5 centre).
     Point(f64, f64),
+    /// Chosen from the image's content (see `smart`); the centre for `pad`.
+    Smart,
 }
 
 impl Gravity {
@@ -69,6 +79,9 @@ impl Gravity {
         if let Some((x, y)) = named {
             return Ok(Gravity::Point(x, y));
         }
+        if value.eq_ignore_ascii_case("smart") {
+            return Ok(Gravity::Smart);
+        }
         let point = value
             .split_once(',')
             .and_then(|(x, y)| Some((x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?)));
@@ -76,7 +89,7 @@ impl Gravity {
             Some((x, y)) if (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y) => Ok(Gravity::Point(x, y)),
             _ => Err(Error::Unsupported(format!(
                 "option gravity must be centre, north, south, east, west, north-east, north-west, \
-                 south-east, south-west or a focal point x,y with 0..1 fractions, got {value:?}"
+                 south-east, south-west, smart or a focal point x,y with 0..1 fractions, got {value:?}"
             ))),
         }
     }
@@ -121,10 +134,11 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     ("height", "Height of the box the image must fit in, in pixels (1..=10000).", "1024"),
     (
         "format",
-        "Output format: same, jpeg, png or webp. `same` keeps the input format (GIF becomes PNG). WebP output is lossless.",
+        "Output format: same, jpeg, png, webp (lossy), webp-lossless or avif. `same` keeps the input format \
+         (GIF becomes PNG, WebP is written lossy).",
         "same",
     ),
-    ("quality", "JPEG quality, 1..=100.", "85"),
+    ("quality", "Quality of lossy outputs (JPEG, WebP, AVIF), 1..=100, on each format's own scale.", "85"),
     ("upscale", "Enlarge images smaller than the box: true or false.", "false"),
     ("max-pixels", "Refuse inputs with more pixels than this (width x height) before decoding them.", "40000000"),
     ("max-side", "Refuse inputs wider or taller than this many pixels.", "10000"),
@@ -138,8 +152,8 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     (
         "gravity",
         "Where cover and crop keep the image and where pad places it: centre, north, south, east, west, \
-         north-east, north-west, south-east, south-west, or a focal point x,y (fractions 0..1 of the width \
-         and height, e.g. 0.3,0.25).",
+         north-east, north-west, south-east, south-west, smart (chosen from the content: detail, colour, \
+         skin; cover and crop only), or a focal point x,y (fractions 0..1 of the width and height, e.g. 0.3,0.25).",
         "centre",
     ),
     ("background", "The colour pad fills with, as rrggbb or rrggbbaa hex (alpha needs PNG or WebP).", "ffffff"),
@@ -167,9 +181,11 @@ impl Options {
                         "jpeg" | "jpg" => OutputFormat::Jpeg,
                         "png" => OutputFormat::Png,
                         "webp" => OutputFormat::Webp,
+                        "webp-lossless" => OutputFormat::WebpLossless,
+                        "avif" => OutputFormat::Avif,
                         _ => {
                             return Err(Error::Unsupported(format!(
-                                "option format must be same, jpeg, png or webp, got {value:?}"
+                                "option format must be same, jpeg, png, webp, webp-lossless or avif, got {value:?}"
                             )));
                         }
                     }
@@ -337,14 +353,14 @@ fn fit_and_encode(input: &[u8], image: &DynamicImage, options: &Options) -> Resu
             // The largest window of the output's shape, placed at the gravity.
             let k = f64::min(f64::from(w) / f64::from(out_w), f64::from(h) / f64::from(out_h));
             let (cw, ch) = (f64::from(out_w) * k, f64::from(out_h) * k);
-            let Gravity::Point(gx, gy) = options.gravity;
+            let (gx, gy) = gravity_point(image, options.gravity, cw, ch)?;
             let left = window_start(gx, f64::from(w), cw);
             let top = window_start(gy, f64::from(h), ch);
             resize_region(image, (left, top, cw, ch), out_w, out_h)?
         }
         Mode::Crop => {
             let (cw, ch) = (options.width.min(image.width()), options.height.min(image.height()));
-            let Gravity::Point(gx, gy) = options.gravity;
+            let (gx, gy) = gravity_point(image, options.gravity, f64::from(cw), f64::from(ch))?;
             let left = window_start(gx, f64::from(image.width()), f64::from(cw)).round() as u32;
             let top = window_start(gy, f64::from(image.height()), f64::from(ch)).round() as u32;
             image.crop_imm(left.min(image.width() - cw), top.min(image.height() - ch), cw, ch)
@@ -355,7 +371,11 @@ fn fit_and_encode(input: &[u8], image: &DynamicImage, options: &Options) -> Resu
                 resize_region(image, (0.0, 0.0, f64::from(image.width()), f64::from(image.height())), width, height)?;
             let bg = image::Rgba(options.background);
             let mut canvas = image::RgbaImage::from_pixel(options.width, options.height, bg);
-            let Gravity::Point(gx, gy) = options.gravity;
+            // Smart gravity looks for what to keep; padding keeps everything, so: the centre.
+            let (gx, gy) = match options.gravity {
+                Gravity::Point(x, y) => (x, y),
+                Gravity::Smart => (0.5, 0.5),
+            };
             let x = (f64::from(options.width - width) * gx).round() as i64;
             let y = (f64::from(options.height - height) * gy).round() as i64;
             image::imageops::overlay(&mut canvas, &fitted.to_rgba8(), x, y);
@@ -367,6 +387,14 @@ fn fit_and_encode(input: &[u8], image: &DynamicImage, options: &Options) -> Resu
         }
     };
     encode(out, output_format(input, options.format), options.quality)
+}
+
+/// The point a `window_w` x `window_h` window of `image` is centred on.
+fn gravity_point(image: &DynamicImage, gravity: Gravity, window_w: f64, window_h: f64) -> Result<(f64, f64), Error> {
+    match gravity {
+        Gravity::Point(x, y) => Ok((x, y)),
+        Gravity::Smart => smart::focus(image, window_w, window_h),
+    }
 }
 
 /// Where a `part`-long window centred on the fraction `at` of a `whole`-long side starts, kept
@@ -476,7 +504,8 @@ fn check_size(w: u32, h: u32, options: &Options) -> Result<(), Error> {
 }
 
 /// Decodes with the size checked from the header first, so a tiny file that claims to be huge is
-/// refused before any pixel buffer is allocated. Returns the image already in display orientation.
+/// refused before any pixel buffer is allocated. Returns the image already in display orientation,
+/// 8 bits per channel, in sRGB.
 pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
     let mut reader = ImageReader::new(Cursor::new(input));
     reader.set_format(
@@ -490,11 +519,12 @@ pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
     let mut decoder = reader.into_decoder().map_err(image_error)?;
     let (w, h) = decoder.dimensions();
     check_size(w, h, options)?;
-    // A broken EXIF block is not worth refusing the image for: show it as stored.
+    // A broken EXIF block (or ICC profile) is not worth refusing the image for: show it as stored.
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(image_error)?;
+    let icc = decoder.icc_profile().ok().flatten();
+    let mut image = normalise(DynamicImage::from_decoder(decoder).map_err(image_error)?);
     image.apply_orientation(orientation);
-    Ok(image)
+    colour::to_srgb(image, icc.as_deref())
 }
 
 /// The formats pixbox accepts, recognised from their magic bytes (never from names or headers).
@@ -539,8 +569,16 @@ pub fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<
             (Ok(()), "image/jpeg")
         }
         OutputFormat::Webp => {
+            formats::webp_lossy(&image, quality, &mut bytes)?;
+            (Ok(()), "image/webp")
+        }
+        OutputFormat::WebpLossless => {
             let encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
             (image.write_with_encoder(encoder), "image/webp")
+        }
+        OutputFormat::Avif => {
+            formats::avif(&image, quality, &mut bytes)?;
+            (Ok(()), "image/avif")
         }
         OutputFormat::Png | OutputFormat::Same => {
             let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
