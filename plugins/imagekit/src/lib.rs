@@ -301,7 +301,18 @@ pub fn placeholder(image: &DynamicImage) -> Result<Placeholder, Error> {
     // Shrink first, convert after: the full-size image is never copied. A ThumbHash is a blur of
     // the image, so a cheap shrink does (nearest to 4x the size, then a box filter): a Lanczos
     // pass over the whole decoded image cost 40-50 % of a 12 MP resize natively.
-    let mut small = DynamicImage::new(w, h, image.color());
+    let small = shrink_cheaply(image, w, h)?;
+    let hash = thumbhash::rgba_to_thumb_hash(w as usize, h as usize, small.to_rgba8().as_raw());
+    let (r, g, b, _) = thumbhash::thumb_hash_to_average_rgba(&hash)
+        .map_err(|()| Error::Internal("the ThumbHash just made does not decode".into()))?;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    Ok(Placeholder { dominant_color: (byte(r), byte(g), byte(b)), thumbhash: hash })
+}
+
+/// `image` at `width` x `height` by the cheapest shrink that still averages every pixel: nearest
+/// to 4x the size, then a box filter. For analyses (placeholders, smart crops), not for outputs.
+fn shrink_cheaply(image: &DynamicImage, width: u32, height: u32) -> Result<DynamicImage, Error> {
+    let mut small = DynamicImage::new(width, height, image.color());
     fr::Resizer::new()
         .resize(
             image,
@@ -309,11 +320,7 @@ pub fn placeholder(image: &DynamicImage) -> Result<Placeholder, Error> {
             &fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::SuperSampling(fr::FilterType::Box, 4)),
         )
         .map_err(|e| Error::Internal(format!("resize failed: {e}")))?;
-    let hash = thumbhash::rgba_to_thumb_hash(w as usize, h as usize, small.to_rgba8().as_raw());
-    let (r, g, b, _) = thumbhash::thumb_hash_to_average_rgba(&hash)
-        .map_err(|()| Error::Internal("the ThumbHash just made does not decode".into()))?;
-    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    Ok(Placeholder { dominant_color: (byte(r), byte(g), byte(b)), thumbhash: hash })
+    Ok(small)
 }
 
 /// The smallest decoded size (of a `width` x `height` image) that `options` can be made from.

@@ -7,7 +7,6 @@
 //! among equals, so a flat image is cropped at its centre. BENCHMARKS.md ("Smart crops") measures
 //! how much of a hand-marked subject it keeps on real photos, against a centre crop.
 
-use fast_image_resize as fr;
 use image::DynamicImage;
 
 use crate::Error;
@@ -27,15 +26,7 @@ pub fn focus(image: &DynamicImage, window_w: f64, window_h: f64) -> Result<(f64,
     let scale = (f64::from(SIDE) / f64::from(w.max(h))).min(1.0);
     let sw = ((f64::from(w) * scale).round() as u32).max(1);
     let sh = ((f64::from(h) * scale).round() as u32).max(1);
-    let mut small = DynamicImage::new(sw, sh, image.color());
-    fr::Resizer::new()
-        .resize(
-            image,
-            &mut small,
-            &fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::SuperSampling(fr::FilterType::Box, 4)),
-        )
-        .map_err(|e| Error::Internal(format!("resize failed: {e}")))?;
-    let interest = interest_map(&small.to_rgb8());
+    let interest = interest_map(&crate::shrink_cheaply(image, sw, sh)?.to_rgb8());
     let (ww, wh) = (
         ((window_w * scale).round() as usize).clamp(1, sw as usize),
         ((window_h * scale).round() as usize).clamp(1, sh as usize),
