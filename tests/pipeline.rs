@@ -785,6 +785,81 @@ async fn focal_point_from_the_upload(backend: Backend) {
     app.stop().await;
 }
 
+/// Live status. `/status/{key}?wait=` answers as soon as the job is settled (seconds before the
+/// wait would end), and at the end of the wait while it is pending; a wait out of range is
+/// refused. `/events` sends one event per key as each job settles, a failure with its code, and
+/// ends once every key has had its event. 202 answers carry `Retry-After`.
+async fn live_status(backend: Backend) {
+    let Some(h) = Harness::new(backend, "live_status").await else { return };
+    let api = h.start(Role::Api).await;
+    let base = base(&api);
+    let photo = || common::jpeg(&common::photo(300, 200));
+    let (_, body) = h.upload(&base, "", vec![("a.jpg", photo()), ("b.jpg", photo())]).await;
+    let good = keys(&body);
+    let (_, body) = h.upload(&base, "?prefix=strict", vec![("big.png", common::png(&common::photo(50, 50)))]).await;
+    let bad = keys(&body).remove(0);
+    let pending = h.client.get(format!("{base}/download/{}", good[0])).send().await.unwrap();
+    assert_eq!((pending.status().as_u16(), pending.headers()["retry-after"].to_str().unwrap()), (202, "1"));
+
+    // No worker yet: a 1 s wait ends pending, after the second.
+    let asked = Instant::now();
+    let status: Value =
+        h.client.get(format!("{base}/status/{}?wait=1", good[0])).send().await.unwrap().json().await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(status["state"], "pending", "{status}");
+    assert!(took >= Duration::from_millis(750) && took < Duration::from_millis(2_000), "answered after {took:?}");
+    for wait in ["31", "-1", "soon"] {
+        let refused = h.client.get(format!("{base}/status/{}?wait={wait}", good[0])).send().await.unwrap();
+        assert_eq!(refused.status(), 400, "wait={wait}");
+        assert_eq!(refused.json::<Value>().await.unwrap()["code"], "invalid-wait");
+    }
+
+    // A 30 s wait and an event stream, opened before any worker runs.
+    let client = h.client.clone();
+    let waiting = tokio::spawn({
+        let url = format!("{base}/status/{}?wait=30", good[1]);
+        async move {
+            let asked = Instant::now();
+            let status: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            (status, asked.elapsed())
+        }
+    });
+    let all = [good.clone(), vec![bad.clone()]].concat().join(",");
+    let stream = h.client.get(format!("{base}/events?keys={all}")).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let worker = h.start(Role::Worker).await;
+    let (status, took) = waiting.await.unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    assert!(took < Duration::from_secs(15), "the wait answered only after {took:?}");
+    assert!(h.store.head(Bucket::Permanent, &good[1]).await.is_ok(), "answered done once the result was stored");
+    // The stream ends by itself once each key has had its event.
+    let text = tokio::time::timeout(Duration::from_secs(60), stream.text()).await.expect("the stream ended").unwrap();
+    let mut events: Vec<(String, String, Value)> = Vec::new();
+    for block in text.split("\n\n").filter(|b| b.contains("data:")) {
+        let field = |name: &str| {
+            block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
+        };
+        events.push((field("event:"), field("id:"), serde_json::from_str(&field("data:")).unwrap()));
+    }
+    events.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut expected: Vec<(String, String)> = good.iter().map(|k| ("done".to_string(), k.clone())).collect();
+    expected.push(("failed".into(), bad.clone()));
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(events.iter().map(|(e, k, _)| (e.clone(), k.clone())).collect::<Vec<_>>(), expected, "{text}");
+    let failure = &events.iter().find(|(e, ..)| e == "failed").unwrap().2;
+    assert_eq!(failure["error"]["code"], "bad-input", "{failure}");
+    // A key that does not exist gets its own event; too many keys are refused.
+    let text = h.client.get(format!("{base}/events?keys=nothing.jpg")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("event: not-found") && text.contains("id: nothing.jpg"), "{text}");
+    let many = (0..101).map(|i| format!("k{i}.jpg")).collect::<Vec<_>>().join(",");
+    let refused = h.client.get(format!("{base}/events?keys={many}")).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    worker.stop().await;
+    api.stop().await;
+}
+
 macro_rules! on_each_backend {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -809,4 +884,5 @@ on_each_backend!(
     a_sleeping_plugin_never_stalls_the_worker,
     renditions_from_one_call,
     focal_point_from_the_upload,
+    live_status,
 );

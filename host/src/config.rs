@@ -142,6 +142,8 @@ pub struct UploadLimits {
     pub request_timeout_secs: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// `/status?wait=` long polls and `/events` streams open at once; more get 503 `too-busy`.
+    pub max_watchers: u32,
 }
 
 impl Default for UploadLimits {
@@ -160,6 +162,7 @@ impl Default for UploadLimits {
             body_idle_timeout_secs: 20,
             request_timeout_secs: 300,
             max_connections: 1024,
+            max_watchers: 256,
         }
     }
 }
@@ -290,9 +293,9 @@ impl Config {
         if l.header_read_timeout_secs == 0 || l.body_idle_timeout_secs == 0 || l.request_timeout_secs == 0 {
             return Err(ConfigError::Invalid("limits.*_timeout_secs must be above zero".into()));
         }
-        if l.max_concurrent_uploads == 0 || l.max_connections == 0 {
+        if l.max_concurrent_uploads == 0 || l.max_connections == 0 || l.max_watchers == 0 {
             return Err(ConfigError::Invalid(
-                "limits.max_concurrent_uploads and max_connections must be above zero".into(),
+                "limits.max_concurrent_uploads, max_connections and max_watchers must be above zero".into(),
             ));
         }
         crate::api::cors(&self.cors_origins).map_err(ConfigError::Invalid)?;

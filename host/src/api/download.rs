@@ -28,6 +28,8 @@ pub struct KeyQuery {
     sig: Option<String>,
     /// Which rendition to download (`/download` only); default: the route's default rendition.
     rendition: Option<String>,
+    /// `/status` only: seconds (0 to 30) to wait for the job to leave `pending` before answering.
+    wait: Option<String>,
 }
 
 /// `expires` and `sig` of a signed URL (path forms).
@@ -40,6 +42,8 @@ pub struct SignedQuery {
     sig: Option<String>,
     /// Which rendition to download (`/download` only); default: the route's default rendition.
     rendition: Option<String>,
+    /// `/status` only: seconds (0 to 30) to wait for the job to leave `pending` before answering.
+    wait: Option<String>,
 }
 
 impl KeyQuery {
@@ -126,7 +130,7 @@ pub struct FailedDownload {
     ),
     responses(
         (status = 200, description = "The result, with its real Content-Type, ETag, Cache-Control and X-Content-Type-Options: nosniff; `Vary: Accept` when the rendition comes in several formats", content_type = "image/*", body = Vec<u8>),
-        (status = 202, description = "Still pending", body = Status),
+        (status = 202, description = "Still pending (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "`invalid-key`", body = ApiError),
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
@@ -157,7 +161,7 @@ pub async fn download_by_path(
     ),
     responses(
         (status = 200, description = "The result (as `/download/{key}`, `Vary: Accept` included)", content_type = "image/*", body = Vec<u8>),
-        (status = 202, description = "Still pending", body = Status),
+        (status = 202, description = "Still pending (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified"),
         (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
@@ -183,12 +187,12 @@ pub async fn download_by_query(
     security((), ("apiKey" = [])),
     params(("key" = String, Path, description = "The image's key; may contain `/`"), SignedQuery),
     responses(
-        (status = 200, description = "Where the job stands", body = Status),
-        (status = 400, description = "`invalid-key`", body = ApiError),
+        (status = 200, description = "Where the job stands; with `?wait=`, as soon as it is no longer pending (or when the wait is over)", body = Status),
+        (status = 400, description = "`invalid-key`, `invalid-wait`", body = ApiError),
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
         (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
-        (status = 503, description = "`unavailable`", body = ApiError),
+        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open", body = ApiError),
     )
 )]
 pub async fn status_by_path(
@@ -197,8 +201,9 @@ pub async fn status_by_path(
     Query(query): Query<SignedQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
+    let wait = super::live::wait_time(query.wait.as_deref())?;
     state.auth.authorize_read(&headers, "status", &key, &query.split().0)?;
-    status(&state, &key).await.map(Json)
+    status_waiting(&state, &key, wait).await.map(Json)
 }
 
 #[utoipa::path(
@@ -208,12 +213,12 @@ pub async fn status_by_path(
     security((), ("apiKey" = [])),
     params(KeyQuery),
     responses(
-        (status = 200, description = "Where the job stands", body = Status),
-        (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
+        (status = 200, description = "Where the job stands (`?wait=` as for `/status/{key}`)", body = Status),
+        (status = 400, description = "`missing-key`, `invalid-key`, `invalid-wait`", body = ApiError),
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
         (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
-        (status = 503, description = "`unavailable`", body = ApiError),
+        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open", body = ApiError),
     )
 )]
 pub async fn status_by_query(
@@ -221,10 +226,19 @@ pub async fn status_by_query(
     Query(query): Query<KeyQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
+    let wait = super::live::wait_time(query.wait.as_deref())?;
     let (key, signed, _) = query.split();
     let key = required(key)?;
     state.auth.authorize_read(&headers, "status", &key, &signed)?;
-    status(&state, &key).await.map(Json)
+    status_waiting(&state, &key, wait).await.map(Json)
+}
+
+/// The status now, or with `?wait=` once the job is settled (or the wait is over).
+async fn status_waiting(state: &ApiState, key: &str, wait: Option<std::time::Duration>) -> Result<Status, ApiError> {
+    match wait {
+        Some(wait) => super::live::status_after(state, key, wait).await,
+        None => status(state, key).await,
+    }
 }
 
 fn required(key: Option<String>) -> Result<String, ApiError> {
@@ -244,7 +258,7 @@ fn not_found(key: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no image with key {key:?}"))
 }
 
-async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
+pub(super) async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     checked(key)?;
     let mut status = Status {
         key: key.into(),
@@ -422,7 +436,7 @@ async fn download(
                     });
                     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
                 }
-                "pending" => (StatusCode::ACCEPTED, Json(status)).into_response(),
+                "pending" => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response(),
                 // Finished between the two reads: the client may simply ask again.
                 _ => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response(),
             });

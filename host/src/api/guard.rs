@@ -31,6 +31,9 @@ pub struct Guards {
     rate: Option<Arc<DefaultKeyedRateLimiter<RateKey>>>,
     uploads: Arc<Semaphore>,
     max_uploads: usize,
+    /// Long polls (`/status?wait=`) and event streams open at once.
+    watchers: Arc<Semaphore>,
+    max_watchers: usize,
 }
 
 impl Guards {
@@ -52,20 +55,34 @@ impl Guards {
             limiter
         });
         let max_uploads = limits.max_concurrent_uploads.max(1) as usize;
-        Guards { rate, uploads: Arc::new(Semaphore::new(max_uploads)), max_uploads }
+        let max_watchers = limits.max_watchers.max(1) as usize;
+        Guards {
+            rate,
+            uploads: Arc::new(Semaphore::new(max_uploads)),
+            max_uploads,
+            watchers: Arc::new(Semaphore::new(max_watchers)),
+            max_watchers,
+        }
+    }
+
+    /// A slot for one long poll or event stream, or 503 when `max_watchers` are open: each one
+    /// reads the store every quarter second.
+    pub fn watch_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        slot(&self.watchers, || format!("{} status waits and event streams are already open", self.max_watchers))
     }
 
     /// A slot for one upload, or 503 when `max_concurrent_uploads` are being received.
     pub fn upload_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.uploads.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too-busy",
-                format!("{} uploads are already being received; try again shortly", self.max_uploads),
-            )
-            .retry_after(1)
-        })
+        slot(&self.uploads, || format!("{} uploads are already being received", self.max_uploads))
     }
+}
+
+/// A permit of `slots`, or 503 `too-busy` saying why (`busy`) and to retry in a second.
+fn slot(slots: &Arc<Semaphore>, busy: impl FnOnce() -> String) -> Result<OwnedSemaphorePermit, ApiError> {
+    slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too-busy", format!("{}; try again shortly", busy()))
+            .retry_after(1)
+    })
 }
 
 /// Counts the request against its caller's rate; over it, 429 with `Retry-After`. Probes

@@ -6,6 +6,7 @@ mod download;
 mod error;
 mod guard;
 mod health;
+mod live;
 pub mod observe;
 pub mod openapi;
 mod upload;
@@ -162,6 +163,7 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
         .route(Method::GET, "/download/{*key}", get(download::download_by_path))
         .route(Method::GET, "/status", get(download::status_by_query))
         .route(Method::GET, "/status/{*key}", get(download::status_by_path))
+        .route(Method::GET, "/events", get(live::events))
         .route(Method::GET, "/health", get(health::health))
         .route(Method::GET, "/ready", get(health::ready))
         .route(Method::GET, "/openapi.json", get(openapi::openapi_json))

@@ -62,6 +62,7 @@ fn route_label(path: &str) -> &'static str {
         "upload" => "/upload",
         "download" => "/download",
         "status" => "/status",
+        "events" => "/events",
         "health" => "/health",
         "ready" => "/ready",
         "metrics" => "/metrics",

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{download, health, upload};
+use super::{download, health, live, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,7 @@ use super::{download, health, upload};
         download::download_by_query,
         download::status_by_path,
         download::status_by_query,
+        live::events,
         health::health,
         health::ready,
 
@@ -101,5 +102,12 @@ mod tests {
         let params = doc["paths"]["/download/{key}"]["get"]["parameters"].as_array().unwrap();
         assert!(params.iter().any(|p| p["name"] == "rendition"), "{params:?}");
         assert!(params.iter().any(|p| p["name"] == "Accept" && p["in"] == "header"), "{params:?}");
+        // Live status: the wait parameter and the event stream.
+        let params = doc["paths"]["/status/{key}"]["get"]["parameters"].as_array().unwrap();
+        assert!(params.iter().any(|p| p["name"] == "wait"), "{params:?}");
+        assert!(
+            doc["paths"]["/events"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object(),
+            "{doc}"
+        );
     }
 }

@@ -84,7 +84,7 @@ pub struct Uploaded {
     request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
     security(("apiKey" = [])),
     responses(
-        (status = 202, description = "Every image stored and queued", body = UploadResponse),
+        (status = 202, description = "Every image stored and queued (with `Retry-After`)", body = UploadResponse),
         (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`, `part-header-too-large`", body = ApiError),
         (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ApiError),
         (status = 403, description = "`forbidden`: the key lacks the `upload` scope", body = ApiError),
@@ -102,7 +102,9 @@ pub async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     match receive(state, query, multipart).await {
-        Ok(accepted) => accepted.into_response(),
+        // Accepted, not done: `Retry-After` says when asking `/status` is worth it (or use
+        // `/status/{key}?wait=` or `/events`).
+        Ok(accepted) => (StatusCode::ACCEPTED, [(axum::http::header::RETRY_AFTER, "1")], accepted).into_response(),
         Err(e) => {
             // The body may not have been read to its end: the connection is not reused, so a
             // client does not send its next request into the rest of this one.
@@ -117,7 +119,7 @@ async fn receive(
     State(state): State<ApiState>,
     Query(query): Query<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
+) -> Result<Json<UploadResponse>, ApiError> {
     let mut multipart = multipart.map_err(|e| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -249,7 +251,7 @@ async fn receive(
                 crate::telemetry::uploaded(image.bytes);
                 tracing::info!(key = image.key, bytes = image.bytes, "uploaded");
             }
-            Ok((StatusCode::ACCEPTED, Json(UploadResponse { images: stored })))
+            Ok(Json(UploadResponse { images: stored }))
         }
         Err(e) => {
             // Read the rest of the body (it is within the request limit) before answering: a client
