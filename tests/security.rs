@@ -469,3 +469,19 @@ async fn refused_uploads_are_drained_within_a_bound() {
     assert_eq!(app.originals().await, 0, "nothing stored");
     app.running.stop().await;
 }
+
+/// The page at `/` is served without a key (it asks for one to call the API), with the configured
+/// routes written into it; the calls it makes still need the key.
+#[tokio::test]
+async fn the_page_is_public_and_the_api_behind_it_is_not() {
+    let (_, entry) = pixbox::auth::new_key(&[Scope::Upload, Scope::Read]);
+    let app = App::start(&[&entry], Reads::Key).await;
+    let page = app.get("/", None).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"const ROUTES = [{"prefix":"","renditions":["default"]}];"#), "routes not injected");
+    assert_eq!(app.upload(None).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.get("/events?keys=a.jpg", None).await.status(), StatusCode::UNAUTHORIZED);
+    app.running.stop().await;
+}

@@ -9,6 +9,7 @@ mod health;
 mod live;
 pub mod observe;
 pub mod openapi;
+mod page;
 mod upload;
 
 use std::sync::Arc;
@@ -167,6 +168,7 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
         .route(Method::GET, "/health", get(health::health))
         .route(Method::GET, "/ready", get(health::ready))
         .route(Method::GET, "/openapi.json", get(openapi::openapi_json))
+        .route(Method::GET, "/", get(page::page))
 }
 
 /// The download URL of every rendition of `key`, by name: the default one at `/download/{key}`,

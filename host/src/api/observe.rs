@@ -67,6 +67,7 @@ fn route_label(path: &str) -> &'static str {
         "ready" => "/ready",
         "metrics" => "/metrics",
         "openapi.json" => "/openapi.json",
+        "" => "/",
         _ => "other",
     }
 }

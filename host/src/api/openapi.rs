@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{download, health, live, upload};
+use super::{download, health, live, page, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,7 @@ use super::{download, health, live, upload};
         live::events,
         health::health,
         health::ready,
+        page::page,
 
         openapi_json,
     ),
