@@ -90,6 +90,7 @@ mod tests {
         assert_eq!(route_label("/download/a/b.jpg"), "/download");
         assert_eq!(route_label("/upload"), "/upload");
         assert_eq!(route_label("/whatever/x"), "other");
-        assert_eq!(route_label("/"), "other");
+        assert_eq!(route_label("/"), "/");
+        assert_eq!(route_label("/events"), "/events");
     }
 }
