@@ -485,3 +485,36 @@ async fn the_page_is_public_and_the_api_behind_it_is_not() {
     assert_eq!(app.get("/events?keys=a.jpg", None).await.status(), StatusCode::UNAUTHORIZED);
     app.running.stop().await;
 }
+
+/// `limits.max_watchers` in a pair: within it a long poll is served; over it, a second long poll
+/// or an event stream is refused at once with 503 `too-busy` and `Retry-After`, costing next to no
+/// memory; once the first wait ends its slot is free again.
+#[tokio::test]
+async fn watchers_over_the_cap_are_refused_at_once() {
+    let app = App::start_with(&[], Reads::Public, |c| c.limits.max_watchers = 1).await;
+    let uploaded: Value = app.upload(None).await.json().await.unwrap();
+    let key = uploaded["images"][0]["key"].as_str().unwrap().to_string();
+    let before = rss_bytes();
+    // Obeyed: the only slot, held by a 2 s wait on a job no worker will run.
+    let holder = tokio::spawn({
+        let (client, url) = (app.client.clone(), format!("{}/status/{key}?wait=2", app.base));
+        async move { client.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Violated: refused at once, whatever is asked.
+    for url in [format!("/status/{key}?wait=2"), format!("/events?keys={key}")] {
+        let asked = Instant::now();
+        let refused = app.get(&url, None).await;
+        let took = asked.elapsed();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE, "{url}");
+        assert_eq!(refused.headers()["retry-after"], "1");
+        assert_eq!(error_code(refused).await.1, "too-busy");
+        assert!(took < Duration::from_millis(200), "{url} refused only after {took:?}");
+    }
+    let grew = rss_bytes().saturating_sub(before);
+    assert!(grew < 8 << 20, "refused watchers cost {} MiB", grew >> 20);
+    assert_eq!(holder.await.unwrap()["state"], "pending");
+    // The slot is free again.
+    assert_eq!(app.get(&format!("/status/{key}?wait=0"), None).await.status(), StatusCode::OK);
+    app.running.stop().await;
+}
