@@ -91,10 +91,14 @@ impl RouteConfig {
         merged
     }
 
+    /// Whether rendition `name`'s `format` is `auto`.
+    fn is_auto(&self, name: &str) -> bool {
+        matches!(self.merged_options(name).get("format"), Some(OptionValue::Text(f)) if f.eq_ignore_ascii_case(AUTO_FORMAT))
+    }
+
     /// The formats rendition `name` is also made in (empty unless its `format` is `auto`).
     pub fn variant_formats(&self, name: &str) -> Vec<Format> {
-        let auto = matches!(self.merged_options(name).get("format"), Some(OptionValue::Text(f)) if f.eq_ignore_ascii_case(AUTO_FORMAT));
-        if !auto {
+        if !self.is_auto(name) {
             return Vec::new();
         }
         self.formats
@@ -131,10 +135,7 @@ impl RouteConfig {
             }
             seen.push(f.to_ascii_lowercase());
         }
-        let names = self.rendition_names().names;
-        let auto = names.iter().any(|n| {
-            matches!(self.merged_options(n).get("format"), Some(OptionValue::Text(f)) if f.eq_ignore_ascii_case(AUTO_FORMAT))
-        });
+        let auto = self.rendition_names().names.iter().any(|n| self.is_auto(n));
         if auto && self.formats.is_empty() {
             return Err("format = \"auto\" needs the route to list formats, e.g. formats = [\"avif\", \"webp\"]".into());
         }
