@@ -191,7 +191,16 @@ async fn metrics_follow_uploads_and_jobs() {
     let failed = settled(&base, &bad, Duration::from_secs(60)).await;
     assert_eq!(failed["state"], "failed", "{failed}");
     assert_eq!(failed["error"]["code"], "invalid-output", "{failed}");
-    let after_jobs = scrape(&url(worker.admin_addr)).await;
+    // A job is settled before its tick ends (the tick still waits up to 1 s for more messages):
+    // scrape until that tick is recorded, for at most 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after_jobs = loop {
+        let text = scrape(&url(worker.admin_addr)).await;
+        if moved("pixbox_worker_tick_duration_seconds_count", &[], &text) >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let done = [("outcome", "done"), ("code", "ok"), ("plugin", "resize")];
     assert!(moved("pixbox_jobs_total", &done, &after_jobs) >= 1.0, "{after_jobs}");
     let garbage = [("outcome", "failed"), ("code", "invalid-output"), ("plugin", "misbehave")];
