@@ -512,6 +512,7 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
         ),
     )
     .unwrap();
+    let log = h.config.data_dir.join("serve.log");
     let spawn = || {
         Command::new(common::pixbox_bin())
             .args(["--config", config.to_str().unwrap(), "serve"])
@@ -520,7 +521,8 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
             // The harness's 1 s schedule is left out: this runs on the default 10 s ticks.
             .envs(h.env("all").into_iter().filter(|(k, _)| k != "PIXBOX_WORKER_SCHEDULE"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept for the failure message: its log says where a slow shutdown spent its time.
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap()
     };
@@ -569,8 +571,13 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     let exit = tokio::task::spawn_blocking(move || app.wait().unwrap()).await.unwrap();
     let stopped = stopping.elapsed();
     assert!(exit.success(), "{exit:?}");
-    eprintln!("SIGTERM to exit: {stopped:?} (1 s grace)");
-    assert!(stopped <= Duration::from_millis(2_500), "SIGTERM took {stopped:?} with a 1 s grace");
+    let shutdown_log = || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let from = log.find("shutting down").unwrap_or(0);
+        log[from..].to_string()
+    };
+    eprintln!("SIGTERM to exit: {stopped:?} (1 s grace)\n{}", shutdown_log());
+    assert!(stopped <= Duration::from_millis(2_500), "SIGTERM took {stopped:?} with a 1 s grace:\n{}", shutdown_log());
     let state = pixbox::jobs::state(&*h.store, &key).await.unwrap();
     assert!(matches!(state, pixbox::jobs::State::Pending), "the cancelled job is not failed: {state:?}");
     let released = h.queue.receive(1, Duration::from_secs(2), Duration::from_secs(30)).await.unwrap();

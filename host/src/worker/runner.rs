@@ -22,6 +22,9 @@ use crate::storage::Bucket;
 /// How long a receive waits for messages before the tick decides the queue is empty.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long releasing the messages of cancelled jobs may take, on top of the grace period.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
+
 /// Counts of one tick's outcomes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TickReport {
@@ -111,7 +114,8 @@ impl Worker {
             tokio::select! {
                 Some(joined) = in_flight.join_next_with_id() => {
                     wait.get_or_insert(Duration::ZERO);
-                    self.finished(joined, &mut receipts, &mut report).await;
+                    let release = self.finished(joined, &mut receipts, &mut report);
+                    self.release(release.into_iter().collect()).await;
                 }
                 _ = stop.cancelled() => break,
             }
@@ -119,57 +123,86 @@ impl Worker {
 
         if !in_flight.is_empty() || interrupted.is_some() {
             let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+            let stopping = Instant::now();
             // Both within one grace period: a stop during a long poll costs no extra time.
-            let release_received = async {
-                let Some(receiving) = interrupted else { return };
-                for delivery in receiving.await.unwrap_or_default() {
-                    if let Err(e) = self.queue.extend_visibility(&delivery.receipt, Duration::ZERO).await {
-                        tracing::warn!("cannot release a message received during shutdown: {e}");
-                    }
+            let mut to_release = Vec::new();
+            let mut received = Vec::new();
+            let receive = async {
+                if let Some(receiving) = interrupted {
+                    received.extend(receiving.await.unwrap_or_default().into_iter().map(|d| d.receipt));
                 }
             };
             let drain = async {
                 while let Some(joined) = in_flight.join_next_with_id().await {
-                    self.finished(joined, &mut receipts, &mut report).await;
+                    to_release.extend(self.finished(joined, &mut receipts, &mut report));
                 }
             };
-            let _ = tokio::time::timeout(grace, async { tokio::join!(release_received, drain) }).await;
+            // Cut by the grace period, a receive's messages stay hidden until their visibility
+            // timeout: late, not lost.
+            let _ = tokio::time::timeout(grace, async { tokio::join!(receive, drain) }).await;
+            to_release.append(&mut received);
             in_flight.abort_all();
             while let Some(joined) = in_flight.join_next_with_id().await {
-                self.finished(joined, &mut receipts, &mut report).await;
+                to_release.extend(self.finished(joined, &mut receipts, &mut report));
             }
+            let released = to_release.len();
+            self.release(to_release).await;
+            tracing::info!(
+                cancelled = report.cancelled,
+                released,
+                took_ms = stopping.elapsed().as_millis() as u64,
+                "worker stopped"
+            );
+            // The dead-letter sweep is left to the next tick of any worker: shutdown stays
+            // within its grace period plus one bounded round of releases.
+            return report;
         }
         self.sweep_dead_letters().await;
         report
     }
 
-    async fn finished(
+    /// Makes the messages of cancelled or crashed jobs visible again now rather than after their
+    /// visibility timeout: all at once, and for at most [`RELEASE_WAIT`] (a slow queue must not
+    /// hold up a shutdown; a message not released is redelivered after its timeout anyway).
+    async fn release(&self, receipts: Vec<String>) {
+        if receipts.is_empty() {
+            return;
+        }
+        let all = futures::future::join_all(receipts.iter().map(|receipt| async move {
+            if let Err(e) = self.queue.extend_visibility(receipt, Duration::ZERO).await {
+                tracing::warn!("cannot release a message: {e}");
+            }
+        }));
+        if tokio::time::timeout(RELEASE_WAIT, all).await.is_err() {
+            tracing::warn!(
+                count = receipts.len(),
+                "releasing messages took over {RELEASE_WAIT:?}; they return after their visibility timeout"
+            );
+        }
+    }
+
+    /// Counts a joined job; returns the receipt of its message when that message should be
+    /// released (the job was cancelled or its task failed).
+    fn finished(
         &self,
         joined: Result<(tokio::task::Id, Outcome), tokio::task::JoinError>,
         receipts: &mut HashMap<tokio::task::Id, String>,
         report: &mut TickReport,
-    ) {
+    ) -> Option<String> {
         match joined {
             Ok((id, outcome)) => {
                 receipts.remove(&id);
                 report.count(&outcome);
+                None
             }
             Err(e) => {
-                let receipt = receipts.remove(&e.id());
                 if e.is_cancelled() {
                     report.cancelled += 1;
                 } else {
                     report.retried += 1;
                     tracing::error!("a job task failed: {e}");
                 }
-                // Make the message visible again now rather than after its visibility timeout.
-                // Awaited, not spawned: on shutdown the process may end as soon as the tick
-                // returns, and a detached release could be dropped with the runtime.
-                if let Some(receipt) = receipt
-                    && let Err(e) = self.queue.extend_visibility(&receipt, Duration::ZERO).await
-                {
-                    tracing::warn!("cannot release a cancelled job's message: {e}");
-                }
+                receipts.remove(&e.id())
             }
         }
     }
