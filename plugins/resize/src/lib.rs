@@ -1,9 +1,9 @@
 //! The default pixbox plugin: bring an image to a box (fit, cover, pad or crop; see
-//! `imagekit::renditions`), every rendition from one decode, as a component.
+//! `imagekit::renditions`), every rendition from one decode, as a component. It implements the
+//! contract by hand (pixbox-kit's bindings) to decode once at the size the largest rendition needs.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
-
-use pixbox::transform::types::{Param, ParamSpec};
+use pixbox_kit::bindings::pixbox::transform::types::{Param, ParamSpec, Placeholder};
+use pixbox_kit::bindings::{Guest, Image, PluginInfo, RenditionRequest, TransformError, Transformed};
 
 struct Resize;
 
@@ -37,10 +37,7 @@ impl Guest for Resize {
         let (out, placeholder) =
             imagekit::renditions_with_placeholder(&input.bytes, &options, true).map_err(into_wit)?;
         let renditions = out.into_iter().map(|e| Image { bytes: e.bytes, media_type: e.media_type.into() }).collect();
-        let placeholder = placeholder.map(|p| pixbox::transform::types::Placeholder {
-            dominant_color: p.dominant_color,
-            thumbhash: p.thumbhash,
-        });
+        let placeholder = placeholder.map(|p| Placeholder { dominant_color: p.dominant_color, thumbhash: p.thumbhash });
         Ok(Transformed { renditions, placeholder })
     }
 }
@@ -53,4 +50,4 @@ fn into_wit(e: imagekit::Error) -> TransformError {
     }
 }
 
-export!(Resize);
+pixbox_kit::bindings::export!(Resize with_types_in pixbox_kit::bindings);

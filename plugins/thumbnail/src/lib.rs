@@ -1,67 +1,55 @@
-//! A sample plugin that looks nothing like `resize`: a square, centre-cropped grayscale thumbnail.
+//! A sample plugin written on pixbox-kit: a square, centre-cropped grayscale thumbnail. The kit
+//! checks the options, decodes (any accepted format, EXIF orientation applied) and encodes.
 
-wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
-
-use pixbox::transform::types::{Param, ParamSpec};
-
-const DEFAULT_SIZE: u32 = 256;
+use pixbox_kit::image::imageops::FilterType;
+use pixbox_kit::{DynamicImage, Error, Info, Options, Plugin};
 
 struct Thumbnail;
 
-impl Guest for Thumbnail {
-    fn info() -> PluginInfo {
-        let size = ParamSpec {
-            name: "size".into(),
-            description: "Side of the square thumbnail in pixels (1..=4096).".into(),
-            default: Some(DEFAULT_SIZE.to_string()),
-        };
-        // The shared decode/encode options; the resize box does not apply here.
-        let shared = imagekit::PARAMS
-            .iter()
-            .filter(|(name, ..)| !matches!(*name, "width" | "height" | "upscale" | "mode" | "gravity" | "background"))
-            .map(|(name, description, default)| ParamSpec {
-                name: (*name).into(),
-                description: (*description).into(),
-                default: Some((*default).into()),
-            });
-        PluginInfo {
-            name: "thumbnail".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Cuts a square from the centre of the image and turns it to grayscale.".into(),
-            params: std::iter::once(size).chain(shared).collect(),
+impl Plugin for Thumbnail {
+    fn info() -> Info {
+        Info::new(
+            "thumbnail",
+            env!("CARGO_PKG_VERSION"),
+            "Cuts a square from the centre of the image and turns it to grayscale.",
+        )
+        .option("size", "Side of the square thumbnail in pixels (1..=4096).", "256")
+    }
+
+    fn transform(image: DynamicImage, options: &Options) -> Result<DynamicImage, Error> {
+        let size: u32 = options.get_in("size", 1..=4096)?;
+        // Never enlarged: a smaller image gives a square as large as its shorter side.
+        let side = size.min(image.width()).min(image.height());
+        Ok(image.resize_to_fill(side, side, FilterType::Lanczos3).grayscale())
+    }
+}
+
+pixbox_kit::plugin!(Thumbnail);
+
+#[cfg(test)]
+mod tests {
+    use pixbox_kit::Format;
+    use pixbox_kit::testing::{run, sample};
+
+    use super::Thumbnail;
+
+    #[test]
+    fn a_grayscale_square_in_the_input_format() {
+        for format in [Format::Jpeg, Format::Png, Format::Webp] {
+            let out = run::<Thumbnail>(&sample(format, 300, 200), &[("size", "64")]).unwrap();
+            assert_eq!((out.image.width(), out.image.height()), (64, 64));
+            assert_eq!(out.media_type, format.media_type());
+            assert!(!out.image.color().has_color(), "{:?}", out.image.color());
         }
     }
 
-    /// One square per rendition (each decodes on its own: this sample keeps to the simple path).
-    fn transform(input: Image, requests: Vec<RenditionRequest>) -> Result<Transformed, TransformError> {
-        let renditions = requests.iter().map(|r| thumbnail(&input, &r.options)).collect::<Result<_, _>>()?;
-        Ok(Transformed { renditions, placeholder: None })
+    #[test]
+    fn never_enlarged_and_options_checked() {
+        let out = run::<Thumbnail>(&sample(Format::Gif, 40, 30), &[]).unwrap();
+        assert_eq!((out.image.width(), out.media_type), (30, "image/png"));
+        let err = run::<Thumbnail>(&sample(Format::Png, 40, 30), &[("width", "10")]).unwrap_err();
+        assert!(err.to_string().contains("unknown option \"width\""), "{err}");
+        let err = run::<Thumbnail>(&sample(Format::Png, 40, 30), &[("size", "0")]).unwrap_err();
+        assert!(matches!(err, pixbox_kit::Error::Unsupported(_)), "{err}");
     }
 }
-
-fn thumbnail(input: &Image, options: &[Param]) -> Result<Image, TransformError> {
-    let mut size = DEFAULT_SIZE;
-    let mut rest = Vec::new();
-    for p in options {
-        match p.name.as_str() {
-            "size" => size = imagekit::parse_in("size", &p.value, 1..=4096).map_err(into_wit)?,
-            "width" | "height" | "upscale" | "mode" | "gravity" | "background" => {
-                return Err(TransformError::Unsupported(format!("unknown option {:?}", p.name)));
-            }
-            name => rest.push((name, p.value.as_str())),
-        }
-    }
-    let options = imagekit::Options::parse(rest).map_err(into_wit)?;
-    let out = imagekit::square_thumbnail(&input.bytes, size, &options).map_err(into_wit)?;
-    Ok(Image { bytes: out.bytes, media_type: out.media_type.into() })
-}
-
-fn into_wit(e: imagekit::Error) -> TransformError {
-    match e {
-        imagekit::Error::BadInput(m) => TransformError::BadInput(m),
-        imagekit::Error::Unsupported(m) => TransformError::Unsupported(m),
-        imagekit::Error::Internal(m) => TransformError::Internal(m),
-    }
-}
-
-export!(Thumbnail);

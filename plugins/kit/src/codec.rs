@@ -1,0 +1,147 @@
+//! Guarded decoding (size checked from the header before any pixel buffer exists, EXIF
+//! orientation applied) and encoding, for every format pixbox accepts.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+
+use crate::{Encoded, Error};
+
+/// The formats pixbox accepts for upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl Format {
+    /// Recognised from the magic bytes, never from a name.
+    pub fn sniff(bytes: &[u8]) -> Option<Format> {
+        match image::guess_format(bytes).ok()? {
+            ImageFormat::Jpeg => Some(Format::Jpeg),
+            ImageFormat::Png => Some(Format::Png),
+            ImageFormat::WebP => Some(Format::Webp),
+            ImageFormat::Gif => Some(Format::Gif),
+            _ => None,
+        }
+    }
+
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Webp => "image/webp",
+            Format::Gif => "image/gif",
+        }
+    }
+
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Format::Jpeg => ImageFormat::Jpeg,
+            Format::Png => ImageFormat::Png,
+            Format::Webp => ImageFormat::WebP,
+            Format::Gif => ImageFormat::Gif,
+        }
+    }
+}
+
+/// The largest input a decode accepts; the defaults are pixbox's own upload limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PixelLimits {
+    pub max_pixels: u64,
+    pub max_side: u32,
+}
+
+impl Default for PixelLimits {
+    fn default() -> Self {
+        PixelLimits { max_pixels: 40_000_000, max_side: 10_000 }
+    }
+}
+
+impl PixelLimits {
+    /// The stricter of both on each axis.
+    pub fn min(self, other: PixelLimits) -> PixelLimits {
+        PixelLimits { max_pixels: self.max_pixels.min(other.max_pixels), max_side: self.max_side.min(other.max_side) }
+    }
+}
+
+/// Decodes a JPEG, PNG, WebP or GIF (its first frame): refused as `bad-input` when the header
+/// says it is over `limits`, before any pixel buffer is allocated (a 1 KiB file claiming
+/// 100000x100000 costs nothing). Returns the image in display orientation, 8 bits per channel,
+/// and the input's format. Colour profiles are not applied.
+pub fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format), Error> {
+    let format = Format::sniff(input)
+        .ok_or_else(|| Error::BadInput("not an image pixbox accepts (expected JPEG, PNG, WebP or GIF)".into()))?;
+    let mut reader = ImageReader::new(Cursor::new(input));
+    reader.set_format(format.image_format());
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    reader.limits(decoder_limits);
+    let mut decoder = reader.into_decoder()?;
+    let (w, h) = decoder.dimensions();
+    if w > limits.max_side || h > limits.max_side {
+        return Err(Error::BadInput(format!(
+            "image is {w}x{h}, over the limit of {} pixels per side",
+            limits.max_side
+        )));
+    }
+    if u64::from(w) * u64::from(h) > limits.max_pixels {
+        return Err(Error::BadInput(format!(
+            "image is {w}x{h} = {} pixels, over the limit of {}",
+            u64::from(w) * u64::from(h),
+            limits.max_pixels
+        )));
+    }
+    // A broken EXIF block is not worth refusing the image for: it is shown as stored.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = eight_bit(DynamicImage::from_decoder(decoder)?);
+    image.apply_orientation(orientation);
+    Ok((image, format))
+}
+
+/// Encodes pixels only (no metadata). JPEG drops an alpha channel; `quality` is JPEG's.
+pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encoded, Error> {
+    let image = eight_bit(image);
+    let image = match format {
+        Format::Jpeg if image.color().has_alpha() => match image {
+            DynamicImage::ImageLumaA8(_) => DynamicImage::ImageLuma8(image.to_luma8()),
+            _ => DynamicImage::ImageRgb8(image.to_rgb8()),
+        },
+        // The WebP and GIF encoders take colour images only.
+        Format::Webp | Format::Gif if !matches!(image, DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_)) => {
+            if image.color().has_alpha() {
+                DynamicImage::ImageRgba8(image.to_rgba8())
+            } else {
+                DynamicImage::ImageRgb8(image.to_rgb8())
+            }
+        }
+        Format::Gif => DynamicImage::ImageRgba8(image.to_rgba8()),
+        _ => image,
+    };
+    let mut bytes = Vec::new();
+    let written = match format {
+        Format::Jpeg => {
+            image.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality))
+        }
+        Format::Png => image.write_with_encoder(image::codecs::png::PngEncoder::new(&mut bytes)),
+        Format::Webp => image.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)),
+        Format::Gif => image.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Gif),
+    };
+    written.map_err(|e| Error::Internal(format!("encoding {} failed: {e}", format.media_type())))?;
+    Ok(Encoded { bytes, media_type: format.media_type() })
+}
+
+/// 16-bit and float layouts brought to 8 bits per channel, which every encoder takes.
+fn eight_bit(image: DynamicImage) -> DynamicImage {
+    match image {
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_) => image,
+        other if other.color().has_alpha() => DynamicImage::ImageRgba8(other.to_rgba8()),
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
+    }
+}

@@ -1,0 +1,199 @@
+//! pixbox-kit: write a pixbox image plugin as one function from image to image.
+//!
+//! ```ignore
+//! use pixbox_kit::{DynamicImage, Error, Info, Options, Plugin};
+//!
+//! struct Brighten;
+//!
+//! impl Plugin for Brighten {
+//!     fn info() -> Info {
+//!         Info::new("brighten", env!("CARGO_PKG_VERSION"), "Makes images brighter or darker.")
+//!             .option("amount", "How much to add to every channel, -255..=255.", "30")
+//!     }
+//!
+//!     fn transform(mut image: DynamicImage, options: &Options) -> Result<DynamicImage, Error> {
+//!         let amount = options.get_in("amount", -255..=255)?;
+//!         pixbox_kit::image::imageops::colorops::brighten_in_place(&mut image, amount);
+//!         Ok(image)
+//!     }
+//! }
+//!
+//! pixbox_kit::plugin!(Brighten);
+//! ```
+//!
+//! The kit does the rest of the contract (`pixbox:transform@0.2.0`): it refuses option names the
+//! plugin did not declare, decodes the input once with its size checked from the header before any
+//! pixel buffer exists, applies EXIF orientation, calls `transform` once per rendition, and encodes
+//! each result like the input (or as the `format` option says), mapping every failure to the
+//! error case the host expects. [`testing`] runs the same path natively, without wasm.
+
+mod codec;
+mod options;
+pub mod testing;
+
+pub use codec::{Format, PixelLimits, decode, encode};
+pub use image::{self, DynamicImage};
+pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
+
+/// The generated bindings of `wit/transform.wit`, for plugins that implement the contract by hand
+/// (several renditions from one decode, placeholders): `impl bindings::Guest` and
+/// `pixbox_kit::bindings::export!(MyPlugin with_types_in pixbox_kit::bindings)`.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "pixbox_kit::bindings",
+    });
+}
+
+/// Why a transform did not give an image; the host decides on retries by the case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The input can never be processed (broken, truncated, too large): failed for good.
+    BadInput(String),
+    /// An option, or the input or output format, is not supported: the configuration must change.
+    Unsupported(String),
+    /// Anything else; the host may retry.
+    Internal(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::BadInput(m) => write!(f, "bad input: {m}"),
+            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
+            Error::Internal(m) => write!(f, "internal: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for bindings::TransformError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::BadInput(m) => bindings::TransformError::BadInput(m),
+            Error::Unsupported(m) => bindings::TransformError::Unsupported(m),
+            Error::Internal(m) => bindings::TransformError::Internal(m),
+        }
+    }
+}
+
+/// Decoder errors are about the input, except a feature the decoder lacks or a size limit.
+impl From<image::ImageError> for Error {
+    fn from(e: image::ImageError) -> Self {
+        match e {
+            image::ImageError::Unsupported(e) => Error::Unsupported(e.to_string()),
+            image::ImageError::Limits(e) => Error::BadInput(format!("image too large: {e}")),
+            e => Error::BadInput(format!("cannot decode image: {e}")),
+        }
+    }
+}
+
+/// A plugin made of one image-to-image function.
+pub trait Plugin {
+    /// Name, version, description and the plugin's own options (the kit adds
+    /// [`STANDARD_OPTIONS`]). Called by `pixbox plugin info` and when a route is loaded.
+    fn info() -> Info;
+
+    /// Makes one rendition. `image` is decoded, in display orientation (EXIF applied) and 8 bits
+    /// per channel; `options` holds this rendition's options, already checked against
+    /// [`Plugin::info`]. Called once per rendition the route asks for.
+    fn transform(image: DynamicImage, options: &Options) -> Result<DynamicImage, Error>;
+}
+
+/// Exports a [`Plugin`] as the component's `info` and `transform`.
+#[macro_export]
+macro_rules! plugin {
+    ($plugin:ty) => {
+        const _: () = {
+            struct Exported;
+            impl $crate::bindings::Guest for Exported {
+                fn info() -> $crate::bindings::PluginInfo {
+                    <$plugin as $crate::Plugin>::info().into()
+                }
+                fn transform(
+                    input: $crate::bindings::Image,
+                    requests: ::std::vec::Vec<$crate::bindings::RenditionRequest>,
+                ) -> ::std::result::Result<$crate::bindings::Transformed, $crate::bindings::TransformError> {
+                    $crate::run::<$plugin>(input, requests)
+                }
+            }
+    $crate::bindings::export!(Exported with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// One encoded output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub media_type: &'static str,
+}
+
+/// The whole `transform` call of a [`Plugin`]: every request's options checked first (a bad one
+/// fails the call before any decoding), one decode, then `P::transform` and an encode per
+/// request. Public for [`plugin!`]; plugins call [`testing::run`] instead.
+#[doc(hidden)]
+pub fn run<P: Plugin>(
+    input: bindings::Image,
+    requests: Vec<bindings::RenditionRequest>,
+) -> Result<bindings::Transformed, bindings::TransformError> {
+    let requests: Vec<Vec<(String, String)>> =
+        requests.into_iter().map(|r| r.options.into_iter().map(|p| (p.name, p.value)).collect()).collect();
+    let out = render::<P>(&input.bytes, &requests)?;
+    let renditions = out.into_iter().map(|e| bindings::Image { bytes: e.bytes, media_type: e.media_type.into() });
+    Ok(bindings::Transformed { renditions: renditions.collect(), placeholder: None })
+}
+
+/// [`run`] without the WIT types: encoded outputs, one per request.
+pub(crate) fn render<P: Plugin>(input: &[u8], requests: &[Vec<(String, String)>]) -> Result<Vec<Encoded>, Error> {
+    let info = P::info();
+    let options = requests.iter().map(|pairs| Options::parse(&info, pairs)).collect::<Result<Vec<_>, _>>()?;
+    // One decode for every rendition, under the strictest limits any of them sets.
+    let limits = options.iter().map(Options::pixel_limits).reduce(|a, b| a.min(b)).unwrap_or_default();
+    let (image, format) = decode(input, limits)?;
+    let mut image = Some(image);
+    let mut out = Vec::with_capacity(options.len());
+    for (i, options) in options.iter().enumerate() {
+        // The last rendition takes the decoded image; only the others pay for a copy.
+        let this = if i + 1 == requests.len() { image.take() } else { image.clone() };
+        let result = P::transform(this.expect("one image per rendition"), options)?;
+        out.push(encode(result, options.output_format(format)?, options.quality()?)?);
+    }
+    Ok(out)
+}
+
+/// Writes a message to the host's log, tagged with the plugin's name (`pixbox transform` shows
+/// every level; a server shows what its log filter lets through). Outside wasm (tests), it goes
+/// to stderr.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::pixbox::transform::log::log(level.into(), message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message}");
+}
+
+/// How important a [`log`] message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl From<Level> for bindings::pixbox::transform::log::Level {
+    fn from(level: Level) -> Self {
+        use bindings::pixbox::transform::log::Level as L;
+        match level {
+            Level::Trace => L::Trace,
+            Level::Debug => L::Debug,
+            Level::Info => L::Info,
+            Level::Warn => L::Warn,
+            Level::Error => L::Error,
+        }
+    }
+}
