@@ -1,4 +1,5 @@
-//! The `pixbox` binary as a user runs it: `transform` and `plugin info`.
+//! The `pixbox` binary as a user runs it: `transform` and `plugin info` (the plugin author's
+//! commands are in plugin_author.rs).
 
 mod common;
 
@@ -24,8 +25,9 @@ fn transform_resizes_a_photo_and_reports_its_cost() {
     let output = dir.path().join("out.jpg");
     std::fs::write(&input, jpeg(&photo(1600, 1200))).unwrap();
     let run = pixbox(dir.path())
-        // The data directory's own cache, to see it filled.
+        // The user's cache folder, to see it filled (and the data directory left alone).
         .env_remove("PIXBOX_SANDBOX_CACHE_DIR")
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .args(["transform", "--option", "width=400", "--option", "height=400"])
         .arg(&input)
         .arg(&output)
@@ -33,12 +35,13 @@ fn transform_resizes_a_photo_and_reports_its_cost() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&run.stderr));
-    assert!(stdout.contains("1600x1200 image/jpeg") && stdout.contains("-> 400x300 image/jpeg"), "{stdout}");
-    assert!(stdout.contains("memory high-water"), "{stdout}");
+    let row = stdout.lines().find(|l| l.starts_with("photo.jpg")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("1600x1200 jpg") && row.contains("400x300 jpg") && row.contains("MiB"), "{stdout}");
     assert_eq!(decode(&std::fs::read(&output).unwrap()).dimensions(), (400, 300));
-    // The compiled plugin was cached for the next start.
-    let cached = std::fs::read_dir(dir.path().join("plugin-cache")).unwrap().count();
+    // The compiled plugin was cached for the next start, outside the data directory.
+    let cached = std::fs::read_dir(dir.path().join("cache/pixbox/plugin-cache")).unwrap().count();
     assert_eq!(cached, 1);
+    assert!(!dir.path().join("plugin-cache").exists());
 }
 
 #[test]
@@ -70,9 +73,10 @@ fn transform_reports_a_plugin_failure_and_exits_non_zero() {
         .arg(dir.path().join("out.jpg"))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(!run.status.success());
-    assert!(stderr.contains("plugin crashed") && stderr.contains("asked to panic"), "{stderr}");
+    assert!(stdout.contains("plugin crashed") && stdout.contains("asked to panic"), "{stdout}");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("1 image(s) failed"));
 }
 
 #[test]

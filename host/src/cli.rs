@@ -1,20 +1,18 @@
-//! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info`, `pixbox keys`,
-//! `pixbox jobs`, `pixbox health`.
+//! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info|new|watch`,
+//! `pixbox wit`, `pixbox keys`, `pixbox jobs`, `pixbox health`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Role};
-use crate::imaging;
 use crate::sandbox::{Param, Routes, Sandbox};
 
 #[derive(Debug, Parser)]
 #[command(name = "pixbox", version, about = "Image upload-and-resize service with sandboxed WebAssembly transforms")]
 pub struct Cli {
-    /// Configuration file (default: ./pixbox.toml when it exists).
+    /// Configuration file (default: pixbox.toml in the data directory, when it exists).
     #[arg(long, global = true, env = "PIXBOX_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory for local data: the embedded store and queue, the plugin cache.
@@ -38,7 +36,8 @@ pub enum Command {
         #[arg(long, value_enum)]
         role: Option<Role>,
     },
-    /// Run one image through a plugin in the sandbox and report time, memory and size.
+    /// Run images through a plugin in the sandbox: time, memory and size per image, and the
+    /// plugin's log messages.
     Transform {
         /// A built-in plugin name or a path to a .wasm component. Default: the route for --key.
         #[arg(long)]
@@ -49,10 +48,17 @@ pub enum Command {
         /// Pick the route as if the image were stored under this key.
         #[arg(long, default_value = "")]
         key: String,
-        /// Input image.
+        /// Input image, or a folder of them.
         input: PathBuf,
-        /// Where to write the result.
+        /// Where to write the result (a folder for a folder of inputs); the extension follows
+        /// the format the plugin wrote.
         output: PathBuf,
+    },
+    /// Print the WIT contract plugins are built against (pixbox:transform).
+    Wit {
+        /// Alone: list the contract versions this pixbox loads. With a version: print that one.
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "VERSION")]
+        version: Option<String>,
     },
     /// Inspect plugins.
     Plugin {
@@ -125,6 +131,26 @@ pub enum PluginCommand {
         /// A built-in plugin name or a path to a .wasm component.
         plugin: String,
     },
+    /// Write a new plugin crate that builds and passes its tests as it is.
+    New {
+        /// The plugin's (and crate's) name.
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin crate in DIR and run it on sample images, again on every change.
+    Watch {
+        /// The plugin crate.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Images to run on (default: DIR/samples).
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// A plugin option as name=value; repeatable.
+        #[arg(long = "option", value_name = "NAME=VALUE")]
+        options: Vec<String>,
+    },
 }
 
 impl Cli {
@@ -156,7 +182,18 @@ pub fn sandbox(config: &Config) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(settings)?)
 }
 
-/// `pixbox transform`.
+/// `name=value` options of the command line.
+pub fn parse_options(options: &[String]) -> anyhow::Result<Vec<Param>> {
+    options
+        .iter()
+        .map(|option| match option.split_once('=') {
+            Some((name, value)) => Ok(Param { name: name.into(), value: value.into() }),
+            None => bail!("--option {option:?} must look like name=value"),
+        })
+        .collect()
+}
+
+/// `pixbox transform`: one image or a folder, a table row per image; fails if any image did.
 pub fn transform(
     config: &Config,
     plugin: Option<&str>,
@@ -165,16 +202,19 @@ pub fn transform(
     input: &Path,
     output: &Path,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    // The header check runs before any plugin, exactly as for uploads.
-    let header = imaging::probe(&bytes).with_context(|| format!("{} is not a usable image", input.display()))?;
-    config
-        .limits
-        .pixels()
-        .check(&header)
-        .with_context(|| format!("{} is refused (see [limits] in pixbox.toml)", input.display()))?;
-
-    let sandbox = sandbox(config)?;
+    if !input.is_dir() {
+        // One file refused by its header never waits for a plugin to load (a folder's files
+        // are checked one by one, in their rows).
+        let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+        let header =
+            crate::imaging::probe(&bytes).with_context(|| format!("{} is not a usable image", input.display()))?;
+        config
+            .limits
+            .pixels()
+            .check(&header)
+            .with_context(|| format!("{} is refused (see [limits] in pixbox.toml)", input.display()))?;
+    }
+    let sandbox = crate::author::tool_sandbox(config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (plugin, mut params) = match plugin {
         Some(spec) => (runtime.block_on(sandbox.load(spec))?, Vec::new()),
@@ -184,45 +224,20 @@ pub fn transform(
             (route.plugin.clone(), route.options.clone())
         }
     };
-    for option in options {
-        let Some((name, value)) = option.split_once('=') else {
-            bail!("--option {option:?} must look like name=value");
-        };
-        params.retain(|p| p.name != name);
-        params.push(Param { name: name.into(), value: value.into() });
+    for param in parse_options(options)? {
+        params.retain(|p| p.name != param.name);
+        params.push(param);
     }
-
-    let started = Instant::now();
-    let result = runtime
-        .block_on(sandbox.transform(&plugin, &bytes, header.format.media_type(), &params))
-        .with_context(|| format!("{} {} failed on {}", plugin.info.name, plugin.info.version, input.display()))?;
-    std::fs::write(output, &result.bytes).with_context(|| format!("cannot write {}", output.display()))?;
-    let out = result.header;
-    println!(
-        "{} {}: {}x{} {} ({} bytes) -> {}x{} {} ({} bytes)",
-        plugin.info.name,
-        plugin.info.version,
-        header.width,
-        header.height,
-        header.format.media_type(),
-        bytes.len(),
-        out.width,
-        out.height,
-        out.format.media_type(),
-        result.bytes.len(),
-    );
-    println!(
-        "time in sandbox: {:.1} ms (whole command after loading: {:.1} ms); memory high-water: {:.1} MiB",
-        result.stats.elapsed.as_secs_f64() * 1e3,
-        started.elapsed().as_secs_f64() * 1e3,
-        result.stats.memory_peak as f64 / (1 << 20) as f64,
-    );
+    let failed = runtime.block_on(crate::author::run_table(&sandbox, config, &plugin, &params, input, output))?;
+    if failed > 0 {
+        bail!("{failed} image(s) failed");
+    }
     Ok(())
 }
 
 /// `pixbox plugin info`.
 pub fn plugin_info(config: &Config, spec: &str) -> anyhow::Result<()> {
-    let sandbox = sandbox(config)?;
+    let sandbox = crate::author::tool_sandbox(config)?;
     let plugin = tokio::runtime::Runtime::new()?.block_on(sandbox.load(spec))?;
     let info = &plugin.info;
     println!("{} {} (pixbox:transform@{})", info.name, info.version, plugin.contract.version());
@@ -388,5 +403,19 @@ pub fn keys(command: &KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Secret => println!("{}", crate::auth::new_secret()),
     }
+    Ok(())
+}
+
+/// `pixbox plugin new`: writes the crate and says what to run next.
+pub fn plugin_new(name: &str, dir: &Path) -> anyhow::Result<()> {
+    let created = crate::author::new_plugin(name, dir)?;
+    let wasm = crate::author::wasm_path(name);
+    println!("created {} (the plugin in src/lib.rs, pixbox-kit/ beside it, samples/ to try it on)", created.display());
+    println!();
+    println!("  cd {}", created.display());
+    println!("  cargo build --release                 # -> {wasm}");
+    println!("  cargo test-native                     # its tests, on this machine");
+    println!("  pixbox transform --plugin {wasm} samples out");
+    println!("  pixbox plugin watch .                 # rebuild and re-run on every change");
     Ok(())
 }

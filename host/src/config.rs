@@ -62,6 +62,9 @@ pub struct Config {
     /// The operators' address (`/health`, `/ready`, `/metrics`) for every role; empty: none.
     pub admin_listen: String,
     pub data_dir: PathBuf,
+    /// The configuration file that was read, if any (named at startup).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
     pub role: Role,
     pub log: String,
     pub log_format: LogFormat,
@@ -92,6 +95,7 @@ impl Default for Config {
             listen: "127.0.0.1:3000".into(),
             admin_listen: "127.0.0.1:3001".into(),
             data_dir: "./data".into(),
+            file: None,
             role: Role::All,
             log: "info".into(),
             log_format: LogFormat::Text,
@@ -228,15 +232,30 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A route's plugin given as a relative path (`plugins/blur.wasm`) means relative to the file
+/// that names it, wherever pixbox is started from; built-in names and absolute paths stay.
+fn resolve_plugin_paths(file: &mut toml::Table, dir: &Path) {
+    let Some(toml::Value::Array(routes)) = file.get_mut("routes") else { return };
+    for route in routes {
+        let Some(toml::Value::String(plugin)) = route.get_mut("plugin") else { continue };
+        let is_path = plugin.contains(['/', '\\']) || plugin.ends_with(".wasm");
+        if is_path && Path::new(plugin.as_str()).is_relative() {
+            *plugin = dir.join(plugin.as_str()).display().to_string();
+        }
+    }
+}
+
 /// Sections whose keys are reachable as `PIXBOX_<SECTION>_<KEY>`.
 const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox"];
 /// `PIXBOX_*` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
 
 impl Config {
-    /// Loads the layers. `file` is an explicit config path; without one, `./pixbox.toml` is used if
-    /// it exists. `env` is the process environment (a parameter so tests can pass their own).
-    /// `flags` are the command-line overrides, applied last.
+    /// Loads the layers. `file` is an explicit config path; without one, `pixbox.toml` in the data
+    /// directory (from the flags, `PIXBOX_DATA_DIR` or the default `./data`) is used if it exists,
+    /// and nothing else: a `pixbox.toml` lying in the working directory is never read by accident.
+    /// `env` is the process environment (a parameter so tests can pass their own). `flags` are
+    /// the command-line overrides, applied last.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -244,15 +263,22 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut table = toml::Table::try_from(Config::default()).expect("defaults serialize");
         let defaults = table.clone();
+        let env: Vec<(String, String)> = env.into_iter().collect();
 
-        let implicit = Path::new("pixbox.toml");
-        let file = file.or(implicit.exists().then_some(implicit));
-        if let Some(path) = file {
+        let data_dir = flags
+            .get("data_dir")
+            .and_then(|v| v.as_str().map(PathBuf::from))
+            .or_else(|| env.iter().find(|(k, _)| k == "PIXBOX_DATA_DIR").map(|(_, v)| PathBuf::from(v)))
+            .unwrap_or_else(|| Config::default().data_dir);
+        let implicit = data_dir.join("pixbox.toml");
+        let file = file.map(Path::to_path_buf).or(implicit.exists().then_some(implicit));
+        if let Some(path) = &file {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-            let from_file: toml::Table = text
+            let mut from_file: toml::Table = text
                 .parse()
                 .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
+            resolve_plugin_paths(&mut from_file, path.parent().unwrap_or(Path::new(".")));
             merge(&mut table, from_file);
         }
 
@@ -271,8 +297,9 @@ impl Config {
         }
         merge(&mut table, flags);
 
-        let config: Config =
+        let mut config: Config =
             toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.file = file;
         config.validate()?;
         Ok(config)
     }
@@ -406,6 +433,27 @@ mod tests {
         assert_eq!(config.worker.batch_size, 7, "env wins over file");
         assert_eq!(config.worker.schedule, "* * * * * *", "file wins over defaults");
         assert_eq!(config.worker.max_receives, 5, "defaults fill the rest");
+    }
+
+    /// Without `--config`, only the data directory's pixbox.toml is read; a route's relative
+    /// plugin path is relative to the file that names it.
+    #[test]
+    fn the_file_is_found_in_the_data_dir_and_plugin_paths_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = "[[routes]]\nprefix = \"a/\"\nplugin = \"plugins/a.wasm\"\n\
+                      [[routes]]\nprefix = \"b/\"\nplugin = \"thumbnail\"\n\
+                      [[routes]]\nprefix = \"c/\"\nplugin = \"/opt/c.wasm\"\n";
+        std::fs::write(dir.path().join("pixbox.toml"), routes).unwrap();
+        let data_dir = dir.path().display().to_string();
+        let config = Config::load(None, env(&[("PIXBOX_DATA_DIR", &data_dir)]), toml::Table::new()).unwrap();
+        assert_eq!(config.file.as_deref(), Some(dir.path().join("pixbox.toml").as_path()));
+        let plugins: Vec<&str> = config.routes.iter().map(|r| r.plugin.as_str()).collect();
+        let relative = dir.path().join("plugins/a.wasm").display().to_string();
+        assert_eq!(plugins, [relative.as_str(), "thumbnail", "/opt/c.wasm"]);
+        let mut flags = toml::Table::new();
+        flags.insert("data_dir".into(), dir.path().join("elsewhere").display().to_string().into());
+        let config = Config::load(None, env(&[("PIXBOX_DATA_DIR", &data_dir)]), flags).unwrap();
+        assert!(config.file.is_none() && config.routes.is_empty(), "the flag's data dir has no file");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod author;
 pub mod aws;
 pub mod backends;
 pub mod cli;

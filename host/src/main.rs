@@ -5,7 +5,13 @@ use pixbox::cli::{Cli, Command, PluginCommand};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = if let Command::Keys { command } = &cli.command { pixbox::cli::keys(command) } else { run(&cli) };
+    // These need no configuration (and must work in any folder, with any environment).
+    let result = match &cli.command {
+        Command::Keys { command } => pixbox::cli::keys(command),
+        Command::Wit { version } => pixbox::author::wit(version.as_deref()),
+        Command::Plugin { command: PluginCommand::New { name, dir } } => pixbox::cli::plugin_new(name, dir),
+        _ => run(&cli),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -17,14 +23,30 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     cli.config().and_then(|config| {
-        pixbox::telemetry::init_tracing(&config);
+        let tool = matches!(cli.command, Command::Transform { .. } | Command::Plugin { .. });
+        pixbox::telemetry::init_tracing(&config, tool);
+        // Which file the settings came from, so a stray or missing one is never a surprise
+        // (through the log, so JSON logs stay JSON).
+        match (&config.file, &cli.command) {
+            (Some(file), _) => tracing::info!("config: {}", file.display()),
+            (None, Command::Serve { .. }) => tracing::info!(
+                "config: no file (defaults and environment; looked for {})",
+                config.data_dir.join("pixbox.toml").display()
+            ),
+            (None, _) => {}
+        }
         match &cli.command {
             Command::Serve { .. } => pixbox::cli::serve(config),
             Command::Transform { plugin, options, key, input, output } => {
                 pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)
             }
             Command::Plugin { command: PluginCommand::Info { plugin } } => pixbox::cli::plugin_info(&config, plugin),
+            Command::Plugin { command: PluginCommand::Watch { dir, samples, options } } => {
+                pixbox::author::watch(&config, dir, samples.as_deref(), &pixbox::cli::parse_options(options)?)
+            }
+            Command::Plugin { command: PluginCommand::New { name, dir } } => pixbox::cli::plugin_new(name, dir),
             Command::Keys { command } => pixbox::cli::keys(command),
+            Command::Wit { version } => pixbox::author::wit(version.as_deref()),
             Command::Jobs { command } => pixbox::cli::jobs(&config, command),
             Command::Health { ready } => pixbox::cli::health(&config, *ready),
         }

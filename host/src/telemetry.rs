@@ -142,14 +142,46 @@ pub fn tick(elapsed: Duration) {
 
 /// Logs go to stderr; `log` in the configuration (or `RUST_LOG`) is an env-filter directive,
 /// `log_format` picks readable lines or JSON objects (span fields such as the request id are
-/// flattened into each line).
-pub fn init_tracing(config: &Config) {
-    // The scheduler crate logs its own start-up at info; that is noise for pixbox's users.
+/// flattened into each line). A bare level (`debug`) applies to pixbox and its plugins only:
+/// wasmtime, cranelift and the AWS SDK stay at `warn` (their debug lines would bury pixbox's).
+/// `tool` is for the plugin author's commands (`transform`, `plugin watch`): every plugin
+/// message is shown, on short lines without timestamps.
+pub fn init_tracing(config: &Config, tool: bool) {
+    let directive = log_directive(&config.log, tool);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tokio_cron_scheduler=warn,{}", config.log)));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directive));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Text if tool => builder.without_time().with_ansi(ansi).try_init(),
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
     };
+}
+
+/// The env-filter directive for a configured `log` value (see [`init_tracing`]).
+pub fn log_directive(log: &str, tool: bool) -> String {
+    let plugin = if tool { "trace" } else { log };
+    if log.contains(['=', ',']) {
+        // A full directive is the operator's choice, as written (plugin messages added for tools).
+        if tool { format!("{log},{PLUGIN_LOG_TARGET}=trace") } else { log.to_string() }
+    } else {
+        format!("warn,pixbox={log},{PLUGIN_LOG_TARGET}={plugin}")
+    }
+}
+
+/// The log target of every message a plugin writes (`log` calls, stdout and stderr), so a
+/// filter can show or hide plugins apart from the host: `PIXBOX_LOG=info,plugin=debug`.
+pub const PLUGIN_LOG_TARGET: &str = "plugin";
+
+#[cfg(test)]
+mod tests {
+    use super::log_directive;
+
+    #[test]
+    fn a_bare_level_is_pixbox_and_its_plugins_only() {
+        assert_eq!(log_directive("debug", false), "warn,pixbox=debug,plugin=debug");
+        assert_eq!(log_directive("info", true), "warn,pixbox=info,plugin=trace");
+        assert_eq!(log_directive("info,wasmtime=debug", false), "info,wasmtime=debug");
+    }
 }

@@ -159,7 +159,8 @@ async fn receive(
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "prefix-after-images",
-                        "the prefix field must come before the images",
+                        "the prefix field must come before the images it applies to (with curl: -F prefix=... \
+                         before -F images=@...), or be given as ?prefix= in the URL",
                     ));
                 }
                 let bytes = read_limited(field, MAX_PREFIX_BYTES as u64, "the prefix field").await.map_err(|e| {
@@ -196,8 +197,10 @@ async fn receive(
             };
             let bytes = read_limited(field, state.limits.max_image_bytes, &label).await?;
             let header = check(&bytes, &state, &label)?;
+            // The extension names what will be served (a route may turn a JPEG into a PNG).
+            let stem = format!("{}{}", prefix.as_deref().unwrap_or(""), uuid::Uuid::now_v7());
             let key =
-                format!("{}{}.{}", prefix.as_deref().unwrap_or(""), uuid::Uuid::now_v7(), header.format.extension());
+                format!("{stem}.{}", crate::sandbox::result_format(&state.routes, &stem, header.format).extension());
             let mut meta = ObjectMeta {
                 content_type: header.format.media_type().into(),
                 metadata: [("width", header.width), ("height", header.height)]

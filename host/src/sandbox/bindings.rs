@@ -26,6 +26,7 @@ wasmtime::component::bindgen!({
 
 pub use self::pixbox::transform::log::Level;
 pub use self::pixbox::transform::types::ParamSpec;
+use crate::telemetry::PLUGIN_LOG_TARGET;
 
 /// How many `log` calls one transform may make before further messages are dropped (and counted),
 /// so a chatty plugin cannot flood the host's logs.
@@ -189,11 +190,11 @@ impl HostState {
         store.data_mut().log_time += started.elapsed();
         let plugin = &*plugin;
         match level {
-            Level::Trace => tracing::trace!(plugin, "{text}"),
-            Level::Debug => tracing::debug!(plugin, "{text}"),
-            Level::Info => tracing::info!(plugin, "{text}"),
-            Level::Warn => tracing::warn!(plugin, "{text}"),
-            Level::Error => tracing::error!(plugin, "{text}"),
+            Level::Trace => tracing::trace!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
+            Level::Debug => tracing::debug!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
+            Level::Info => tracing::info!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
+            Level::Warn => tracing::warn!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
+            Level::Error => tracing::error!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// Returns the compiled component, from `dir` when a matching artifact is there.
-pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: &Path) -> wasmtime::Result<Component> {
+pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: &Path, label: &str) -> wasmtime::Result<Component> {
     let path = artifact_path(engine, bytes, dir);
     if path.exists() {
         // SAFETY: the file is in pixbox's own cache directory, written by `store` below from a
@@ -22,7 +22,11 @@ pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: &Path) -> wasmtime::R
             Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cached plugin: {e:#}"),
         }
     }
+    // Seconds for a large plugin on a small machine: said, so a first start is not silent.
+    tracing::info!(plugin = label, "compiling plugin (first use of this build; cached in {})", dir.display());
+    let started = std::time::Instant::now();
     let component = Component::new(engine, bytes)?;
+    tracing::info!(plugin = label, took_ms = started.elapsed().as_millis() as u64, "compiled plugin");
     if let Err(e) = store(&component, &path) {
         // A read-only or full disk only costs a recompile next time.
         tracing::warn!(path = %path.display(), "cannot cache compiled plugin: {e:#}");

@@ -21,6 +21,7 @@ use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use crate::imaging;
+use crate::telemetry::PLUGIN_LOG_TARGET;
 use bindings::{
     CapturedOutput, HostState, ImageIn, LOG_CALLS_PER_CALL, RenditionIn, RenditionParams, RenditionResults,
     TransformParams, TransformResults,
@@ -30,7 +31,7 @@ pub use builtin::{BUILT_PLUGINS_DIR, BUILTIN_NAMES};
 pub use error::{LoadError, TransformError};
 pub use routes::{
     AUTO_FORMAT, DEFAULT_RENDITION, OptionValue, RenditionNames, Route, RouteConfig, Routes, configured_route,
-    is_variant, rendition_names, variant_name,
+    is_variant, rendition_names, result_format, variant_name,
 };
 
 /// How often the epoch ticker fires; the time budget is enforced with this granularity.
@@ -93,6 +94,13 @@ pub struct LoadedPlugin {
     pub contract: Contract,
     pre: InstancePre<HostState>,
     transform: ComponentExportIndex,
+}
+
+impl LoadedPlugin {
+    /// The plugin's own name once it is loaded, its source (path or built-in name) while loading.
+    pub fn label(&self) -> Arc<str> {
+        if self.info.name.is_empty() { self.source.clone() } else { Arc::from(self.info.name.as_str()) }
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -219,7 +227,16 @@ impl Sandbox {
         if !spec.contains(['/', '\\']) && !spec.ends_with(".wasm") {
             return Err(LoadError::UnknownBuiltin { name: spec.into(), known: BUILTIN_NAMES.join(", ") });
         }
-        let bytes = tokio::fs::read(spec).await.map_err(|source| LoadError::Read { path: spec.into(), source })?;
+        let bytes = tokio::fs::read(spec).await.map_err(|source| {
+            // `cargo component build` writes under wasm32-wasip1 even for a wasip2 world.
+            let wasip1 = spec.replace("wasm32-wasip2", "wasm32-wasip1");
+            let path = if wasip1 != spec && Path::new(&wasip1).exists() {
+                format!("{spec} (there is a build at {wasip1}: `cargo component build` writes there)")
+            } else {
+                spec.into()
+            };
+            LoadError::Read { path, source }
+        })?;
         self.load_bytes(spec, bytes).await
     }
 
@@ -228,9 +245,9 @@ impl Sandbox {
     pub async fn load_bytes(&self, source: &str, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid { plugin: source.into(), reason: format!("{e:#}") };
         // Compiling takes from milliseconds to seconds: keep it off the async threads.
-        let (engine, cache_dir) = (self.engine.clone(), self.settings.cache_dir.clone());
+        let (engine, cache_dir, label) = (self.engine.clone(), self.settings.cache_dir.clone(), source.to_string());
         let component = tokio::task::spawn_blocking(move || match cache_dir {
-            Some(dir) => cache::load_or_compile(&engine, &bytes, &dir),
+            Some(dir) => cache::load_or_compile(&engine, &bytes, &dir, &label),
             None => Component::new(&engine, &bytes),
         })
         .await
@@ -411,7 +428,9 @@ impl Sandbox {
         let started = Instant::now();
         let stdio = CapturedOutput::default();
         let limit = self.settings.memory_limit_bytes();
-        let mut store = Store::new(&self.engine, HostState::new(plugin.source.clone(), limit, stdio.clone()));
+        // Log lines name the plugin as it names itself; before `info()` answered, by its source.
+        let label = plugin.label();
+        let mut store = Store::new(&self.engine, HostState::new(label.clone(), limit, stdio.clone()));
         store.limiter(|state| &mut state.limiter);
         let budget = self.settings.time_budget();
         store.set_epoch_deadline(1);
@@ -443,12 +462,13 @@ impl Sandbox {
         };
         let printed = stdio.text();
         for line in printed.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::debug!(plugin = &*plugin.source, "plugin output: {}", bindings::escape(line, 1024));
+            tracing::debug!(target: PLUGIN_LOG_TARGET, plugin = &*label, "output: {}", bindings::escape(line, 1024));
         }
         let dropped = store.data().logs_dropped;
         if dropped > 0 {
             tracing::warn!(
-                plugin = &*plugin.source,
+                target: PLUGIN_LOG_TARGET,
+                plugin = &*label,
                 dropped,
                 "plugin log messages dropped (over {LOG_CALLS_PER_CALL} per call, or over the host time for logging)"
             );
@@ -480,7 +500,13 @@ impl ComponentShape {
     /// Says which pool limit a refused component ran into, in the user's terms.
     fn explain(e: wasmtime::Error) -> String {
         let text = format!("{e:#}");
-        if text.contains("pooling allocator") {
+        if text.contains("component parser") {
+            format!(
+                "it is a core WebAssembly module, not a component: build it with `cargo build --target \
+                 wasm32-wasip2` (wasm32-wasip1 and wasm32-unknown-unknown builds give core modules; \
+                 `cargo component build` gives a component, under target/wasm32-wasip1/): {text}"
+            )
+        } else if text.contains("pooling allocator") {
             let a = Self::ALLOWED;
             format!(
                 "it is larger than a plugin may be ({} core instances, {} memories, {} tables of {} elements \

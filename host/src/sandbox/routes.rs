@@ -166,6 +166,27 @@ pub fn configured_route<'a>(configs: &'a [RouteConfig], key: &str) -> Option<&'a
     configs.iter().filter(|r| key.starts_with(&r.prefix)).max_by_key(|r| r.prefix.len())
 }
 
+/// The format of what is stored under an upload's key (its extension): the one the default
+/// rendition's `format` option names, else the input's, a GIF becoming PNG (what `same` gives
+/// with every plugin pixbox ships, and with pixbox-kit). `key` is the key without extension.
+pub fn result_format(configs: &[RouteConfig], key: &str, input: Format) -> Format {
+    let format = configured_route(configs, key).and_then(|route| {
+        match route.merged_options(&route.rendition_names().default).get("format") {
+            Some(OptionValue::Text(f)) => Some(f.to_ascii_lowercase()),
+            _ => None,
+        }
+    });
+    match format.as_deref() {
+        Some("jpeg" | "jpg") => Format::Jpeg,
+        Some("png") => Format::Png,
+        Some("webp" | "webp-lossless") => Format::Webp,
+        Some("avif") => Format::Avif,
+        Some("gif") => Format::Gif,
+        _ if input == Format::Gif => Format::Png,
+        _ => input,
+    }
+}
+
 /// An option value as written in TOML: text, number or boolean, handed to the plugin as text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -234,7 +255,11 @@ impl Routes {
                 if !plugin.info.params.iter().any(|p| &p.name == name) {
                     return Err(LoadError::Route {
                         prefix: config.prefix,
-                        reason: format!("plugin {} has no option {name:?}", plugin.info.name),
+                        reason: format!(
+                            "plugin {} has no option {name:?}; it takes: {}",
+                            plugin.info.name,
+                            plugin.info.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
                     });
                 }
             }
