@@ -5,8 +5,12 @@
 use std::sync::Arc;
 
 use crate::config::{Config, QueueKind, StorageKind};
-use crate::queue::{EmbeddedQueue, JobQueue, QueueError, SqsQueue, SqsSettings};
-use crate::storage::{BlobStore, FsStore, S3Store, StoreError};
+use crate::queue::{EmbeddedQueue, JobQueue, QueueError};
+#[cfg(feature = "aws")]
+use crate::queue::{SqsQueue, SqsSettings};
+#[cfg(feature = "aws")]
+use crate::storage::S3Store;
+use crate::storage::{BlobStore, FsStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -14,23 +18,42 @@ pub enum BackendError {
     Store(#[from] StoreError),
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    #[error(
+        "storage = \"s3\" and queue = \"sqs\" need a pixbox built with the `aws` cargo feature \
+         (on by default; this one was built with --no-default-features)"
+    )]
+    NoAws,
 }
 
 /// The blob store and job queue the configuration names.
 pub async fn connect(config: &Config) -> Result<(Arc<dyn BlobStore>, Arc<dyn JobQueue>), BackendError> {
     let needs_aws = config.storage == StorageKind::S3 || config.queue == QueueKind::Sqs;
+    #[cfg(not(feature = "aws"))]
+    if needs_aws {
+        return Err(BackendError::NoAws);
+    }
+    #[cfg(feature = "aws")]
     let sdk = match needs_aws {
         true => Some(crate::aws::sdk_config(config.endpoint_url.as_deref()).await),
         false => None,
     };
-    let store: Arc<dyn BlobStore> = match (config.storage, &sdk) {
-        (StorageKind::S3, Some(sdk)) => Arc::new(
-            S3Store::connect(sdk, &config.temp_bucket, &config.permanent_bucket, config.create_resources).await?,
+    let store: Arc<dyn BlobStore> = match config.storage {
+        #[cfg(feature = "aws")]
+        StorageKind::S3 => Arc::new(
+            S3Store::connect(
+                sdk.as_ref().expect("loaded for S3"),
+                &config.temp_bucket,
+                &config.permanent_bucket,
+                config.create_resources,
+            )
+            .await?,
         ),
         _ => Arc::new(FsStore::open(&config.data_dir, &config.temp_bucket, &config.permanent_bucket, true)?),
     };
-    let queue: Arc<dyn JobQueue> = match (config.queue, &sdk) {
-        (QueueKind::Sqs, Some(sdk)) => {
+    let queue: Arc<dyn JobQueue> = match config.queue {
+        #[cfg(feature = "aws")]
+        QueueKind::Sqs => {
+            let sdk = sdk.as_ref().expect("loaded for SQS");
             let dead_letter_name = config.dead_letter_queue();
             let settings = SqsSettings {
                 name: &config.queue_name,

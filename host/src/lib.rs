@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod author;
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod backends;
 pub mod cli;

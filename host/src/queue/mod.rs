@@ -3,11 +3,13 @@
 
 pub mod conformance;
 mod embedded;
+#[cfg(feature = "aws")]
 mod sqs;
 
 use std::time::Duration;
 
 pub use embedded::EmbeddedQueue;
+#[cfg(feature = "aws")]
 pub use sqs::{SqsQueue, SqsSettings};
 
 /// Most messages one send or receive call handles (SQS's batch limit).

@@ -3,6 +3,7 @@
 
 pub mod conformance;
 mod fs;
+#[cfg(feature = "aws")]
 mod s3;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
 pub use fs::FsStore;
+#[cfg(feature = "aws")]
 pub use s3::S3Store;
 
 /// Which of the two buckets.
