@@ -124,14 +124,17 @@ impl Worker {
             Outcome::Retry { .. } | Outcome::Deferred { .. } => false,
         };
         if settled {
-            if let Err(e) = self.queue.delete(&delivery.receipt).await {
-                // The job is settled in the store; a redelivery will find it so and delete again.
-                tracing::warn!(key = job.key, "cannot delete the job message: {e}");
-            }
+            // The commit record first, the message second: a worker dying in between leaves the
+            // message, whose redelivery finds the job settled and tidies again. The other order
+            // could lose the last job's tidy-up with its message.
             if let Some(upload) = &job.upload
                 && let Err(e) = self.forget_upload_if_settled(&upload.id).await
             {
                 tracing::warn!(upload = upload.id, "cannot tidy the upload's commit record: {e}");
+            }
+            if let Err(e) = self.queue.delete(&delivery.receipt).await {
+                // The job is settled in the store; a redelivery will find it so and delete again.
+                tracing::warn!(key = job.key, "cannot delete the job message: {e}");
             }
         }
         let again = match &outcome {
