@@ -558,27 +558,51 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     let took = started.elapsed();
     assert!(took <= tick + budget * 2 + Duration::from_secs(3), "all settled after {took:?}");
 
-    // SIGTERM while a sleeping job is in flight (and a receive long-polls for the free slot):
-    // out within the 1 s grace, the receive finishing inside it rather than after it.
+    // SIGTERM while a sleeping job is in flight (and a receive long-polls for the free slot),
+    // with two threads burning both cores: the job is cancelled and its message released within
+    // the 1 s grace, and the process says it stopped within grace + STOP_MARGIN. Those are what
+    // is asserted tightly (they come from the process's own clock and log); the wall time seen
+    // from here, which a loaded machine stretches, only loosely.
     let (_, body) = h.upload(&base, "?prefix=sleepy", vec![("c.jpg", photo())]).await;
     let key = keys(&body)[0].clone();
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     let to_next_tick = tick - Duration::from_millis((wall.as_millis() % 10_000) as u64);
     tokio::time::sleep(to_next_tick + Duration::from_millis(1_000)).await;
+    // A client long-polling the job's status: a request that outlasts the grace, so the api
+    // cannot drain and abandons it at the deadline (and says so) instead of waiting for it.
+    let long_poll = tokio::spawn(h.client.get(format!("{base}/status/{key}?wait=30")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hogs = common::CpuHogs::start(2);
     let stopping = Instant::now();
     let killed = Command::new("kill").args(["-TERM", &app.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let mut app = app;
     let exit = tokio::task::spawn_blocking(move || app.wait().unwrap()).await.unwrap();
     let stopped = stopping.elapsed();
+    drop(hogs);
     assert!(exit.success(), "{exit:?}");
-    let shutdown_log = || {
+    let shutdown_log = {
         let log = std::fs::read_to_string(&log).unwrap_or_default();
         let from = log.find("shutting down").unwrap_or(0);
         log[from..].to_string()
     };
-    eprintln!("SIGTERM to exit: {stopped:?} (1 s grace)\n{}", shutdown_log());
-    assert!(stopped <= Duration::from_millis(2_500), "SIGTERM took {stopped:?} with a 1 s grace:\n{}", shutdown_log());
+    eprintln!("SIGTERM to exit: {stopped:?} (1 s grace, two CPU hogs)\n{shutdown_log}");
+    let line = |needle: &str| shutdown_log.lines().find(|l| l.contains(needle)).map(str::to_string);
+    let worker_stopped = line("worker stopped").unwrap_or_else(|| panic!("no `worker stopped`:\n{shutdown_log}"));
+    assert!(
+        worker_stopped.contains("cancelled=1") && worker_stopped.contains("released=1"),
+        "the in-flight job was not cancelled and released: {worker_stopped}"
+    );
+    let abandoned = line("abandoned").unwrap_or_else(|| panic!("the long poll was not abandoned:\n{shutdown_log}"));
+    assert!(abandoned.contains("listener=\"api\"") && !abandoned.contains("open=0"), "{abandoned}");
+    assert!(long_poll.await.unwrap().is_err(), "the long poll got an answer from a stopped pixbox");
+    let took = line("shutdown complete took_ms=")
+        .and_then(|l| l.rsplit("took_ms=").next().and_then(|n| n.trim().parse::<u64>().ok()))
+        .unwrap_or_else(|| panic!("no `shutdown complete took_ms=`:\n{shutdown_log}"));
+    let bound = Duration::from_secs(1) + pixbox::server::STOP_MARGIN;
+    assert!(Duration::from_millis(took) <= bound, "stopped after {took} ms, over {bound:?}:\n{shutdown_log}");
+    // Loose: what a hung shutdown would break, not a scheduler's hiccup on a loaded machine.
+    assert!(stopped <= bound * 3, "SIGTERM to exit took {stopped:?}:\n{shutdown_log}");
     let state = pixbox::jobs::state(&*h.store, &key).await.unwrap();
     assert!(matches!(state, pixbox::jobs::State::Pending), "the cancelled job is not failed: {state:?}");
     let released = h.queue.receive(1, Duration::from_secs(2), Duration::from_secs(30)).await.unwrap();

@@ -2,6 +2,7 @@
 //! `pixbox wit`, `pixbox keys`, `pixbox jobs`, `pixbox health`.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -254,10 +255,14 @@ pub fn plugin_info(config: &Config, spec: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `pixbox serve`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+/// `pixbox serve`: runs until SIGINT or SIGTERM, then shuts down gracefully: in-flight work gets
+/// `worker.shutdown_grace_secs`, and the process exits at most [`STOP_MARGIN`] after that.
+///
+/// [`STOP_MARGIN`]: crate::server::STOP_MARGIN
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    use crate::server::{RUNTIME_STOP, STOP_MARGIN};
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let stopping = runtime.block_on(async {
         let running = crate::server::start(&config).await?;
         if let Some(addr) = running.addr {
             println!("pixbox listening on http://{addr} (role {:?})", config.role);
@@ -266,10 +271,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             println!("pixbox admin on http://{addr} (health, ready, metrics)");
         }
         crate::server::shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight work");
+        let stopping = Instant::now();
+        tracing::info!(grace_secs = config.worker.shutdown_grace_secs, "shutting down: finishing in-flight work");
         running.stop().await;
-        Ok(())
-    })
+        anyhow::Ok(stopping)
+    })?;
+    // Dropping a runtime waits for its blocking tasks without end (a filesystem call stuck on a
+    // dead mount, a DNS lookup); the rest of the margin is all they get.
+    let deadline = stopping + Duration::from_secs(config.worker.shutdown_grace_secs) + STOP_MARGIN;
+    let left = deadline.saturating_duration_since(Instant::now()).max(RUNTIME_STOP / 2);
+    let dropping = Instant::now();
+    runtime.shutdown_timeout(left);
+    if dropping.elapsed() >= left {
+        tracing::warn!(waited_ms = left.as_millis() as u64, "blocking tasks still running at exit are abandoned");
+    }
+    tracing::info!(took_ms = stopping.elapsed().as_millis() as u64, "shutdown complete");
+    Ok(())
 }
 
 /// `pixbox jobs ...`: runs against the configured backends.
@@ -359,7 +376,7 @@ pub fn jobs(config: &Config, command: &JobsCommand) -> anyhow::Result<()> {
 pub fn health(config: &Config, ready: bool) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
-    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+    const TIMEOUT: Duration = Duration::from_secs(3);
     let listen = if config.admin_listen.is_empty() { &config.listen } else { &config.admin_listen };
     let mut addr = listen
         .to_socket_addrs()

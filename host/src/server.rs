@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +17,16 @@ use crate::sandbox::{Routes, Sandbox};
 use crate::worker::Worker;
 use crate::worker::runner::Runner;
 
+/// How long a shutdown may take beyond `worker.shutdown_grace_secs`, whatever the backends and
+/// the clients do: releasing the messages of cancelled jobs, closing connections, stopping the
+/// runtime. What is still running then is abandoned (and logged): a message not released comes
+/// back after its visibility timeout, a client still connected sees its connection close.
+pub const STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// The part of [`STOP_MARGIN`] kept for what follows [`Running::stop`]: dropping the runtime's
+/// tasks and waiting for its blocking threads.
+pub const RUNTIME_STOP: Duration = Duration::from_millis(250);
+
 /// A started service.
 pub struct Running {
     /// Where the api listens (None for the worker role).
@@ -22,9 +34,62 @@ pub struct Running {
     /// Where the admin routes (health, readiness, metrics) listen, when `admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
-    api: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    admin: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    api: Option<Listener>,
+    admin: Option<Listener>,
     worker: Option<Runner>,
+    /// `worker.shutdown_grace_secs`: what in-flight jobs and requests get to finish.
+    grace: Duration,
+}
+
+/// A listener's accept loop and the connection slots its connections hold (a slot in use is an
+/// open connection; at shutdown, the ones still open are those being drained).
+struct Listener {
+    name: &'static str,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Listener {
+    fn start(
+        name: &'static str,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        limits: ConnectionLimits,
+        stop: CancellationToken,
+    ) -> Listener {
+        let max = limits.max_connections.max(1);
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
+        let task = tokio::spawn(serve(listener, app, limits, slots.clone(), stop));
+        Listener { name, task, slots, max }
+    }
+
+    /// Waits for the accept loop to end and the open connections to drain, until `deadline`;
+    /// then abandons the connections still open, and says how many.
+    async fn stop(mut self, deadline: Instant) {
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, &mut self.task).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::info!(
+                    listener = self.name,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "connections drained"
+                )
+            }
+            Ok(Ok(Err(e))) => tracing::warn!(listener = self.name, "{e}"),
+            Ok(Err(e)) => tracing::warn!(listener = self.name, "listener task: {e}"),
+            Err(_) => {
+                self.task.abort();
+                let open = self.max - self.slots.available_permits();
+                tracing::warn!(
+                    listener = self.name,
+                    open,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "connections still open at the shutdown deadline are abandoned"
+                );
+            }
+        }
+    }
 }
 
 /// Connects the backends and starts what the role asks for. Binds before returning, so `addr` is
@@ -52,9 +117,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot listen on the admin address {}", config.admin_listen))?;
         let addr = listener.local_addr()?;
         let app = api::admin_router(api::Backends { store: store.clone(), queue: queue.clone() });
-        let task = tokio::spawn(serve(listener, app, connection_limits, shutdown.clone()));
+        let admin = Listener::start("admin", listener, app, connection_limits, shutdown.clone());
         tracing::info!(%addr, "admin listening (health, ready, metrics)");
-        (Some(addr), Some(task))
+        (Some(addr), Some(admin))
     };
 
     let worker = if matches!(config.role, Role::Worker | Role::All) {
@@ -98,30 +163,38 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let cors = api::cors(&config.cors_origins).map_err(anyhow::Error::msg)?;
         let routes = config.routes.clone().into();
         let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth, guards, cors, routes });
-        let task = tokio::spawn(serve(listener, app, connection_limits, shutdown.clone()));
+        let api = Listener::start("api", listener, app, connection_limits, shutdown.clone());
         tracing::info!(%addr, "api listening");
-        (Some(addr), Some(task))
+        (Some(addr), Some(api))
     } else {
         (None, None)
     };
-    Ok(Running { addr, admin_addr, shutdown, api, admin, worker })
+    let grace = Duration::from_secs(config.worker.shutdown_grace_secs);
+    Ok(Running { addr, admin_addr, shutdown, api, admin, worker, grace })
 }
 
 impl Running {
-    /// Stops taking new work, lets in-flight requests and jobs finish, and returns when they have.
+    /// Stops taking new work and lets in-flight requests and jobs finish, side by side, for the
+    /// grace period; returns at most [`STOP_MARGIN`] minus [`RUNTIME_STOP`] after it, having
+    /// logged what it abandoned then (a worker tick still at its backends, open connections).
     pub async fn stop(self) {
+        let started = Instant::now();
+        let deadline = started + self.grace + STOP_MARGIN - RUNTIME_STOP;
         self.shutdown.cancel();
-        if let Some(worker) = self.worker {
-            worker.stop().await;
-        }
-        for (name, task) in [("api", self.api), ("admin", self.admin)] {
-            let Some(task) = task else { continue };
-            match task.await {
-                Ok(Err(e)) => tracing::warn!("{name}: {e}"),
-                Err(e) => tracing::warn!("{name} task: {e}"),
-                Ok(Ok(())) => {}
+        let worker = async {
+            let Some(worker) = self.worker else { return };
+            match tokio::time::timeout_at(deadline, worker.stop()).await {
+                Ok(()) => tracing::info!(took_ms = started.elapsed().as_millis() as u64, "worker schedule ended"),
+                Err(_) => tracing::warn!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "the worker's tick was still running at the shutdown deadline and is abandoned \
+                     (its messages come back after their visibility timeout)"
+                ),
             }
-        }
+        };
+        let listeners =
+            futures::future::join_all([self.api, self.admin].into_iter().flatten().map(|l| l.stop(deadline)));
+        tokio::join!(worker, listeners);
     }
 }
 
@@ -142,6 +215,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
+    slots: Arc<tokio::sync::Semaphore>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -151,7 +225,6 @@ async fn serve(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,

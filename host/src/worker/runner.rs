@@ -22,8 +22,9 @@ use crate::storage::Bucket;
 /// How long a receive waits for messages before the tick decides the queue is empty.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 
-/// How long releasing the messages of cancelled jobs may take, on top of the grace period.
-const RELEASE_WAIT: Duration = Duration::from_secs(1);
+/// How long releasing the messages of cancelled jobs may take, on top of the grace period (within
+/// the process's whole [`crate::server::STOP_MARGIN`]).
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
 
 /// Counts of one tick's outcomes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
