@@ -55,6 +55,9 @@ pub struct AuthSettings {
     /// The HMAC key of signed URLs (`reads = "signed"`), at least 32 characters; every api process
     /// must share it.
     pub signing_secret: String,
+    /// The signing secret before the current one, while URLs it signed may still be out there:
+    /// they stay valid until they expire. New URLs are signed with `signing_secret` only.
+    pub signing_secret_previous: String,
     /// How long a signed URL stays valid.
     pub signed_url_ttl_secs: u64,
 }
@@ -66,6 +69,7 @@ impl Default for AuthSettings {
             keys: String::new(),
             reads: Reads::Public,
             signing_secret: String::new(),
+            signing_secret_previous: String::new(),
             signed_url_ttl_secs: 7 * 24 * 3600,
         }
     }
@@ -79,6 +83,7 @@ impl fmt::Debug for AuthSettings {
             .field("keys", &self.keys)
             .field("reads", &self.reads)
             .field("signing_secret", &if self.signing_secret.is_empty() { "" } else { "<set>" })
+            .field("signing_secret_previous", &if self.signing_secret_previous.is_empty() { "" } else { "<set>" })
             .field("signed_url_ttl_secs", &self.signed_url_ttl_secs)
             .finish()
     }
@@ -131,6 +136,10 @@ pub enum AuthConfigError {
          characters shared by every api process; `pixbox keys secret` prints one"
     )]
     NoSecret,
+    #[error(
+        "[auth] signing_secret_previous (PIXBOX_AUTH_SIGNING_SECRET_PREVIOUS) must be at least 32 characters, or empty"
+    )]
+    ShortPreviousSecret,
 }
 
 /// One configured key: the hash of the key, never the key.
@@ -178,6 +187,8 @@ struct Inner {
     keys: Vec<KeyEntry>,
     reads: Reads,
     secret: Vec<u8>,
+    /// `signing_secret_previous`, empty when there is none.
+    previous_secret: Vec<u8>,
     ttl: Duration,
 }
 
@@ -199,6 +210,7 @@ impl Auth {
             keys: Vec::new(),
             reads: Reads::Public,
             secret: Vec::new(),
+            previous_secret: Vec::new(),
             ttl: Duration::ZERO,
         }))
     }
@@ -225,11 +237,15 @@ impl Auth {
         if settings.reads == Reads::Signed && settings.signing_secret.len() < 32 {
             return Err(AuthConfigError::NoSecret);
         }
+        if !settings.signing_secret_previous.is_empty() && settings.signing_secret_previous.len() < 32 {
+            return Err(AuthConfigError::ShortPreviousSecret);
+        }
         Ok(Auth(Arc::new(Inner {
             enforcing: true,
             keys,
             reads: settings.reads,
             secret: settings.signing_secret.as_bytes().to_vec(),
+            previous_secret: settings.signing_secret_previous.as_bytes().to_vec(),
             ttl: Duration::from_secs(settings.signed_url_ttl_secs),
         })))
     }
@@ -294,7 +310,7 @@ impl Auth {
         let expires = unix_now().saturating_add(self.0.ttl.as_secs());
         Some(format!(
             "expires={expires}&sig={}",
-            URL_SAFE_NO_PAD.encode(self.mac(kind, key, expires).finalize().into_bytes())
+            URL_SAFE_NO_PAD.encode(mac(&self.0.secret, kind, key, expires).finalize().into_bytes())
         ))
     }
 
@@ -304,19 +320,15 @@ impl Auth {
         };
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| AuthError::BadSignature("sig is not base64url"))?;
         // Checked before the expiry, so an edited expiry reads as tampering, not as expired.
-        self.mac(kind, key, expires)
-            .verify_slice(&sig)
-            .map_err(|_| AuthError::BadSignature("the signature does not match this URL"))?;
+        let signed_by =
+            |secret: &[u8]| !secret.is_empty() && mac(secret, kind, key, expires).verify_slice(&sig).is_ok();
+        if !signed_by(&self.0.secret) && !signed_by(&self.0.previous_secret) {
+            return Err(AuthError::BadSignature("the signature does not match this URL"));
+        }
         if expires < unix_now() {
             return Err(AuthError::Expired);
         }
         Ok(())
-    }
-
-    fn mac(&self, kind: &str, key: &str, expires: u64) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0.secret).expect("HMAC takes any key length");
-        mac.update(format!("{kind}\n{key}\n{expires}").as_bytes());
-        mac
     }
 
     /// The configured entry of a presented key. Every entry is compared, in constant time, so the
@@ -331,6 +343,13 @@ impl Auth {
         }
         found
     }
+}
+
+/// The HMAC of a signed URL: kind, key and expiry under `secret`.
+fn mac(secret: &[u8], kind: &str, key: &str, expires: u64) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(format!("{kind}\n{key}\n{expires}").as_bytes());
+    mac
 }
 
 /// `expires` and `sig` of a signed URL's query.
@@ -494,12 +513,43 @@ mod tests {
         let later = Signed { expires: signed.expires.map(|e| e + 1), sig: signed.sig.clone() };
         assert!(matches!(auth.authorize_read(&none, "download", "a/b.jpg", &later), Err(AuthError::BadSignature(_))));
         let past = unix_now() - 1;
-        let sig = URL_SAFE_NO_PAD.encode(auth.mac("download", "a/b.jpg", past).finalize().into_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac(&auth.0.secret, "download", "a/b.jpg", past).finalize().into_bytes());
         let expired = Signed { expires: Some(past), sig: Some(sig) };
         assert_eq!(auth.authorize_read(&none, "download", "a/b.jpg", &expired), Err(AuthError::Expired));
         assert!(matches!(
             auth.authorize_read(&none, "download", "a/b.jpg", &Signed::default()),
             Err(AuthError::Unauthorized(_))
         ));
+    }
+
+    /// After a rotation, URLs signed with the previous secret stay valid until they expire; new
+    /// URLs use the new secret; a URL signed with neither is refused; a short previous secret is
+    /// refused at start.
+    #[test]
+    fn urls_signed_with_the_previous_secret_stay_valid_until_they_expire() {
+        let (_, entry) = new_key(&[Scope::Upload]);
+        let old = Auth::from_settings(&settings(&entry, Reads::Signed), "127.0.0.1:1").unwrap();
+        let old_url: Signed = serde_urlencoded::from_str(&old.sign("download", "a/b.jpg").unwrap()).unwrap();
+        let mut rotated = settings(&entry, Reads::Signed);
+        rotated.signing_secret_previous = rotated.signing_secret.clone();
+        rotated.signing_secret = "n".repeat(32);
+        let new = Auth::from_settings(&rotated, "127.0.0.1:1").unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(new.authorize_read(&none, "download", "a/b.jpg", &old_url), Ok(()));
+        let new_url: Signed = serde_urlencoded::from_str(&new.sign("download", "a/b.jpg").unwrap()).unwrap();
+        assert_ne!(new_url.sig, old_url.sig, "new URLs are signed with the new secret");
+        assert_eq!(new.authorize_read(&none, "download", "a/b.jpg", &new_url), Ok(()));
+        let past = unix_now() - 1;
+        let sig = URL_SAFE_NO_PAD.encode(mac(&old.0.secret, "download", "a/b.jpg", past).finalize().into_bytes());
+        let expired = Signed { expires: Some(past), sig: Some(sig) };
+        assert_eq!(new.authorize_read(&none, "download", "a/b.jpg", &expired), Err(AuthError::Expired));
+        rotated.signing_secret_previous = String::new();
+        let forgot = Auth::from_settings(&rotated, "127.0.0.1:1").unwrap();
+        assert!(matches!(
+            forgot.authorize_read(&none, "download", "a/b.jpg", &old_url),
+            Err(AuthError::BadSignature(_))
+        ));
+        rotated.signing_secret_previous = "short".into();
+        assert!(matches!(Auth::from_settings(&rotated, "127.0.0.1:1"), Err(AuthConfigError::ShortPreviousSecret)));
     }
 }
