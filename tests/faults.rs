@@ -57,6 +57,7 @@ impl Rig {
             auth: pixbox::auth::Auth::open(),
             cors: None,
             routes: Vec::new().into(),
+            probes: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -110,6 +111,42 @@ async fn memory_adapters_pass_the_conformance_suites() {
 
 /// Twelve images go out in two sends; the second fails. The client gets the error, and the jobs
 /// of the first send, which did reach the queue, produce neither a result nor a failure.
+/// `/ready` is cheap whatever the number of callers: 1000 at once cause one check of each
+/// backend per second of the storm (so at most 2 for a storm under a second), and a failing
+/// backend is reported (503 `not-ready`) from that one check to every caller of the next second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_ready_probes_cost_one_backend_check_a_second() {
+    let rig = rig().await;
+    let base = rig.api(UploadLimits::default()).await;
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..1000).map(|_| client.get(format!("{base}/ready")).send())).await;
+    let span = started.elapsed();
+    for answer in answers {
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+    let (store, queue) = (rig.store.calls(Op::Check), rig.queue.calls(Op::Check));
+    eprintln!("1000 /ready calls in {span:?}: {store} store and {queue} queue checks");
+    let allowed = 2.max(1 + span.as_secs() as u32);
+    assert!(store <= allowed && queue <= allowed, "{store} store and {queue} queue checks in {span:?}");
+
+    // A store that stops answering: the next check after the result is a second old says so,
+    // and every caller within that second gets the same answer without asking again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    rig.store.fail(Op::Check, 1);
+    let asked = std::time::Instant::now();
+    let refused = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(asked.elapsed() < Duration::from_secs(1), "answered after {:?}", asked.elapsed());
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "not-ready", "{body}");
+    let checks = rig.store.calls(Op::Check);
+    assert_eq!(client.get(format!("{base}/ready")).send().await.unwrap().status(), 503, "the cached answer");
+    assert_eq!(rig.store.calls(Op::Check), checks, "a second caller within the second asked again");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(client.get(format!("{base}/ready")).send().await.unwrap().status(), 200, "the store is back");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_send_failing_mid_upload_leaves_nothing_behind() {
     let rig = rig().await;

@@ -277,6 +277,178 @@ async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
     app.running.stop().await;
 }
 
+/// One byte and stall, on `max_connections + 100` connections from one address, a third of them
+/// whole HTTP/2 prefaces: the address's share (`max_connections_per_address`) is held until the
+/// header timeout and closed then, the rest are closed at accept, and another address is served
+/// throughout (`/health`, an upload, both over HTTP/1.1 and HTTP/2), with next to no memory.
+#[tokio::test]
+async fn one_byte_connections_and_idle_http2_prefaces_never_starve_another_client() {
+    const MAX: u32 = 48;
+    const PER_ADDRESS: u32 = 16;
+    // Long enough that all the connections are made before the first share is released.
+    let header_timeout = Duration::from_secs(2);
+    let app = App::start_with(&[], Reads::Public, |c| {
+        c.limits.header_read_timeout_secs = header_timeout.as_secs();
+        c.limits.max_connections = MAX;
+        c.limits.max_connections_per_address = PER_ADDRESS;
+        c.limits.http2 = true;
+    })
+    .await;
+    let addr = app.addr();
+    let before = rss_bytes();
+    let mut stalled = Vec::new();
+    for i in 0..MAX + 100 {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let sends: &[u8] = if i % 3 == 0 { b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" } else { b"P" };
+        // A connection closed at accept may refuse the byte: that is the point.
+        let _ = stream.write_all(sends).await;
+        stalled.push((stream, Instant::now()));
+    }
+    // Each watched on its own, so each close is timed when it happens.
+    let closing =
+        tokio::spawn(futures::future::join_all(stalled.into_iter().map(|(mut stream, connected)| async move {
+            until_closed(&mut stream, connected, Duration::from_secs(6)).await.1
+        })));
+
+    // Another address (the whole 127/8 is loopback): served at once, over both protocols.
+    let other = |h2: bool| {
+        let builder = reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2]));
+        if h2 { builder.http2_prior_knowledge() } else { builder }.build().unwrap()
+    };
+    for client in [other(false), other(true)] {
+        let asked = Instant::now();
+        assert_eq!(client.get(format!("{}/health", app.base)).send().await.unwrap().status(), StatusCode::OK);
+        let image = common::png(&common::photo(16, 12));
+        let form = Form::new().part("images", Part::bytes(image).file_name("a.png").mime_str("image/png").unwrap());
+        let upload = client.post(format!("{}/upload", app.base)).multipart(form).send().await.unwrap();
+        assert_eq!(upload.status(), StatusCode::ACCEPTED);
+        assert!(asked.elapsed() < Duration::from_secs(1), "another client waited {:?}", asked.elapsed());
+    }
+    let peak = rss_bytes();
+
+    let ended = closing.await.unwrap();
+    let held = ended.iter().filter(|after| **after >= header_timeout - Duration::from_millis(100)).count();
+    assert_eq!(held, PER_ADDRESS as usize, "the address's share is held to the header timeout: {ended:?}");
+    let slowest = ended.iter().max().unwrap();
+    assert!(*slowest <= header_timeout + Duration::from_secs(1), "one stayed open for {slowest:?}");
+    assert!(
+        peak.saturating_sub(before) < 16 << 20,
+        "{} stalled connections cost {} MiB",
+        MAX + 100,
+        (peak - before) >> 20
+    );
+    // The mechanism, from the server's own count (other tests share the recorder: at least).
+    let metrics = reqwest::get(format!("http://{}/metrics", app.running.admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = |reason: &str| -> f64 {
+        let prefix = format!("pixbox_connections_refused_total{{reason=\"{reason}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |n| n.parse().unwrap())
+    };
+    assert!(refused("per-address") >= f64::from(MAX + 100 - PER_ADDRESS), "{metrics}");
+    assert!(refused("header-timeout") >= f64::from(PER_ADDRESS), "{metrics}");
+    app.running.stop().await;
+}
+
+/// After a request, an idle HTTP/1.1 connection stays for the keep-alive timeout (not the shorter
+/// header timeout), and is closed then.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_the_keep_alive_timeout() {
+    let app = App::start_with(&[], Reads::Public, |c| {
+        c.limits.header_read_timeout_secs = 1;
+        c.limits.keep_alive_timeout_secs = 3;
+    })
+    .await;
+    let mut stream = TcpStream::connect(app.addr()).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let answered = Instant::now();
+    let (_, after) = until_closed(&mut stream, answered, Duration::from_secs(6)).await;
+    assert!(after >= Duration::from_millis(2_900), "closed after {after:?}, before the keep-alive timeout");
+    assert!(after <= Duration::from_secs(4), "still open after {after:?}");
+    app.running.stop().await;
+}
+
+/// Image keys are unguessable: 128 random bits after the route prefix, as 32 hex digits, and two
+/// keys of one upload share no more than chance gives (a UUIDv7's shared timestamp would be 12
+/// hex digits; 8 shared by chance is a 1 in 4 billion event).
+#[tokio::test]
+async fn image_keys_carry_128_random_bits_and_no_time() {
+    let app = App::start(&[], Reads::Public).await;
+    let image = || Part::bytes(common::png(&common::photo(16, 12))).file_name("a.png").mime_str("image/png").unwrap();
+    let form = Form::new().part("images", image()).part("images", image()).part("images", image());
+    let response = app.client.post(format!("{}/upload?prefix=p/", app.base)).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    let ids: Vec<String> = body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let key = i["key"].as_str().unwrap();
+            let id = key.strip_prefix("p/").and_then(|k| k.strip_suffix(".png")).unwrap_or_else(|| panic!("{key}"));
+            assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+            id.to_string()
+        })
+        .collect();
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            let shared = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+            assert!(shared < 8, "{a} and {b} share {shared} leading digits");
+        }
+    }
+    app.running.stop().await;
+}
+
+/// A part header trickled towards 8 MiB (1 KiB every 20 ms) is refused within a second of its
+/// 8 KiB-th byte, with next to no memory: the guard in front of the parser counts as it goes.
+#[tokio::test]
+async fn a_part_header_trickled_past_8_kib_is_refused_at_once() {
+    let app = App::start(&[], Reads::Public).await;
+    let stream = TcpStream::connect(app.addr()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n\
+         Content-Length: {}\r\n\r\n",
+        9 << 20
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let start = b"--XyZ\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\nX-Pad: ";
+    writer.write_all(start).await.unwrap();
+    let before = rss_bytes();
+    let answer = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut seen)).await;
+        (String::from_utf8_lossy(&seen).into_owned(), Instant::now())
+    });
+    let mut header_bytes = start.len() - "--XyZ".len(); // the part's headers: after the boundary
+    let mut past_limit = None;
+    while header_bytes < 8 << 20 && !answer.is_finished() {
+        if writer.write_all(&[b'a'; 1024]).await.is_err() {
+            break;
+        }
+        header_bytes += 1024;
+        if header_bytes > 8 << 10 && past_limit.is_none() {
+            past_limit = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (answer, answered) = answer.await.unwrap();
+    let past_limit = past_limit.expect("the header passed 8 KiB");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("part-header-too-large"), "{answer}");
+    let after = answered.saturating_duration_since(past_limit);
+    assert!(after < Duration::from_secs(1), "refused {after:?} after the 8 KiB-th byte ({header_bytes} bytes sent)");
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 16 << 20, "the trickled header cost {} MiB", grown >> 20);
+    app.running.stop().await;
+}
+
 #[tokio::test]
 async fn a_burst_over_the_rate_gets_429_with_retry_after() {
     let (uploader, entry) = pixbox::auth::new_key(&[Scope::Upload]);
@@ -516,5 +688,102 @@ async fn watchers_over_the_cap_are_refused_at_once() {
     assert_eq!(holder.await.unwrap()["state"], "pending");
     // The slot is free again.
     assert_eq!(app.get(&format!("/status/{key}?wait=0"), None).await.status(), StatusCode::OK);
+    app.running.stop().await;
+}
+
+/// Who the client is, behind a proxy and without one, seen through the rate limit (one request
+/// a second, no burst): each row's second request is limited exactly when both count as the
+/// same client.
+#[tokio::test]
+async fn the_rate_limit_counts_the_real_client_behind_trusted_proxies_and_ipv6_per_64() {
+    let limited = |c: &mut Config| {
+        c.limits.rate_per_second = 1;
+        c.limits.rate_burst = 1;
+    };
+    let direct = App::start_with(&[], Reads::Public, limited).await;
+    let proxied = App::start_with(&[], Reads::Public, |c| {
+        limited(c);
+        c.limits.trusted_proxies = "127.0.0.0/8 10.0.0.0/8".into();
+    })
+    .await;
+    // (app, what the row is, the first request's X-Forwarded-For, the second's, same client?)
+    let rows: [(&App, &str, &str, &str, bool); 6] = [
+        (&direct, "untrusted peer: X-Forwarded-For ignored", "203.0.113.1", "203.0.113.2", true),
+        (&proxied, "trusted peer: the forwarded client", "203.0.113.1", "203.0.113.2", false),
+        (
+            &proxied,
+            "spoofed chain: the hop the proxy added",
+            "198.51.100.9, 203.0.113.3",
+            "198.51.100.10, 203.0.113.3",
+            true,
+        ),
+        (&proxied, "trusted hops on the right are skipped", "203.0.113.4, 10.0.0.5", "203.0.113.4, 10.0.0.6", true),
+        (&proxied, "IPv6: one /64 is one client", "2001:db8:1:2::1", "2001:db8:1:2:ffff::9", true),
+        (&proxied, "IPv6: another /64 is another", "2001:db8:1:4::1", "2001:db8:1:5::1", false),
+    ];
+    for (app, row, first, second, same) in rows {
+        let ask =
+            |xff: &str| app.client.get(format!("{}/status/a.jpg", app.base)).header("x-forwarded-for", xff).send();
+        assert_eq!(ask(first).await.unwrap().status(), StatusCode::NOT_FOUND, "{row}: first request");
+        let answer = ask(second).await.unwrap().status();
+        let expected = if same { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::NOT_FOUND };
+        assert_eq!(answer, expected, "{row}");
+        // The buckets are full again for the next row.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    direct.running.stop().await;
+    proxied.running.stop().await;
+}
+
+/// The per-caller caps in pairs: one client (behind a trusted proxy) holding its share of
+/// watchers, or of uploads being received, is refused one more at once with 503 `too-busy`, while
+/// another client gets one.
+#[tokio::test]
+async fn one_caller_cannot_take_every_watcher_or_upload_slot() {
+    let app = App::start_with(&[], Reads::Public, |c| {
+        c.limits.trusted_proxies = "127.0.0.1/32".into();
+        c.limits.max_watchers = 10;
+        c.limits.max_watchers_per_caller = 2;
+        c.limits.max_concurrent_uploads = 10;
+        c.limits.max_uploads_per_caller = 1;
+        c.limits.body_idle_timeout_secs = 5;
+    })
+    .await;
+    let uploaded: Value = app.upload(None).await.json().await.unwrap();
+    let key = uploaded["images"][0]["key"].as_str().unwrap().to_string();
+    let wait = |who: &'static str, secs: u32| {
+        app.client.get(format!("{}/status/{key}?wait={secs}", app.base)).header("x-forwarded-for", who).send()
+    };
+    let holders: Vec<_> = (0..2).map(|_| tokio::spawn(wait("203.0.113.1", 3))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let refused = wait("203.0.113.1", 3).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(asked.elapsed() < Duration::from_secs(1), "refused only after {:?}", asked.elapsed());
+    assert_eq!(error_code(refused).await.1, "too-busy");
+    assert_eq!(wait("203.0.113.2", 0).await.unwrap().status(), StatusCode::OK, "another caller has watchers left");
+    for holder in holders {
+        assert_eq!(holder.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+
+    // Uploads: a stalled body holds the caller's only slot.
+    let mut stalled = TcpStream::connect(app.addr()).await.unwrap();
+    let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.1\r\n\
+                 Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n\
+                 --b\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n\r\n\x89PNG";
+    stalled.write_all(head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let upload = |who: &'static str| {
+        let image = common::png(&common::photo(16, 12));
+        let form = Form::new().part("images", Part::bytes(image).file_name("a.png").mime_str("image/png").unwrap());
+        app.client.post(format!("{}/upload", app.base)).header("x-forwarded-for", who).multipart(form).send()
+    };
+    let asked = Instant::now();
+    let refused = upload("203.0.113.1").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(asked.elapsed() < Duration::from_secs(1), "refused only after {:?}", asked.elapsed());
+    assert_eq!(error_code(refused).await.1, "too-busy");
+    assert_eq!(upload("203.0.113.2").await.unwrap().status(), StatusCode::ACCEPTED, "another caller can upload");
+    drop(stalled);
     app.running.stop().await;
 }

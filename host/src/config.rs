@@ -144,10 +144,22 @@ pub struct UploadLimits {
     pub body_idle_timeout_secs: u64,
     /// Seconds a whole request (body included) may take.
     pub request_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight after its first request.
+    pub keep_alive_timeout_secs: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: u32,
+    /// Connections one client address (an IPv6 /64) may hold at once; more are closed at accept.
+    pub max_connections_per_address: u32,
+    /// Serve HTTP/2 (prior knowledge, `h2c`) besides HTTP/1.1.
+    pub http2: bool,
     /// `/status?wait=` long polls and `/events` streams open at once; more get 503 `too-busy`.
     pub max_watchers: u32,
+    /// Long polls and event streams one caller (an API key, else a client address) may have open.
+    pub max_watchers_per_caller: u32,
+    /// Uploads one caller may have being received at once.
+    pub max_uploads_per_caller: u32,
+    /// Proxies (CIDRs, space- or comma-separated) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: String,
 }
 
 impl Default for UploadLimits {
@@ -165,8 +177,14 @@ impl Default for UploadLimits {
             header_read_timeout_secs: 10,
             body_idle_timeout_secs: 20,
             request_timeout_secs: 300,
+            keep_alive_timeout_secs: 75,
             max_connections: 1024,
+            max_connections_per_address: 256,
+            http2: false,
             max_watchers: 256,
+            max_watchers_per_caller: 16,
+            max_uploads_per_caller: 4,
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -317,14 +335,30 @@ impl Config {
             return Err(ConfigError::Invalid("worker.max_receives must be at least 1".into()));
         }
         let l = &self.limits;
-        if l.header_read_timeout_secs == 0 || l.body_idle_timeout_secs == 0 || l.request_timeout_secs == 0 {
+        if l.header_read_timeout_secs == 0
+            || l.body_idle_timeout_secs == 0
+            || l.request_timeout_secs == 0
+            || l.keep_alive_timeout_secs == 0
+        {
             return Err(ConfigError::Invalid("limits.*_timeout_secs must be above zero".into()));
         }
-        if l.max_concurrent_uploads == 0 || l.max_connections == 0 || l.max_watchers == 0 {
+        if [
+            l.max_concurrent_uploads,
+            l.max_connections,
+            l.max_connections_per_address,
+            l.max_watchers,
+            l.max_watchers_per_caller,
+            l.max_uploads_per_caller,
+        ]
+        .contains(&0)
+        {
             return Err(ConfigError::Invalid(
-                "limits.max_concurrent_uploads, max_connections and max_watchers must be above zero".into(),
+                "limits.max_concurrent_uploads, max_connections, max_connections_per_address, max_watchers, \
+                 max_watchers_per_caller and max_uploads_per_caller must be above zero"
+                    .into(),
             ));
         }
+        crate::api::trusted_proxies(&l.trusted_proxies).map_err(ConfigError::Invalid)?;
         crate::api::cors(&self.cors_origins).map_err(ConfigError::Invalid)?;
         for route in &self.routes {
             route.validate().map_err(|e| ConfigError::Invalid(format!("route {:?}: {e}", route.prefix)))?;

@@ -40,6 +40,9 @@ pub const DEAD_LETTER_DEPTH: &str = "pixbox_dead_letter_depth";
 pub const QUEUE_OLDEST_AGE: &str = "pixbox_queue_oldest_age_seconds";
 /// 1 when the last sample of the queue succeeded, 0 when the queue did not answer.
 pub const QUEUE_UP: &str = "pixbox_queue_up";
+/// Connections closed without a request, by `reason` (`per-address`: over the per-address limit
+/// at accept; `header-timeout`: no complete request head in time).
+pub const CONNECTIONS_REFUSED: &str = "pixbox_connections_refused_total";
 
 /// Request and plugin times: 1 ms to 2 min.
 const SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
@@ -78,8 +81,16 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
-/// The Prometheus text for `/metrics`, with the queue's depths sampled now.
-pub async fn render(queue: &dyn JobQueue) -> String {
+/// The Prometheus text for `/metrics` (the queue gauges as [`sample_queue`] last set them).
+pub fn render() -> String {
+    let handle = install();
+    // Histograms are kept in per-thread buffers until an upkeep folds them in.
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Sets the queue gauges from the queue's counts now.
+pub async fn sample_queue(queue: &dyn JobQueue) {
     match tokio::time::timeout(SAMPLE_TIMEOUT, queue.depth()).await {
         Ok(Ok(depth)) => {
             gauge!(QUEUE_DEPTH).set(depth.waiting as f64);
@@ -101,10 +112,6 @@ pub async fn render(queue: &dyn JobQueue) -> String {
             gauge!(QUEUE_UP).set(0.0);
         }
     }
-    let handle = install();
-    // Histograms are kept in per-thread buffers until an upkeep folds them in.
-    handle.run_upkeep();
-    handle.render()
 }
 
 /// One answered request.
@@ -133,6 +140,11 @@ pub fn sandbox_call(plugin: &str, result: &'static str, elapsed: Duration, memor
     if let Some(peak) = memory_peak {
         histogram!(SANDBOX_MEMORY, "plugin" => plugin.to_string()).record(peak as f64);
     }
+}
+
+/// A connection closed without a request (see [`CONNECTIONS_REFUSED`]).
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// One worker tick.

@@ -262,21 +262,34 @@ pub enum Op {
     Delete,
     Send,
     QueueDelete,
+    /// A readiness check (of the store or of the queue).
+    Check,
 }
 
 /// Wraps a store and a queue; `fail(op, n)` makes the `n`th call (1-based, counted from now) of
 /// `op` fail with an "unavailable" error. `duplicate_next_receive` delivers the next received
-/// message twice (two deliveries, two receipts), as SQS may.
+/// message twice (two deliveries, two receipts), as SQS may. `calls(op)` counts every call of
+/// `op` so far.
 #[derive(Debug)]
 pub struct Faulty<T> {
     pub inner: T,
     plan: Mutex<HashMap<Op, (u32, u32)>>,
+    calls: Mutex<HashMap<Op, u32>>,
     duplicate: Mutex<bool>,
 }
 
 impl<T> Faulty<T> {
     pub fn new(inner: T) -> Self {
-        Faulty { inner, plan: Mutex::new(HashMap::new()), duplicate: Mutex::new(false) }
+        Faulty {
+            inner,
+            plan: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::new()),
+            duplicate: Mutex::new(false),
+        }
+    }
+
+    pub fn calls(&self, op: Op) -> u32 {
+        self.calls.lock().unwrap().get(&op).copied().unwrap_or(0)
     }
 
     pub fn fail(&self, op: Op, nth: u32) {
@@ -289,6 +302,7 @@ impl<T> Faulty<T> {
 
     /// True when this call of `op` is the one to fail.
     fn trips(&self, op: Op) -> bool {
+        *self.calls.lock().unwrap().entry(op).or_insert(0) += 1;
         let mut plan = self.plan.lock().unwrap();
         let Some((seen, nth)) = plan.get_mut(&op) else { return false };
         *seen += 1;
@@ -340,6 +354,9 @@ impl<S: BlobStore> BlobStore for Faulty<S> {
         self.inner.list(bucket, prefix).await
     }
     async fn check(&self) -> Result<(), StoreError> {
+        if self.trips(Op::Check) {
+            return Err(store_fault(Op::Check));
+        }
         self.inner.check().await
     }
 }
@@ -380,6 +397,9 @@ impl<Q: JobQueue> JobQueue for Faulty<Q> {
         self.inner.depth().await
     }
     async fn check(&self) -> Result<(), QueueError> {
+        if self.trips(Op::Check) {
+            return Err(QueueError::Unavailable(format!("injected fault on {:?}", Op::Check)));
+        }
         self.inner.check().await
     }
 }

@@ -5,12 +5,12 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, read_url};
+use super::{ApiError, ApiState, CallerKey, read_url};
 use crate::auth::Signed;
 use crate::imaging::Format;
 use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
@@ -192,18 +192,19 @@ pub async fn download_by_query(
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
         (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
-        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open", body = ApiError),
+        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open (or the caller's `max_watchers_per_caller`)", body = ApiError),
     )
 )]
 pub async fn status_by_path(
     State(state): State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
     Path(key): Path<String>,
     Query(query): Query<SignedQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
     let wait = super::live::wait_time(query.wait.as_deref())?;
     state.auth.authorize_read(&headers, "status", &key, &query.split().0)?;
-    status_waiting(&state, &key, wait).await.map(Json)
+    status_waiting(&state, &caller, &key, wait).await.map(Json)
 }
 
 #[utoipa::path(
@@ -218,11 +219,12 @@ pub async fn status_by_path(
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
         (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
         (status = 404, description = "`not-found`", body = ApiError),
-        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open", body = ApiError),
+        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open (or the caller's `max_watchers_per_caller`)", body = ApiError),
     )
 )]
 pub async fn status_by_query(
     State(state): State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
     Query(query): Query<KeyQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Status>, ApiError> {
@@ -230,13 +232,18 @@ pub async fn status_by_query(
     let (key, signed, _) = query.split();
     let key = required(key)?;
     state.auth.authorize_read(&headers, "status", &key, &signed)?;
-    status_waiting(&state, &key, wait).await.map(Json)
+    status_waiting(&state, &caller, &key, wait).await.map(Json)
 }
 
 /// The status now, or with `?wait=` once the job is settled (or the wait is over).
-async fn status_waiting(state: &ApiState, key: &str, wait: Option<std::time::Duration>) -> Result<Status, ApiError> {
+async fn status_waiting(
+    state: &ApiState,
+    caller: &CallerKey,
+    key: &str,
+    wait: Option<std::time::Duration>,
+) -> Result<Status, ApiError> {
     match wait {
-        Some(wait) => super::live::status_after(state, key, wait).await,
+        Some(wait) => super::live::status_after(state, caller, key, wait).await,
         None => status(state, key).await,
     }
 }

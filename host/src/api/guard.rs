@@ -1,13 +1,17 @@
-//! Limits against abuse at the HTTP layer: a rate limit per API key (or per address without
-//! one), a cap on uploads in flight, and the answers they give (429 / 503 with `Retry-After`).
+//! Limits against abuse at the HTTP layer: a rate limit per caller (an API key, or without one the
+//! client's address), caps on uploads and watchers in flight, overall and per caller, and the
+//! answers they give (429 / 503 with `Retry-After`). Behind a trusted proxy the client's address
+//! comes from `X-Forwarded-For`; IPv6 clients count per /64.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -18,22 +22,134 @@ use super::{ApiError, ApiState};
 use crate::auth::Caller;
 use crate::config::UploadLimits;
 
-/// Whom a rate limit counts: a key (wherever it calls from) or an address (calls without a key).
+/// Whom a limit counts: a key (wherever it calls from) or a client address (calls without a key;
+/// an IPv6 address by its /64). Put on every request by [`rate_limit`] for the handlers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum RateKey {
+pub enum CallerKey {
     Key(String),
     Address(IpAddr),
+}
+
+/// The address a client is counted under: itself for IPv4, its /64 for IPv6 (one subscriber
+/// usually holds a whole /64, and rotating inside it must not buy more connections or tokens).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// Open things (connections, uploads, watchers) per key, each capped.
+#[derive(Debug)]
+pub struct PerKey<K>(Arc<Mutex<HashMap<K, usize>>>);
+
+impl<K> Clone for PerKey<K> {
+    fn clone(&self) -> Self {
+        PerKey(self.0.clone())
+    }
+}
+
+impl<K> Default for PerKey<K> {
+    fn default() -> Self {
+        PerKey(Arc::default())
+    }
+}
+
+impl<K: Eq + Hash + Clone> PerKey<K> {
+    /// Counts one more for `key`, unless it already holds `max`; the count drops with the guard.
+    pub fn hold(&self, key: &K, max: usize) -> Option<Held<K>> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Held { map: self.clone(), key: key.clone() })
+    }
+
+    /// How many keys hold something now.
+    pub fn keys(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// One thing counted against its key, until dropped.
+#[derive(Debug)]
+pub struct Held<K: Eq + Hash> {
+    map: PerKey<K>,
+    key: K,
+}
+
+impl<K: Eq + Hash> Drop for Held<K> {
+    fn drop(&mut self) {
+        let mut open = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One upload or watcher slot: the caller's and the overall one, given back together on drop.
+#[derive(Debug)]
+pub struct Slot {
+    _overall: OwnedSemaphorePermit,
+    _caller: Held<CallerKey>,
+}
+
+/// A cap overall and per caller.
+#[derive(Debug, Clone)]
+struct Cap {
+    overall: Arc<Semaphore>,
+    max: usize,
+    per_caller: PerKey<CallerKey>,
+    max_per_caller: usize,
+    /// What is capped, for the message ("uploads are being received").
+    what: &'static str,
+}
+
+impl Cap {
+    fn new(max: u32, max_per_caller: u32, what: &'static str) -> Cap {
+        let max = max.max(1) as usize;
+        Cap {
+            overall: Arc::new(Semaphore::new(max)),
+            max,
+            per_caller: PerKey::default(),
+            max_per_caller: max_per_caller.max(1) as usize,
+            what,
+        }
+    }
+
+    /// A slot, or 503 `too-busy` saying which cap is full and to retry in a second.
+    fn slot(&self, caller: &CallerKey) -> Result<Slot, ApiError> {
+        let busy = |message: String| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too-busy", format!("{message}; try again shortly"))
+                .retry_after(1)
+        };
+        let mine = self
+            .per_caller
+            .hold(caller, self.max_per_caller)
+            .ok_or_else(|| busy(format!("{} of this caller's {} already", self.max_per_caller, self.what)))?;
+        let overall = self
+            .overall
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("{} {} already", self.max, self.what)))?;
+        Ok(Slot { _overall: overall, _caller: mine })
+    }
 }
 
 /// The shared limiters of one api process.
 #[derive(Debug, Clone)]
 pub struct Guards {
-    rate: Option<Arc<DefaultKeyedRateLimiter<RateKey>>>,
-    uploads: Arc<Semaphore>,
-    max_uploads: usize,
+    rate: Option<Arc<DefaultKeyedRateLimiter<CallerKey>>>,
+    uploads: Cap,
     /// Long polls (`/status?wait=`) and event streams open at once.
-    watchers: Arc<Semaphore>,
-    max_watchers: usize,
+    watchers: Cap,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl Guards {
@@ -54,52 +170,84 @@ impl Guards {
             });
             limiter
         });
-        let max_uploads = limits.max_concurrent_uploads.max(1) as usize;
-        let max_watchers = limits.max_watchers.max(1) as usize;
         Guards {
             rate,
-            uploads: Arc::new(Semaphore::new(max_uploads)),
-            max_uploads,
-            watchers: Arc::new(Semaphore::new(max_watchers)),
-            max_watchers,
+            uploads: Cap::new(limits.max_concurrent_uploads, limits.max_uploads_per_caller, "uploads being received"),
+            watchers: Cap::new(
+                limits.max_watchers,
+                limits.max_watchers_per_caller,
+                "status waits and event streams open",
+            ),
+            // Checked by the configuration's validation; a bad entry cannot get here.
+            trusted_proxies: trusted_proxies(&limits.trusted_proxies).unwrap_or_default().into(),
         }
     }
 
-    /// A slot for one long poll or event stream, or 503 when `max_watchers` are open: each one
-    /// reads the store every quarter second.
-    pub fn watch_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        slot(&self.watchers, || format!("{} status waits and event streams are already open", self.max_watchers))
+    /// A slot for one long poll or event stream, or 503 when the caller has
+    /// `max_watchers_per_caller` open or everyone `max_watchers`: each one reads the store every
+    /// quarter second.
+    pub fn watch_slot(&self, caller: &CallerKey) -> Result<Slot, ApiError> {
+        self.watchers.slot(caller)
     }
 
-    /// A slot for one upload, or 503 when `max_concurrent_uploads` are being received.
-    pub fn upload_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        slot(&self.uploads, || format!("{} uploads are already being received", self.max_uploads))
+    /// A slot for one upload, or 503 when the caller has `max_uploads_per_caller` being received
+    /// or everyone `max_concurrent_uploads`.
+    pub fn upload_slot(&self, caller: &CallerKey) -> Result<Slot, ApiError> {
+        self.uploads.slot(caller)
+    }
+
+    /// The client's address: the peer, or when the peer is a trusted proxy, the right-most
+    /// `X-Forwarded-For` hop that is not one (the hops left of it are whatever the client said).
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|net| net.contains(ip));
+        let mut client = peer.to_canonical();
+        if !trusted(&client) {
+            return client;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for hop in hops.iter().rev() {
+            // A hop that is not an address ends the chain: the last trusted one saw the client.
+            let Ok(ip) = hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else { break };
+            client = ip;
+            if !trusted(&ip) {
+                break;
+            }
+        }
+        client
     }
 }
 
-/// A permit of `slots`, or 503 `too-busy` saying why (`busy`) and to retry in a second.
-fn slot(slots: &Arc<Semaphore>, busy: impl FnOnce() -> String) -> Result<OwnedSemaphorePermit, ApiError> {
-    slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too-busy", format!("{}; try again shortly", busy()))
-            .retry_after(1)
-    })
+/// Parses `limits.trusted_proxies`: CIDRs (or single addresses) separated by spaces or commas.
+pub fn trusted_proxies(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("limits.trusted_proxies: {entry:?} is not a CIDR such as 10.0.0.0/8"))
+        })
+        .collect()
 }
 
-/// Counts the request against its caller's rate; over it, 429 with `Retry-After`. Probes
-/// (`/health`, `/ready`) are never limited.
-pub async fn rate_limit(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// Tells the handlers who is calling ([`CallerKey`]) and counts the request against that
+/// caller's rate; over it, 429 with `Retry-After`. Probes (`/health`, `/ready`) are never limited.
+pub async fn rate_limit(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let peer =
+        request.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    let key = match state.auth.identify(request.headers()) {
+        Ok(Caller::Key(id)) => CallerKey::Key(id),
+        // Without a (valid) key the address is all there is.
+        _ => CallerKey::Address(client_key(state.guards.client_address(peer, request.headers()))),
+    };
+    request.extensions_mut().insert(key.clone());
     let (Some(limiter), false) = (&state.guards.rate, matches!(request.uri().path(), "/health" | "/ready")) else {
         return next.run(request).await;
-    };
-    let key = match state.auth.identify(request.headers()) {
-        Ok(Caller::Key(id)) => RateKey::Key(id),
-        // Without a (valid) key the address is all there is.
-        _ => RateKey::Address(
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
-        ),
     };
     match limiter.check_key(&key) {
         Ok(()) => next.run(request).await,

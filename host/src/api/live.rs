@@ -10,14 +10,14 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 
 use super::download::{Status, status};
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, CallerKey, Slot};
 
 /// How often a watcher reads a pending job's state again.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -42,8 +42,8 @@ pub fn wait_time(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
 }
 
 /// The job's status once it is no longer pending, or its pending status when `wait` is over.
-pub async fn status_after(state: &ApiState, key: &str, wait: Duration) -> Result<Status, ApiError> {
-    let _slot = state.guards.watch_slot()?;
+pub async fn status_after(state: &ApiState, caller: &CallerKey, key: &str, wait: Duration) -> Result<Status, ApiError> {
+    let _slot = state.guards.watch_slot(caller)?;
     let until = Instant::now() + wait;
     loop {
         let current = status(state, key).await?;
@@ -67,7 +67,7 @@ struct Watch {
     pending: Vec<String>,
     ready: VecDeque<Event>,
     until: Instant,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 #[utoipa::path(
@@ -80,11 +80,12 @@ struct Watch {
         (status = 200, description = "A `text/event-stream`: one event per key once its job is settled, named `done`, `failed` or `not-found`, with the key as its id and the `/status` JSON as its data; the stream ends when every key has had its event (or after 10 minutes)", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid-key`, `too-many-keys`", body = ApiError),
         (status = 401, description = "`unauthorized`: reads need a key with the `read` scope", body = ApiError),
-        (status = 503, description = "`too-busy`: `limits.max_watchers` long polls and streams are open", body = ApiError),
+        (status = 503, description = "`too-busy`: `limits.max_watchers` long polls and streams are open (or the caller's `max_watchers_per_caller`)", body = ApiError),
     )
 )]
 pub async fn events(
     State(state): State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -101,7 +102,7 @@ pub async fn events(
         state.auth.authorize_read(&headers, "status", key, &Default::default())?;
         crate::storage::validate_key(key)?;
     }
-    let slot = state.guards.watch_slot()?;
+    let slot = state.guards.watch_slot(&caller)?;
     let watch = Watch { state, pending: keys, ready: VecDeque::new(), until: Instant::now() + MAX_STREAM, _slot: slot };
     let stream = futures::stream::unfold(watch, |mut watch| async move {
         loop {

@@ -6,10 +6,12 @@ mod download;
 mod error;
 mod guard;
 mod health;
+pub use health::Probes;
 mod live;
 pub mod observe;
 pub mod openapi;
 mod page;
+mod part_headers;
 mod upload;
 
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
-pub use guard::Guards;
+pub use guard::{CallerKey, Guards, PerKey, Slot, client_key, trusted_proxies};
 
 use crate::auth::{Auth, Scope};
 use crate::config::UploadLimits;
@@ -40,6 +42,8 @@ pub struct ApiState {
     pub cors: Option<tower_http::cors::CorsLayer>,
     /// The configured routes (for the names of a key's renditions; the api loads no plugin).
     pub routes: Arc<[crate::sandbox::RouteConfig]>,
+    /// What `/ready` and `/metrics` last found, shared by their callers.
+    pub probes: Probes,
 }
 
 /// The two ports, for handlers that need nothing else (readiness, metrics).
@@ -47,11 +51,19 @@ pub struct ApiState {
 pub struct Backends {
     pub store: Arc<dyn BlobStore>,
     pub queue: Arc<dyn JobQueue>,
+    /// What `/ready` and `/metrics` last found, shared by their callers.
+    pub probes: Probes,
+}
+
+impl Backends {
+    pub fn new(store: Arc<dyn BlobStore>, queue: Arc<dyn JobQueue>) -> Backends {
+        Backends { store, queue, probes: Probes::default() }
+    }
 }
 
 impl axum::extract::FromRef<ApiState> for Backends {
     fn from_ref(state: &ApiState) -> Self {
-        Backends { store: state.store.clone(), queue: state.queue.clone() }
+        Backends { store: state.store.clone(), queue: state.queue.clone(), probes: state.probes.clone() }
     }
 }
 
@@ -157,6 +169,8 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
             "/upload",
             post(upload::upload)
                 .layer(DefaultBodyLimit::max(body_limit))
+                // A part's headers are refused at 8 KiB, before the parser buffers them.
+                .layer(axum::middleware::map_request(part_headers::guard))
                 // Checked before a byte of the body is read.
                 .layer(axum::middleware::from_fn_with_state((auth, Scope::Upload), auth::require_scope)),
         )

@@ -5,13 +5,14 @@
 
 use axum::Json;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
-use axum::extract::{Multipart, Query, State};
+use axum::extract::{Extension, Multipart, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, read_url};
+use super::part_headers::{MAX_PART_HEADER_BYTES, PartHeadersTooLong};
+use super::{ApiError, ApiState, CallerKey, read_url};
 use crate::imaging::{self, Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::queue::MAX_BATCH;
@@ -24,8 +25,6 @@ const MAX_FOCUS_BYTES: u64 = 64;
 /// Parts of an upload that are not images (a prefix field, stray fields) allowed on top of
 /// `max_images`.
 const MAX_OTHER_PARTS: usize = 8;
-/// Largest headers of one multipart part (a browser sends about 150 bytes).
-const MAX_PART_HEADER_BYTES: usize = 8 << 10;
 
 #[derive(Debug, Deserialize)]
 pub struct UploadQuery {
@@ -93,15 +92,16 @@ pub struct Uploaded {
         (status = 429, description = "`rate-limited`, with `Retry-After`", body = ApiError),
         (status = 415, description = "`unsupported-format`, `not-multipart`", body = ApiError),
         (status = 422, description = "`unreadable-image`, `too-many-pixels`, `truncated-image`", body = ApiError),
-        (status = 503, description = "`unavailable`: the store or the queue is not answering; `too-busy` (with `Retry-After`): max_concurrent_uploads are being received", body = ApiError),
+        (status = 503, description = "`unavailable`: the store or the queue is not answering; `too-busy` (with `Retry-After`): max_concurrent_uploads are being received, or the caller's max_uploads_per_caller", body = ApiError),
     )
 )]
 pub async fn upload(
     state: State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
     query: Query<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    match receive(state, query, multipart).await {
+    match receive(state, &caller, query, multipart).await {
         // Accepted, not done: `Retry-After` says when asking `/status` is worth it (or use
         // `/status/{key}?wait=` or `/events`).
         Ok(accepted) => (StatusCode::ACCEPTED, [(axum::http::header::RETRY_AFTER, "1")], accepted).into_response(),
@@ -117,6 +117,7 @@ pub async fn upload(
 
 async fn receive(
     State(state): State<ApiState>,
+    caller: &CallerKey,
     Query(query): Query<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<UploadResponse>, ApiError> {
@@ -128,7 +129,7 @@ async fn receive(
         )
     })?;
     // Held until the answer: the cap counts uploads being received and stored.
-    let _slot = state.guards.upload_slot()?;
+    let _slot = state.guards.upload_slot(caller)?;
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
         let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
@@ -198,7 +199,7 @@ async fn receive(
             let bytes = read_limited(field, state.limits.max_image_bytes, &label).await?;
             let header = check(&bytes, &state, &label)?;
             // The extension names what will be served (a route may turn a JPEG into a PNG).
-            let stem = format!("{}{}", prefix.as_deref().unwrap_or(""), uuid::Uuid::now_v7());
+            let stem = format!("{}{}", prefix.as_deref().unwrap_or(""), new_image_id());
             let key =
                 format!("{stem}.{}", crate::sandbox::result_format(&state.routes, &stem, header.format).extension());
             let mut meta = ObjectMeta {
@@ -377,7 +378,13 @@ fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
-    if stalled(&e) {
+    if caused_by::<PartHeadersTooLong>(&e) {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "part-header-too-large",
+            format!("a part's headers run past the limit of {MAX_PART_HEADER_BYTES} bytes"),
+        )
+    } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body-timeout",
@@ -398,14 +405,25 @@ fn multipart_error(e: MultipartError) -> ApiError {
     }
 }
 
-/// Whether a multipart error comes from the body-idle timeout rather than from the body's bytes.
-fn stalled(e: &MultipartError) -> bool {
+/// Whether a multipart error comes from an `E` among its sources (the body-idle timeout, the
+/// part-header guard) rather than from the body's bytes.
+fn caused_by<E: std::error::Error + 'static>(e: &MultipartError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if err.is::<tower_http::timeout::TimeoutError>() {
+        if err.is::<E>() {
             return true;
         }
         source = err.source();
     }
     false
+}
+
+/// A new image's name: 128 bits from the operating system's random source, as 32 hex digits. With
+/// public reads the key is the only secret a reader needs, so it carries no time, counter or
+/// anything else a neighbour's key would give away. (Keys stored before were UUIDv7s; any valid
+/// key is served, whatever its shape.)
+fn new_image_id() -> String {
+    let mut bits = [0u8; 16];
+    getrandom::fill(&mut bits).expect("the operating system's random source");
+    bits.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -17,6 +17,10 @@ use crate::sandbox::{Routes, Sandbox};
 use crate::worker::Worker;
 use crate::worker::runner::Runner;
 
+mod connection;
+
+pub use connection::ConnectionLimits;
+
 /// How long a shutdown may take beyond `worker.shutdown_grace_secs`, whatever the backends and
 /// the clients do: releasing the messages of cancelled jobs, closing connections, stopping the
 /// runtime. What is still running then is abandoned (and logged): a message not released comes
@@ -45,7 +49,7 @@ pub struct Running {
 /// open connection; at shutdown, the ones still open are those being drained).
 struct Listener {
     name: &'static str,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
     slots: Arc<tokio::sync::Semaphore>,
     max: usize,
 }
@@ -60,29 +64,32 @@ impl Listener {
     ) -> Listener {
         let max = limits.max_connections.max(1);
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
-        let task = tokio::spawn(serve(listener, app, limits, slots.clone(), stop));
+        let task = tokio::spawn(connection::serve(listener, app, limits, slots.clone(), stop));
         Listener { name, task, slots, max }
     }
 
-    /// Waits for the accept loop to end and the open connections to drain, until `deadline`;
-    /// then abandons the connections still open, and says how many.
-    async fn stop(mut self, deadline: Instant) {
+    /// Waits for the accept loop to end and the open connections to drain (every slot back),
+    /// until `deadline`; then abandons the connections still open, and says how many.
+    async fn stop(self, deadline: Instant) {
         let started = Instant::now();
-        match tokio::time::timeout_at(deadline, &mut self.task).await {
-            Ok(Ok(Ok(()))) => {
-                tracing::info!(
-                    listener = self.name,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "connections drained"
-                )
+        let Listener { name, task, slots, max } = self;
+        let drained = {
+            let slots = slots.clone();
+            async move {
+                if let Err(e) = task.await {
+                    tracing::warn!(listener = name, "listener task: {e}");
+                }
+                let _all = slots.acquire_many(max as u32).await;
             }
-            Ok(Ok(Err(e))) => tracing::warn!(listener = self.name, "{e}"),
-            Ok(Err(e)) => tracing::warn!(listener = self.name, "listener task: {e}"),
+        };
+        match tokio::time::timeout_at(deadline, drained).await {
+            Ok(()) => {
+                tracing::info!(listener = name, took_ms = started.elapsed().as_millis() as u64, "connections drained")
+            }
             Err(_) => {
-                self.task.abort();
-                let open = self.max - self.slots.available_permits();
+                let open = max - slots.available_permits();
                 tracing::warn!(
-                    listener = self.name,
+                    listener = name,
                     open,
                     took_ms = started.elapsed().as_millis() as u64,
                     "connections still open at the shutdown deadline are abandoned"
@@ -105,7 +112,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let connection_limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs),
+        keep_alive_timeout: Duration::from_secs(config.limits.keep_alive_timeout_secs),
         max_connections: config.limits.max_connections as usize,
+        max_connections_per_address: config.limits.max_connections_per_address as usize,
+        http2: config.limits.http2,
     };
 
     // First, so that a worker has its health check from the start.
@@ -116,7 +126,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot listen on the admin address {}", config.admin_listen))?;
         let addr = listener.local_addr()?;
-        let app = api::admin_router(api::Backends { store: store.clone(), queue: queue.clone() });
+        let app = api::admin_router(api::Backends::new(store.clone(), queue.clone()));
         let admin = Listener::start("admin", listener, app, connection_limits, shutdown.clone());
         tracing::info!(%addr, "admin listening (health, ready, metrics)");
         (Some(addr), Some(admin))
@@ -162,7 +172,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let guards = api::Guards::new(&config.limits);
         let cors = api::cors(&config.cors_origins).map_err(anyhow::Error::msg)?;
         let routes = config.routes.clone().into();
-        let app = api::router(ApiState { store, queue, limits: config.limits.clone(), auth, guards, cors, routes });
+        let app = api::router(ApiState {
+            store,
+            queue,
+            limits: config.limits.clone(),
+            auth,
+            guards,
+            cors,
+            routes,
+            probes: api::Probes::default(),
+        });
         let api = Listener::start("api", listener, app, connection_limits, shutdown.clone());
         tracing::info!(%addr, "api listening");
         (Some(addr), Some(api))
@@ -196,76 +215,6 @@ impl Running {
             futures::future::join_all([self.api, self.admin].into_iter().flatten().map(|l| l.stop(deadline)));
         tokio::join!(worker, listeners);
     }
-}
-
-/// Connection-level limits of the api listener.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// Time a client has to send its request line and headers.
-    pub header_read_timeout: Duration,
-    /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
-}
-
-/// Serves `app` until `stop`: HTTP/1.1 and HTTP/2, with a header-read timeout (a client trickling
-/// its headers is cut off), at most `max_connections` at once, each request told its peer address
-/// (for per-address rate limits), and in-flight requests drained on stop. `axum::serve` has none
-/// of these knobs; hyper-util's connection builder has them.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    limits: ConnectionLimits,
-    slots: Arc<tokio::sync::Semaphore>,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt;
-
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, or the peer gave up: keep serving the others.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            // hyper's header timer starts with the first byte: a client that connects and stays
-            // silent would hold its slot forever. It gets the same time to start as to finish.
-            // (`peek` waits for a byte, or the end; `readable` may answer before either.)
-            if tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut [0u8; 1])).await.is_err() {
-                tracing::debug!(%peer, "closed a connection that sent nothing");
-                return;
-            }
-            let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
