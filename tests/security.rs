@@ -354,7 +354,7 @@ async fn one_byte_connections_and_idle_http2_prefaces_never_starve_another_clien
 }
 
 /// After a request, an idle HTTP/1.1 connection stays for the keep-alive timeout (not the shorter
-/// header timeout), and is closed then.
+/// header timeout), and is closed then; a later head that begins and stalls has the header timeout.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_keep_alive_timeout() {
     let app = App::start_with(&[], Reads::Public, |c| {
@@ -371,6 +371,17 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keep_alive_timeout() {
     let (_, after) = until_closed(&mut stream, answered, Duration::from_secs(6)).await;
     assert!(after >= Duration::from_millis(2_900), "closed after {after:?}, before the keep-alive timeout");
     assert!(after <= Duration::from_secs(4), "still open after {after:?}");
+
+    // The head of a later request has the header timeout from its first byte, not the keep-alive.
+    let mut stream = TcpStream::connect(app.addr()).await.unwrap();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    stream.read_exact(&mut head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.write_all(b"G").await.unwrap();
+    let began = Instant::now();
+    let (_, after) = until_closed(&mut stream, began, Duration::from_secs(6)).await;
+    assert!(after >= Duration::from_millis(900), "a begun head was cut after {after:?}");
+    assert!(after <= Duration::from_millis(2_000), "a begun head stalled for {after:?}");
     app.running.stop().await;
 }
 

@@ -47,34 +47,46 @@ pub struct Scanner {
     carry: Vec<u8>,
     /// `Some(bytes of headers so far, the last four bytes)` inside a part's headers.
     headers: Option<(usize, [u8; 4])>,
+    /// Past the closing delimiter (`--boundary--`): what follows is an epilogue, not a part.
+    ended: bool,
 }
 
 impl Scanner {
     pub fn new(boundary: &str) -> Scanner {
         let delimiter = format!("\r\n--{boundary}").into_bytes();
         // The body may start with the delimiter without the line break before it.
-        Scanner { delimiter: Finder::new(&delimiter).into_owned(), carry: b"\r\n".to_vec(), headers: None }
+        Scanner {
+            delimiter: Finder::new(&delimiter).into_owned(),
+            carry: b"\r\n".to_vec(),
+            headers: None,
+            ended: false,
+        }
     }
 
     /// Looks at the next piece of the body.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), PartHeadersTooLong> {
         let mut rest = chunk;
-        while !rest.is_empty() {
+        while !rest.is_empty() && !self.ended {
             if let Some((seen, last)) = &mut self.headers {
                 // Headers: byte by byte, at most MAX_PART_HEADER_BYTES of them per part.
-                let mut ended = None;
+                let mut head_end = None;
                 for (i, &b) in rest.iter().enumerate() {
                     *last = [last[1], last[2], last[3], b];
                     *seen += 1;
+                    if *seen == 2 && last[2..] == *b"--" {
+                        // `--boundary--`: the body's end.
+                        self.ended = true;
+                        return Ok(());
+                    }
                     if *last == *b"\r\n\r\n" {
-                        ended = Some(i + 1);
+                        head_end = Some(i + 1);
                         break;
                     }
                     if *seen > MAX_PART_HEADER_BYTES {
                         return Err(PartHeadersTooLong);
                     }
                 }
-                match ended {
+                match head_end {
                     Some(at) => {
                         self.headers = None;
                         self.carry.clear();
@@ -173,6 +185,15 @@ mod tests {
         body.extend(std::iter::repeat_n(b'x', 1 << 20));
         body.extend_from_slice(b"\r\n--XyZ--\r\n");
         for chunk in [1, 13, 65536] {
+            assert!(scan(&body, chunk).is_ok(), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn an_epilogue_after_the_closing_delimiter_is_not_a_header() {
+        let mut body = body(100);
+        body.extend(std::iter::repeat_n(b'e', 64 << 10));
+        for chunk in [1, 5, 4096] {
             assert!(scan(&body, chunk).is_ok(), "chunks of {chunk}");
         }
     }

@@ -37,8 +37,14 @@ const MAX_STREAMS: u32 = 64;
 /// HTTP/2 request headers, decoded, larger than this are refused (hyper's HTTP/1 default is alike).
 const MAX_HEADER_LIST: u32 = 64 << 10;
 
-/// How often a busy connection looks again whether it has become idle.
-const BUSY_RECHECK: Duration = Duration::from_secs(1);
+/// How long, and for how many bytes, a connection the server ends is read and discarded before
+/// the socket is closed (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// How often a connection looks again at its deadline: a head begun, a request started or ended,
+/// or bytes moved since the last look may have moved it.
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` until `stop`; each connection holds one of `slots` until it ends.
 /// Returns when the accept loop has ended; connections still open drain on their own (they
@@ -114,6 +120,8 @@ async fn serve_connection(
         idle_since: Instant::now(),
         head_started: None,
         http2: false,
+        last_progress: Instant::now(),
+        cut: false,
     }));
     let service = {
         let activity = activity.clone();
@@ -134,15 +142,12 @@ async fn serve_connection(
             }
         })
     };
-    let io = Watched { inner: stream, activity: activity.clone() };
+    let io = Watched { inner: Some(stream), activity: activity.clone() };
     let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut draining = false;
     loop {
-        let (deadline, served) = {
-            let activity = activity.lock().unwrap_or_else(|p| p.into_inner());
-            (activity.deadline(&limits), activity.served)
-        };
+        let deadline = activity.lock().unwrap_or_else(|p| p.into_inner()).deadline(&limits);
         tokio::select! {
             ended = connection.as_mut() => {
                 if let Err(e) = ended {
@@ -154,15 +159,21 @@ async fn serve_connection(
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + BUSY_RECHECK)) => {
-                let idle = activity.lock().unwrap_or_else(|p| p.into_inner()).deadline(&limits);
-                if idle.is_some_and(|at| at <= Instant::now()) {
-                    // Nothing in flight, so nothing is cut: closing is all a graceful close does.
-                    let reason = if served == 0 { "no request head in time" } else { "idle, or a head too slow" };
-                    tracing::debug!(%peer, served, "closed a connection: {reason}");
-                    if served == 0 {
+            () = tokio::time::sleep_until(deadline.min(Instant::now() + RECHECK)) => {
+                let mut activity = activity.lock().unwrap_or_else(|p| p.into_inner());
+                if activity.deadline(&limits) <= Instant::now() {
+                    let reason = match (activity.served, activity.in_flight) {
+                        (0, _) => "no request head in time",
+                        // A client that stopped reading its response (or sending its body, past
+                        // the body timeout): its slot is worth more to the others.
+                        (_, 1..) => "a request in flight moved no byte",
+                        _ => "idle, or a head too slow",
+                    };
+                    tracing::debug!(%peer, served = activity.served, "closed a connection: {reason}");
+                    if activity.served == 0 {
                         crate::telemetry::connection_refused("header-timeout");
                     }
+                    activity.cut = true;
                     return;
                 }
             }
@@ -182,26 +193,79 @@ struct Activity {
     head_started: Option<Instant>,
     /// Whether it speaks HTTP/2 (then bytes between requests are pings and settings, not heads).
     http2: bool,
+    /// When a byte last moved either way.
+    last_progress: Instant,
+    /// Closed for its deadline: the socket is dropped at once, without [`linger`].
+    cut: bool,
 }
 
 impl Activity {
-    /// When the connection is to be closed unless a request starts; `None` while one is in flight.
-    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+    /// When the connection is to be closed if nothing changes: no complete head in time, idle
+    /// too long, or a request in flight whose bytes stopped moving for the keep-alive timeout
+    /// (longer than any long poll's silence or event stream's keep-alive).
+    fn deadline(&self, limits: &ConnectionLimits) -> Instant {
         if self.in_flight > 0 {
-            return None;
+            return self.last_progress + limits.keep_alive_timeout;
         }
-        Some(match self.head_started {
+        match self.head_started {
             _ if self.served == 0 => self.idle_since + limits.header_read_timeout,
             Some(started) if !self.http2 => started + limits.header_read_timeout,
             _ => self.idle_since + limits.keep_alive_timeout,
-        })
+        }
     }
 }
 
-/// The connection's socket, telling its [`Activity`] when a request head begins.
+/// The connection's socket, telling its [`Activity`] when a request head begins and when bytes
+/// move.
 struct Watched {
-    inner: tokio::net::TcpStream,
+    /// Taken on drop, to [`linger`].
+    inner: Option<tokio::net::TcpStream>,
     activity: Arc<Mutex<Activity>>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let cut = self.activity.lock().unwrap_or_else(|p| p.into_inner()).cut;
+        if let (Some(stream), false) = (self.inner.take(), cut)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+/// Ends a connection the server is done with: sends its end (the answer is complete), then reads
+/// and discards what the client still sends, for [`LINGER`] or [`LINGER_BYTES`], before closing.
+/// Closing a socket with unread input sends a reset, and a client still sending a refused upload
+/// (a part header over 8 KiB is refused at its 8 KiB-th byte) would see "broken pipe" instead of
+/// the 400 that says why.
+async fn linger(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut sink = vec![0u8; 8 << 10];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+impl Watched {
+    fn stream(&mut self) -> std::pin::Pin<&mut tokio::net::TcpStream> {
+        std::pin::Pin::new(self.inner.as_mut().expect("the stream is there until the connection is dropped"))
+    }
+
+    /// Notes a write that sent something.
+    fn progressed(&self, polled: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(polled, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.lock().unwrap_or_else(|p| p.into_inner()).last_progress = Instant::now();
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Watched {
@@ -211,11 +275,13 @@ impl tokio::io::AsyncRead for Watched {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let polled = self.stream().poll_read(cx, buf);
         if buf.filled().len() > before {
             let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            activity.last_progress = now;
             if activity.in_flight == 0 && activity.head_started.is_none() {
-                activity.head_started = Some(Instant::now());
+                activity.head_started = Some(now);
             }
         }
         polled
@@ -228,7 +294,9 @@ impl tokio::io::AsyncWrite for Watched {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = self.stream().poll_write(cx, buf);
+        self.progressed(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -236,25 +304,27 @@ impl tokio::io::AsyncWrite for Watched {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = self.stream().poll_write_vectored(cx, bufs);
+        self.progressed(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        self.stream().poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.stream().poll_shutdown(cx)
     }
 }
 
