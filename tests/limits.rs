@@ -306,6 +306,59 @@ async fn renditions_share_the_output_cap() {
     assert!(grew < (20 + 10 + 8) << 20, "resident memory grew by {} MiB", grew >> 20);
 }
 
+/// A component that declares UTF-16 strings: its 16 MiB log messages and its 16 MiB error text
+/// are each read only up to their bounds (4 KiB, 1 KiB), not decoded whole first. A whole
+/// decode would hold 48 MiB (three UTF-8 bytes per code unit) for each string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf16_strings_are_read_only_up_to_their_bounds() {
+    let _serial = SERIAL.lock().await;
+    let units = 8 << 20;
+    let plugin = SANDBOX.load_bytes("utf16-chatter", common::wat::utf16_chatter(units, 4)).await.unwrap();
+    let before = rss_bytes();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let err = SANDBOX.transform(&plugin, &input(), "image/png", &[]).await.unwrap_err();
+    let (elapsed, grew) = (started.elapsed(), watch.peak().saturating_sub(before));
+    eprintln!(
+        "UTF-16 strings of {units} code units: cut to {} bytes in {elapsed:?}, resident +{} MiB",
+        err.to_string().len(),
+        grew >> 20
+    );
+    let TransformError::PluginFailed(message) = &err else { panic!("{err:?}") };
+    assert!(message.starts_with("\u{4141}\u{4141}"), "{message:.40}");
+    assert!(message.len() <= 1024 + 3, "the error text kept {} bytes", message.len());
+    // The guest's own 16 MiB, and no host copy of a whole string.
+    assert!(grew < 32 << 20, "resident memory grew by {} MiB: a string was decoded whole", grew >> 20);
+    assert!(elapsed < Duration::from_millis(500), "took {elapsed:?}");
+}
+
+/// A 0.1.0 plugin is called once per rendition, and its renditions share one output budget
+/// for the job: 16 near-cap renditions stop at the second (refused before it is copied), not
+/// 16 x the cap held by the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renditions_of_a_0_1_plugin_share_one_output_budget() {
+    let _serial = SERIAL.lock().await;
+    let plugin = misbehave_0_1().await;
+    let big = |i: usize| pixbox::sandbox::RenditionRequest {
+        name: format!("r{i}"),
+        options: params(&[("mode", "big"), ("mib", "10")]),
+    };
+    let requests: Vec<_> = (0..16).map(big).collect();
+    let before = rss_bytes();
+    let watch = RssWatch::start();
+    let started = Instant::now();
+    let err = SANDBOX.render(&plugin, &input(), "image/png", &requests).await.unwrap_err();
+    let (elapsed, grew) = (started.elapsed(), watch.peak().saturating_sub(before));
+    eprintln!("16 renditions of 10 MiB, 16 MiB budget: {err} in {elapsed:?}, resident +{} MiB", grew >> 20);
+    assert!(
+        matches!(err, TransformError::OutputTooLarge { size, limit } if size == 10 << 20 && limit == 16 << 20),
+        "{err:?}"
+    );
+    // One call's guest memory (10 MiB, freed before the next call) and one host copy of 10 MiB.
+    assert!(grew < (10 + 10 + 8) << 20, "resident memory grew by {} MiB", grew >> 20);
+    assert!(elapsed < Duration::from_millis(1_000), "took {elapsed:?}");
+}
+
 /// Many calls at once on one engine: each keeps its own budget, and the engine recovers.
 async fn concurrent_violations_each_end_at_their_budget(plugin: Arc<LoadedPlugin>) {
     let started = Instant::now();

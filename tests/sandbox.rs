@@ -151,6 +151,56 @@ async fn a_file_that_is_not_a_component_is_refused() {
     assert!(err.to_string().contains("unknown built-in plugin"), "{err}");
 }
 
+/// Only what a transform needs: the environment, files, TCP, UDP and name lookup are each
+/// tried by a real plugin and each refused (the plugin reports what the host answered).
+#[tokio::test]
+async fn the_environment_files_and_network_are_denied() {
+    let sandbox = sandbox();
+    let plugin = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
+    let input = png(&photo(8, 8));
+    for mode in ["env", "files", "tcp", "udp", "dns"] {
+        let err = sandbox.transform(&plugin, &input, "image/png", &params(&[("mode", mode)])).await.unwrap_err();
+        eprintln!("{mode}: {err}");
+        match &err {
+            TransformError::BadInput(m) => assert!(m.starts_with("denied: "), "{mode}: {m}"),
+            other => panic!("{mode} was not denied: {other:?}"),
+        }
+    }
+    // The denials are the host's answers, not a broken plugin: the same plugin still works.
+    assert!(sandbox.transform(&plugin, &input, "image/png", &[]).await.is_ok());
+}
+
+/// The compiled-plugin cache holds native code that is loaded unchecked: its directory is
+/// private, and a cached file writable by others or owned by another user is compiled again
+/// (and rewritten as this user's), never loaded. Needs root for the other-owner case (chown).
+#[tokio::test]
+async fn cached_plugins_are_loaded_only_when_this_user_wrote_them() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("plugin-cache");
+    let sandbox =
+        Sandbox::new(SandboxSettings { cache_dir: Some(cache.clone()), ..SandboxSettings::default() }).unwrap();
+    let plugin = common::built_plugin("misbehave");
+    sandbox.load(plugin.to_str().unwrap()).await.unwrap();
+    assert_eq!(std::fs::metadata(&cache).unwrap().mode() & 0o777, 0o700, "the cache directory is private");
+    let file = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension() == Some("cwasm".as_ref()));
+    let file = file.expect("a cached artifact");
+    let me = std::fs::metadata(&file).unwrap().uid();
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    sandbox.load(plugin.to_str().unwrap()).await.unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600, "a writable-by-others file was loaded");
+
+    std::os::unix::fs::chown(&file, Some(65534), Some(65534))
+        .expect("this test changes a file's owner: run it as root (CI does)");
+    sandbox.load(plugin.to_str().unwrap()).await.unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), me, "a file of another user was loaded");
+}
+
 fn request(name: &str, pairs: &[(&str, &str)]) -> RenditionRequest {
     RenditionRequest { name: name.into(), options: params(pairs) }
 }

@@ -28,6 +28,8 @@ pub const JOBS: &str = "pixbox_jobs_total";
 pub const SANDBOX_DURATION: &str = "pixbox_sandbox_duration_seconds";
 /// Linear-memory high-water mark of one successful plugin call, by `plugin` (histogram).
 pub const SANDBOX_MEMORY: &str = "pixbox_sandbox_memory_peak_bytes";
+/// How long a plugin call waited for a free slot of the sandbox's pool (histogram).
+pub const SANDBOX_POOL_WAIT: &str = "pixbox_sandbox_pool_wait_seconds";
 /// Time of one worker tick (histogram).
 pub const TICK_DURATION: &str = "pixbox_worker_tick_duration_seconds";
 /// Messages waiting in the job queue (sampled when `/metrics` is read).
@@ -131,6 +133,11 @@ pub fn uploaded(bytes: usize) {
 pub fn job(outcome: &'static str, code: &str, plugin: &str) {
     let labels = [("outcome", outcome.to_string()), ("code", code.to_string()), ("plugin", plugin.to_string())];
     counter!(JOBS, &labels).increment(1);
+}
+
+/// How long a plugin call waited for a pool slot.
+pub fn pool_wait(waited: Duration) {
+    histogram!(SANDBOX_POOL_WAIT).record(waited.as_secs_f64());
 }
 
 /// One plugin call: its time, and its memory high-water when it succeeded.

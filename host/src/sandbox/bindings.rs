@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use wasmtime::StoreContextMut;
-use wasmtime::component::{ComponentType, HasSelf, Lift, Linker, Lower, ResourceTable, WasmStr};
+use wasmtime::component::{ComponentType, HasSelf, Lift, Linker, Lower, ResourceTable};
 
 use super::bounded::{BoundedList, BoundedText, OutputBytes};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -33,8 +33,8 @@ use crate::telemetry::PLUGIN_LOG_TARGET;
 pub const LOG_CALLS_PER_CALL: u32 = 256;
 /// Longest `log` message kept, in bytes; only this much is ever copied out of the guest.
 pub const LOG_MESSAGE_BYTES: usize = 4096;
-/// Host time one call's `log` messages may take (checking a huge message's UTF-8 in place takes
-/// milliseconds); past it further messages are dropped.
+/// Host time one call's `log` messages may take (writing them to a slow log sink); past it
+/// further messages are dropped.
 const LOG_TIME_PER_CALL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How much plugin stdout/stderr is kept per call; the rest is dropped (the plugin never notices).
 pub const STDIO_CAPTURE_BYTES: usize = 16 * 1024;
@@ -153,9 +153,18 @@ pub struct HostState {
 
 impl HostState {
     pub fn new(plugin: Arc<str>, memory_limit: usize, stdio: CapturedOutput) -> Self {
-        // No preopened directories, no environment, no arguments, no network (the defaults of an
-        // empty builder); stdout and stderr go to a bounded buffer forwarded to the host's log.
-        let wasi = WasiCtx::builder().stdout(stdio.clone()).stderr(stdio).max_random_size(MAX_RANDOM_BYTES).build();
+        // No preopened directories, no environment, no arguments (the defaults of an empty
+        // builder); no network, said here rather than left to the builder's defaults; stdout and
+        // stderr go to a bounded buffer forwarded to the host's log.
+        let wasi = WasiCtx::builder()
+            .stdout(stdio.clone())
+            .stderr(stdio)
+            .max_random_size(MAX_RANDOM_BYTES)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
         HostState {
@@ -169,26 +178,22 @@ impl HostState {
         }
     }
 
-    /// Host side of the contract's `log` import. Copies no more than [`LOG_MESSAGE_BYTES`] of the
-    /// message into host memory (the rest is only UTF-8-checked in place, within a per-call time
-    /// allowance) and escapes control characters, so a plugin can neither grow the host, nor keep
+    /// Host side of the contract's `log` import. The message was lifted with a bound: no more
+    /// than [`LOG_MESSAGE_BYTES`] of it was read out of the guest, whatever its length and string
+    /// encoding. Control characters are escaped, so a plugin can neither grow the host, nor keep
     /// it busy, nor forge log lines.
-    fn log(mut store: StoreContextMut<'_, HostState>, level: Level, message: WasmStr) -> wasmtime::Result<()> {
-        let state = store.data_mut();
-        state.log_calls += 1;
-        if state.log_calls > LOG_CALLS_PER_CALL || state.log_time > LOG_TIME_PER_CALL {
-            state.logs_dropped += 1;
-            return Ok(());
+    fn log(&mut self, level: Level, message: BoundedText<LOG_MESSAGE_BYTES>) {
+        self.log_calls += 1;
+        if self.log_calls > LOG_CALLS_PER_CALL || self.log_time > LOG_TIME_PER_CALL {
+            self.logs_dropped += 1;
+            return;
         }
-        let plugin = state.plugin.clone();
         let started = std::time::Instant::now();
-        // Invalid UTF-8 cannot come from a well-behaved guest; log that instead of failing the call.
-        let text = match message.to_str(&store) {
-            Ok(text) => escape(&text, LOG_MESSAGE_BYTES),
-            Err(_) => "<message is not valid UTF-8>".to_string(),
-        };
-        store.data_mut().log_time += started.elapsed();
-        let plugin = &*plugin;
+        let mut text = escape(&message.text, LOG_MESSAGE_BYTES);
+        if message.cut && !text.ends_with('…') {
+            text.push('…');
+        }
+        let plugin = &*self.plugin;
         match level {
             Level::Trace => tracing::trace!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
             Level::Debug => tracing::debug!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
@@ -196,7 +201,7 @@ impl HostState {
             Level::Warn => tracing::warn!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
             Level::Error => tracing::error!(target: PLUGIN_LOG_TARGET, plugin, "{text}"),
         }
-        Ok(())
+        self.log_time += started.elapsed();
     }
 }
 
@@ -227,10 +232,63 @@ pub fn escape(text: &str, max: usize) -> String {
     out
 }
 
+/// `wasi:io` works on the call's resource table.
+struct HasIo;
+
+impl wasmtime::component::HasData for HasIo {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// WASI, interface by interface, as a transform needs it: streams and polls, clocks, random
+/// bytes, stdout/stderr (captured), exit. What a toolchain's startup code imports without a
+/// transform needing it is linked but empty: the environment and arguments (none), stdin (at
+/// end), the terminal (none), the filesystem (no preopened directory, so no path can be opened).
+/// Sockets and name lookup are linked only to refuse: every use answers `access-denied` (see
+/// [`HostState::new`]); nothing else of WASI is linked, so a component importing it is refused at
+/// load.
+fn add_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+    use wasmtime_wasi_io::bindings::wasi::io;
+
+    io::error::add_to_linker::<HostState, HasIo>(l, |t| &mut t.table)?;
+    io::poll::add_to_linker::<HostState, HasIo>(l, |t| &mut t.table)?;
+    io::streams::add_to_linker::<HostState, HasIo>(l, |t| &mut t.table)?;
+    clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(l, HostState::clocks)?;
+    random::random::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
+    random::insecure::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
+    random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, HostState::random)?;
+    cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_output::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
+    filesystem::types::add_to_linker::<HostState, WasiFilesystem>(l, HostState::filesystem)?;
+    filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(l, HostState::filesystem)?;
+    sockets::instance_network::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    sockets::network::add_to_linker::<HostState, WasiSockets>(l, &Default::default(), HostState::sockets)?;
+    sockets::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    sockets::tcp::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    sockets::udp::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(l, HostState::sockets)?;
+    Ok(())
+}
+
 /// Adds WASI and the contract's imports to a linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    // `types` has no functions; `log` is linked by hand so its message can stay in guest memory
+    add_wasi(linker)?;
+    // `types` has no functions; `log` is linked by hand so its message is lifted with a bound
     // (the generated binding would copy the whole string first).
     self::pixbox::transform::types::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
     linker.instance("pixbox:transform/types@0.2.0")?;
@@ -238,8 +296,9 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for version in ["0.1.0", "0.2.0"] {
         linker.instance(&format!("pixbox:transform/log@{version}"))?.func_wrap(
             "log",
-            |store: StoreContextMut<'_, HostState>, (level, message): (Level, WasmStr)| {
-                HostState::log(store, level, message)
+            |mut store: StoreContextMut<'_, HostState>, (level, message): (Level, BoundedText<LOG_MESSAGE_BYTES>)| {
+                store.data_mut().log(level, message);
+                Ok(())
             },
         )?;
     }

@@ -2,7 +2,9 @@
 //!
 //! The file name holds a hash of the component bytes and of the engine's compatibility hash
 //! (wasmtime version, engine settings, host features), so a changed plugin or engine never loads a
-//! stale artifact. Only files this module wrote are ever deserialized.
+//! stale artifact. A cached file is native code loaded without checks, so only files this module
+//! could have written are deserialized: the directory is created `0700`, and a file not owned by
+//! the service's user, or writable by others, is compiled again instead of loaded.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -14,7 +16,14 @@ use wasmtime::component::Component;
 /// Returns the compiled component, from `dir` when a matching artifact is there.
 pub fn load_or_compile(engine: &Engine, bytes: &[u8], dir: &Path, label: &str) -> wasmtime::Result<Component> {
     let path = artifact_path(engine, bytes, dir);
-    if path.exists() {
+    let trusted = match private_dir(dir).and_then(|()| trusted_file(&path)) {
+        Ok(trusted) => trusted,
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), "not loading the cached plugin: {reason}; compiling it");
+            false
+        }
+    };
+    if trusted {
         // SAFETY: the file is in pixbox's own cache directory, written by `store` below from a
         // component this engine compiled, and named after this engine's compatibility hash.
         match unsafe { Component::deserialize_file(engine, &path) } {
@@ -39,6 +48,47 @@ fn artifact_path(engine: &Engine, bytes: &[u8], dir: &Path) -> PathBuf {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     dir.join(format!("{content}-{:016x}.cwasm", hasher.finish()))
+}
+
+/// Creates `dir` (and its parents) readable by this user only; an existing one must be this
+/// user's, and is made `0700` if it was more open.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("creating {e}"))?;
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if meta.uid() != effective_uid() {
+        return Err(format!("the cache directory belongs to uid {}, not to this user", meta.uid()));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Whether `path` is a cached artifact that may be loaded: present, a regular file of this
+/// user, writable by nobody else. `Ok(false)` when absent; `Err` says why a present one is not.
+fn trusted_file(path: &Path) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.uid() != effective_uid() {
+        return Err(format!("it belongs to uid {}, not to this user", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("others may write it (mode {:o})", meta.mode() & 0o777));
+    }
+    Ok(true)
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Writes atomically (temporary file, then rename) so a crash never leaves a torn artifact.

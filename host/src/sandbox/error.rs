@@ -48,9 +48,12 @@ pub enum TransformError {
     /// The plugin's output is larger than allowed.
     #[error("plugin output is {size} bytes, over the limit of {limit} bytes")]
     OutputTooLarge { size: usize, limit: usize },
-    /// The host could not run the plugin right now (for example every sandbox slot is busy).
+    /// The host could not run the plugin right now (the engine could not instantiate it).
     #[error("sandbox unavailable: {0}")]
     Unavailable(String),
+    /// Every slot of the sandbox's pool stayed busy for a whole time budget: the call never ran.
+    #[error("every sandbox slot stayed busy for {waited:?}; the call did not run")]
+    PoolBusy { waited: Duration },
 }
 
 impl TransformError {
@@ -68,7 +71,8 @@ impl TransformError {
             | TransformError::Timeout { .. }
             | TransformError::OutOfMemory { .. }
             | TransformError::Trap(_)
-            | TransformError::Unavailable(_) => false,
+            | TransformError::Unavailable(_)
+            | TransformError::PoolBusy { .. } => false,
         }
     }
 
@@ -93,6 +97,7 @@ impl TransformError {
             TransformError::InvalidOutput(_) => "the plugin returned something that is not a valid image".into(),
             TransformError::OutputTooLarge { limit, .. } => format!("the result is larger than {limit} bytes"),
             TransformError::Unavailable(_) => "the sandbox was unavailable".into(),
+            TransformError::PoolBusy { .. } => "the sandbox was busy".into(),
         }
     }
 
@@ -108,6 +113,7 @@ impl TransformError {
             TransformError::InvalidOutput(_) => "invalid-output",
             TransformError::OutputTooLarge { .. } => "output-too-large",
             TransformError::Unavailable(_) => "unavailable",
+            TransformError::PoolBusy { .. } => "sandbox-busy",
         }
     }
 }

@@ -34,6 +34,9 @@ pub use routes::{
     is_variant, rendition_names, result_format, variant_name,
 };
 
+/// Guard pages after each linear memory when calls allocate their own (the pool's fallback):
+/// small, so a call reserves little more than its memory limit; bounds checks do the rest.
+const ON_DEMAND_GUARD: u64 = 64 << 10;
 /// How often the epoch ticker fires; the time budget is enforced with this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -45,7 +48,7 @@ pub struct SandboxSettings {
     pub memory_limit_mib: u64,
     /// Wall-clock budget of one plugin call, in milliseconds.
     pub time_budget_ms: u64,
-    /// Largest output image a plugin may return, in MiB.
+    /// Output a plugin may return for one image, all its renditions together, in MiB.
     pub max_output_mib: u64,
     /// How many plugin calls may run at once in this process (slots of the pooling allocator).
     pub max_instances: u32,
@@ -164,6 +167,9 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     settings: SandboxSettings,
+    /// One permit per slot of the pooling allocator: a call waits here for a free slot (at most
+    /// one time budget, the longest any call holds one) instead of failing to instantiate.
+    pool: tokio::sync::Semaphore,
 }
 
 impl Sandbox {
@@ -197,7 +203,25 @@ impl Sandbox {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) => {
+                // The pool reserves address space for every slot up front (gigabytes of it,
+                // never touched); under `ulimit -v` or on a small VM that fails. Each call then
+                // allocates its own memory, reserving only what its limit allows.
+                tracing::warn!(
+                    slots,
+                    "the pooling allocator cannot reserve its address space ({e:#}); plugin calls will \
+                     allocate their memory one by one instead (slower instantiation, same limits)"
+                );
+                config
+                    .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+                    .memory_reservation(settings.memory_limit_bytes() as u64)
+                    .memory_guard_size(ON_DEMAND_GUARD)
+                    .memory_reservation_for_growth(0);
+                Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?
+            }
+        };
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
 
@@ -212,7 +236,8 @@ impl Sandbox {
                 }
             })
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Sandbox { engine, linker, settings })
+        let pool = tokio::sync::Semaphore::new(slots as usize);
+        Ok(Sandbox { engine, linker, settings, pool })
     }
 
     pub fn settings(&self) -> &SandboxSettings {
@@ -319,7 +344,7 @@ impl Sandbox {
 
     /// Makes every requested rendition of one image: one call of a 0.2.0 plugin (one decode), or
     /// one call per rendition of a 0.1.0 plugin. Each image is checked as [`Sandbox::transform`]
-    /// checks its one; the images of a call share the output cap.
+    /// checks its one; every image of the job shares the output cap.
     pub async fn render(
         &self,
         plugin: &LoadedPlugin,
@@ -351,7 +376,44 @@ impl Sandbox {
             )));
         }
         let limit = self.settings.max_output_bytes();
-        let (raw, placeholder, stats, calls) = match plugin.contract {
+        // One output budget for the job, whichever contract: a 0.1.0 plugin's renditions (one
+        // call each) share it as a 0.2.0 plugin's (one call) do.
+        let budget = std::cell::Cell::new(limit);
+        let lifted = bounded::OUTPUT_LIMIT.scope(budget, self.calls(plugin, input, media_type, requests));
+        let (raw, placeholder, stats, calls) = lifted.await?;
+        // Sizes first: an image over the cap fails the call whatever comes before it.
+        let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
+        if raw.len() != requests.len() {
+            return Err(TransformError::InvalidOutput(format!(
+                "asked for {} renditions, the plugin returned {}",
+                requests.len(),
+                raw.len()
+            )));
+        }
+        let mut images = Vec::with_capacity(raw.len());
+        for (bytes, out_type) in raw {
+            let header = imaging::probe_output(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
+            if header.format.media_type() != out_type {
+                return Err(TransformError::InvalidOutput(format!(
+                    "plugin says {out_type} but the bytes are {}",
+                    header.format.media_type()
+                )));
+            }
+            images.push(Image { bytes, header });
+        }
+        Ok(Rendered { images, placeholder, stats, calls })
+    }
+
+    /// The plugin calls of one job, within an [`bounded::OUTPUT_LIMIT`] scope: the images as
+    /// lifted, the placeholder, the calls' stats and how many calls it took.
+    async fn calls(
+        &self,
+        plugin: &LoadedPlugin,
+        input: &[u8],
+        media_type: &str,
+        requests: &[RenditionRequest],
+    ) -> Result<(Vec<bindings::ImageOut>, Option<Placeholder>, CallStats, u32), TransformError> {
+        Ok(match plugin.contract {
             Contract::V0_2 => {
                 let borrowed: Vec<RenditionIn<'_>> =
                     requests.iter().map(|r| RenditionIn { name: &r.name, options: &r.options }).collect();
@@ -359,8 +421,8 @@ impl Sandbox {
                     .call(plugin, async |store, instance| {
                         let func = instance
                             .get_typed_func::<RenditionParams<'_>, RenditionResults>(&mut *store, &plugin.transform)?;
-                        let call = func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, &borrowed));
-                        let (out,) = bounded::OUTPUT_LIMIT.scope(std::cell::Cell::new(limit), call).await?;
+                        let (out,) =
+                            func.call_async(&mut *store, (ImageIn { bytes: input, media_type }, &borrowed)).await?;
                         Ok(out)
                     })
                     .await?;
@@ -379,41 +441,27 @@ impl Sandbox {
                                 &mut *store,
                                 &plugin.transform,
                             )?;
-                            let call = func
-                                .call_async(&mut *store, (ImageIn { bytes: input, media_type }, &request.options[..]));
-                            let (out,) = bounded::OUTPUT_LIMIT.scope(std::cell::Cell::new(limit), call).await?;
+                            let (out,) = func
+                                .call_async(&mut *store, (ImageIn { bytes: input, media_type }, &request.options[..]))
+                                .await?;
                             Ok(out)
                         })
                         .await?;
-                    images.push(out.map_err(bindings::take_error)?);
+                    let image = out.map_err(bindings::take_error)?;
+                    // The job's budget is spent: the later renditions would be refused anyway.
+                    let spent = matches!(image.bytes, bounded::OutputBytes::TooLarge(_));
+                    images.push(image);
                     total.elapsed += stats.elapsed;
                     total.memory_peak = total.memory_peak.max(stats.memory_peak);
                     total.logs_dropped += stats.logs_dropped;
+                    if spent {
+                        break;
+                    }
                 }
-                (images, None, total, requests.len() as u32)
+                let calls = images.len() as u32;
+                (images, None, total, calls)
             }
-        };
-        if raw.len() != requests.len() {
-            return Err(TransformError::InvalidOutput(format!(
-                "asked for {} renditions, the plugin returned {}",
-                requests.len(),
-                raw.len()
-            )));
-        }
-        // Sizes first: an image over the cap fails the call whatever comes before it.
-        let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
-        let mut images = Vec::with_capacity(raw.len());
-        for (bytes, out_type) in raw {
-            let header = imaging::probe_output(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
-            if header.format.media_type() != out_type {
-                return Err(TransformError::InvalidOutput(format!(
-                    "plugin says {out_type} but the bytes are {}",
-                    header.format.media_type()
-                )));
-            }
-            images.push(Image { bytes, header });
-        }
-        Ok(Rendered { images, placeholder, stats, calls })
+        })
     }
 
     /// One call in a fresh store, under the time budget: instantiate from the pre-linked plugin,
@@ -425,6 +473,14 @@ impl Sandbox {
         plugin: &LoadedPlugin,
         f: impl AsyncFnOnce(&mut Store<HostState>, Instance) -> wasmtime::Result<R>,
     ) -> Result<(R, CallStats), TransformError> {
+        // A pool slot first: the call's time budget starts once it has one. Declared before the
+        // store, so it is released after the store (and its instance) is gone.
+        let waiting = Instant::now();
+        let _slot = match tokio::time::timeout(self.settings.time_budget(), self.pool.acquire()).await {
+            Ok(slot) => slot.expect("the pool semaphore is never closed"),
+            Err(_) => return Err(TransformError::PoolBusy { waited: waiting.elapsed() }),
+        };
+        crate::telemetry::pool_wait(waiting.elapsed());
         let started = Instant::now();
         let stdio = CapturedOutput::default();
         let limit = self.settings.memory_limit_bytes();

@@ -14,7 +14,11 @@
 //! - `panic`: panic (a trap in the host);
 //! - `garbage`: answer with bytes that are not an image, labelled `image/png`;
 //! - `echo` (default): answer with the input unchanged;
-//! - `short`: answer with one rendition fewer than asked for.
+//! - `short`: answer with one rendition fewer than asked for;
+//! - `env`, `files`, `tcp`, `udp`, `dns`: try to read the environment and arguments, to open a
+//!   file (and list the preopened directories), to connect over TCP to 127.0.0.1, to bind a UDP
+//!   socket, to look up `localhost`. Each answers with the error `bad-input` "denied: ..." when
+//!   the host refused, `internal` "GRANTED: ..." when it did not.
 //!
 //! Each rendition request runs its own mode, in order.
 
@@ -53,7 +57,8 @@ impl Guest for Misbehave {
             params: vec![
                 spec(
                     "mode",
-                    "echo, spin, sleep, block, alloc, log, random, big, panic, garbage or short",
+                    "echo, spin, sleep, block, alloc, log, random, big, panic, garbage, short, env, files, tcp, udp \
+                     or dns",
                     Some("echo"),
                 ),
                 spec("ms", "how long `spin` or `sleep` runs; unset: `spin` forever, `sleep` a minute", None),
@@ -129,9 +134,70 @@ fn misbehave(input: Image, options: &[Param]) -> Result<Image, TransformError> {
             bytes[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
             Ok(Image { bytes, media_type: "image/png".into() })
         }
+        "env" | "files" | "tcp" | "udp" | "dns" => Err(match reach_out(mode) {
+            Ok(what) => TransformError::Internal(format!("GRANTED: {what}")),
+            Err(why) => TransformError::BadInput(format!("denied: {why}")),
+        }),
         "panic" => panic!("misbehave was asked to panic"),
         "garbage" => Ok(Image { bytes: b"this is not a png".to_vec(), media_type: "image/png".into() }),
         other => Err(TransformError::Unsupported(format!("unknown mode {other:?}"))),
+    }
+}
+
+/// Tries what a transform must not be able to do; `Ok` says what it got, `Err` why not.
+fn reach_out(mode: &str) -> Result<String, String> {
+    use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+    use wasi::sockets::{instance_network, ip_name_lookup, tcp_create_socket, udp_create_socket};
+    let loopback = |port| IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address: (127, 0, 0, 1) });
+    match mode {
+        "env" => {
+            use wasi::cli::environment;
+            let (vars, args, cwd) =
+                (environment::get_environment(), environment::get_arguments(), environment::initial_cwd());
+            if vars.is_empty() && args.is_empty() && cwd.is_none() {
+                Err("no environment variables, arguments or working directory".into())
+            } else {
+                Ok(format!("environment {vars:?}, arguments {args:?}, working directory {cwd:?}"))
+            }
+        }
+        "files" => {
+            let dirs = wasi::filesystem::preopens::get_directories();
+            if !dirs.is_empty() {
+                return Ok(format!("{} preopened directories", dirs.len()));
+            }
+            match std::fs::read("/etc/hostname") {
+                Ok(bytes) => Ok(format!("read {} bytes of /etc/hostname", bytes.len())),
+                Err(e) => Err(format!("no preopened directory; opening /etc/hostname: {e}")),
+            }
+        }
+        "tcp" => {
+            let network = instance_network::instance_network();
+            let socket = tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4)
+                .map_err(|e| format!("creating a TCP socket: {e:?}"))?;
+            socket.start_connect(&network, loopback(9)).map_err(|e| format!("connecting: {e:?}"))?;
+            socket.subscribe().block();
+            socket.finish_connect().map(|_| "connected to 127.0.0.1:9".into()).map_err(|e| format!("{e:?}"))
+        }
+        "udp" => {
+            let network = instance_network::instance_network();
+            let socket = udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4)
+                .map_err(|e| format!("creating a UDP socket: {e:?}"))?;
+            socket.start_bind(&network, loopback(0)).map_err(|e| format!("binding: {e:?}"))?;
+            socket.subscribe().block();
+            socket.finish_bind().map(|_| "bound a UDP socket".into()).map_err(|e| format!("{e:?}"))
+        }
+        "dns" => {
+            let network = instance_network::instance_network();
+            let found = ip_name_lookup::resolve_addresses(&network, "localhost")
+                .map_err(|e| format!("looking up localhost: {e:?}"))?;
+            found.subscribe().block();
+            match found.resolve_next_address() {
+                Ok(Some(address)) => Ok(format!("localhost is {address:?}")),
+                Ok(None) => Err("localhost resolved to nothing".into()),
+                Err(e) => Err(format!("looking up localhost: {e:?}")),
+            }
+        }
+        other => unreachable!("{other}"),
     }
 }
 
