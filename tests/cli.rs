@@ -44,6 +44,64 @@ fn transform_resizes_a_photo_and_reports_its_cost() {
     assert!(!dir.path().join("plugin-cache").exists());
 }
 
+/// Settings that would lose work or only wait are refused at start, with the reason: more
+/// worker calls than sandbox slots, and an orphan sweep younger than an upload can take.
+#[test]
+fn unsafe_worker_settings_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, reason) in [
+        (
+            [("PIXBOX_WORKER_CONCURRENCY", "8"), ("PIXBOX_SANDBOX_MAX_INSTANCES", "4")],
+            "worker.concurrency (8) is above sandbox.max_instances (4)",
+        ),
+        (
+            [("PIXBOX_WORKER_ORPHAN_AGE_SECS", "60"), ("PIXBOX_LIMITS_REQUEST_TIMEOUT_SECS", "300")],
+            "worker.orphan_age_secs (60) must be above",
+        ),
+    ] {
+        let started = Instant::now();
+        let run = pixbox(dir.path()).envs(env).arg("serve").output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{env:?} started");
+        assert!(stderr.contains(reason), "{env:?}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{env:?}: refused after {:?}", started.elapsed());
+    }
+}
+
+/// Under `ulimit -v` (a small VM, a hardened service) the sandbox's pool cannot reserve its
+/// address space: pixbox says why and runs each call with its own allocation instead of
+/// refusing to start, with the same result.
+#[test]
+fn transform_runs_under_a_low_address_space_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("photo.jpg");
+    let output = dir.path().join("out.jpg");
+    std::fs::write(&input, jpeg(&photo(1600, 1200))).unwrap();
+    let cmd = pixbox(dir.path());
+    let args: Vec<std::ffi::OsString> = cmd.get_args().map(Into::into).collect();
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(args)
+        .args(["transform", "--option", "width=400", "--option", "height=400"])
+        .arg(&input)
+        .arg(&output)
+        .current_dir(dir.path())
+        .env_clear()
+        .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "stderr: {stderr}");
+    assert!(stderr.contains("cannot reserve its address space"), "no warning saying why: {stderr}");
+    assert_eq!(decode(&std::fs::read(&output).unwrap()).dimensions(), (400, 300));
+}
+
+/// Far below what the pool reserves (tens of GiB of untouched address space), enough for the
+/// process and one call's memory.
+const ADDRESS_SPACE_KIB: u64 = 4 << 20;
+
 #[test]
 fn transform_refuses_a_decompression_bomb_quickly() {
     let dir = tempfile::tempdir().unwrap();

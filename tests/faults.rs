@@ -70,7 +70,7 @@ impl Rig {
         let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
         let image = common::png(&common::photo(64, 48));
         self.store.put(Bucket::Temp, key, image.into(), &meta).await.unwrap();
-        self.queue.send_batch(&[jobs::Job { key: key.into(), upload: None }.to_body()]).await.unwrap();
+        self.queue.send_batch(&[jobs::Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
     }
 
     /// Receives one delivery and processes it.
@@ -205,6 +205,25 @@ async fn a_failing_result_put_is_retried_and_converges() {
     assert_eq!(rig.queue.inner.len(), 0);
 }
 
+/// Two writers of one key, the other failing: our conditional put was refused while the other's
+/// was in progress (S3's 409), then the other's failed. The original stays until a result
+/// exists, and the next attempt writes it.
+#[tokio::test]
+async fn a_refused_result_put_with_no_result_keeps_the_original() {
+    let rig = rig().await;
+    rig.queued("e.png").await;
+    rig.store.fail(Op::PutIfAbsentRefused, 1);
+    let outcome = rig.step().await;
+    assert!(matches!(outcome, Outcome::Retry { code: "result-not-confirmed", .. }), "{outcome:?}");
+    assert!(rig.etag("e.png").await.is_none(), "no result");
+    assert!(jobs::found(rig.store.head(Bucket::Temp, "e.png").await).unwrap().is_some(), "the original is kept");
+    let delivery = redeliver(&rig).await;
+    assert!(matches!(rig.worker.process(&delivery).await, Outcome::Done { .. }));
+    assert!(rig.etag("e.png").await.is_some());
+    assert!(rig.store.list(Bucket::Temp, "").await.unwrap().is_empty());
+    assert_eq!(rig.queue.inner.len(), 0);
+}
+
 #[tokio::test]
 async fn a_failing_delete_of_the_original_does_not_rewrite_the_result() {
     let rig = rig().await;
@@ -253,6 +272,93 @@ async fn a_duplicate_delivery_racing_the_first_writes_once() {
     // One write in all: the second finisher's result was refused, not written over the first.
     assert_eq!(rig.etag("d.png").await.unwrap(), "\"w2\"", "write 1 was the original, write 2 the result");
     assert_eq!(rig.queue.inner.len(), 0);
+}
+
+/// A shrunk pool (one slot) that other calls keep busy: the worker's calls wait for the slot,
+/// and one that waits a whole time budget sends its job again instead of using up an attempt.
+/// With two receives allowed per job, every job still ends done, none `gave-up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
+    let store = Arc::new(Faulty::new(MemoryStore::default()));
+    let queue = Arc::new(Faulty::new(MemoryQueue::new(2)));
+    let budget = Duration::from_millis(500);
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxSettings {
+            max_instances: 1,
+            time_budget_ms: budget.as_millis() as u64,
+            cache_dir: Some(common::plugin_cache()),
+            ..SandboxSettings::default()
+        })
+        .unwrap(),
+    );
+    let routes = Routes::load(&sandbox, &[]).await.unwrap();
+    let mut config = Config::default();
+    config.worker.max_receives = 2;
+    let worker = Worker {
+        store: store.clone(),
+        queue: queue.clone(),
+        sandbox: sandbox.clone(),
+        routes: Arc::new(routes),
+        settings: config.worker.clone(),
+        limits: config.limits.pixels(),
+        max_input_bytes: 1 << 20,
+    };
+    let keys = ["p1.png", "p2.png", "p3.png"];
+    let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
+    for key in keys {
+        store.put(Bucket::Temp, key, common::png(&common::photo(64, 48)).into(), &meta).await.unwrap();
+        queue.send_batch(&[jobs::Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
+    }
+    // Three callers outside the worker keep the one slot taken, each call for a whole budget:
+    // a worker call waits behind them for more than a budget.
+    let hog = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
+    let hogging = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hogs: Vec<_> = (0..3)
+        .map(|_| {
+            let (sandbox, hog, hogging) = (sandbox.clone(), hog.clone(), hogging.clone());
+            tokio::spawn(async move {
+                let sleep = [pixbox::sandbox::Param { name: "mode".into(), value: "sleep".into() }];
+                while hogging.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = sandbox.transform(&hog, &common::png(&common::photo(8, 8)), "image/png", &sleep).await;
+                }
+            })
+        })
+        .collect();
+    // The hogs stop after a few budgets; until then the worker's calls keep meeting a busy pool.
+    let stopper = tokio::spawn({
+        let hogging = hogging.clone();
+        async move {
+            tokio::time::sleep(budget * 8).await;
+            hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut requeued = 0;
+    for _ in 0..40 {
+        requeued += worker.tick(1, &stop).await.retried;
+        let mut settled = 0;
+        for key in keys {
+            match jobs::state(&*store, key).await.unwrap() {
+                jobs::State::Done { .. } => settled += 1,
+                jobs::State::Failed(failure) => panic!("{key} failed: {failure:?}"),
+                _ => {}
+            }
+        }
+        if settled == keys.len() {
+            break;
+        }
+        queue.inner.release_all();
+    }
+    stopper.await.unwrap();
+    for hog in hogs {
+        hog.await.unwrap();
+    }
+    for key in keys {
+        let state = jobs::state(&*store, key).await.unwrap();
+        assert!(matches!(state, jobs::State::Done { .. }), "{key}: {state:?}");
+    }
+    assert!(requeued > 0, "no call ever waited a whole budget: the test did not test the pool");
+    eprintln!("{requeued} jobs sent again while the pool was busy; all done");
 }
 
 /// A job left visible again at once (as after its visibility timeout).

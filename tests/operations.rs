@@ -522,6 +522,9 @@ async fn dead_lettered_job_is_redriven_aws() {
 async fn orphans_older_than_the_age_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
+    // The shortest age allowed with these limits: above the longest upload + the visibility timeout.
+    config.limits.request_timeout_secs = 30;
+    config.worker.visibility_timeout_secs = 20;
     config.worker.orphan_age_secs = 60;
     let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
     let put = async |bucket: Bucket, key: &str, body: &[u8]| {
@@ -536,7 +539,7 @@ async fn orphans_older_than_the_age_are_removed() {
     jobs::record_failure(&*store, "failed.png", &failure).await.unwrap();
     // A job another worker is busy with: in flight for a minute.
     put(Bucket::Temp, "busy.png", &png).await;
-    queue.send_batch(&[Job { key: "busy.png".into(), upload: None }.to_body()]).await.unwrap();
+    queue.send_batch(&[Job { key: "busy.png".into(), upload: None, retry: false }.to_body()]).await.unwrap();
     assert_eq!(queue.receive(1, Duration::ZERO, Duration::from_secs(60)).await.unwrap().len(), 1);
     jobs::commit_upload(&*store, "busy-upload", &["busy.png".into()]).await.unwrap();
     jobs::commit_upload(&*store, "dropped-upload", &["long-gone.png".into()]).await.unwrap();
@@ -562,6 +565,69 @@ async fn orphans_older_than_the_age_are_removed() {
     }
     assert!(!left.contains(&".pixbox/uploads/dropped-upload".to_string()), "{left:?}");
     worker.stop().await;
+}
+
+/// `pixbox jobs retry` racing the orphan sweep: the sweep is made to run at the two moments of a
+/// retry where the original could look unreferenced (as the new message is sent, as the failure
+/// record is removed), and neither removes it; the retried job is then done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_racing_the_orphan_sweep_keeps_the_original() {
+    use common::memory::{Faulty, Op};
+    use pixbox::queue::{EmbeddedQueue, JobQueue};
+    use pixbox::storage::{BlobStore, FsStore};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let store =
+        Arc::new(Faulty::new(FsStore::open(dir.path(), &config.temp_bucket, &config.permanent_bucket, true).unwrap()));
+    let queue = Arc::new(Faulty::new(EmbeddedQueue::open(&dir.path().join("queue.db"), 5).unwrap()));
+    let meta = ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
+    store.put(Bucket::Temp, "failed.png", common::png(&common::photo(64, 48)).into(), &meta).await.unwrap();
+    let failure = Failure { code: "trap".into(), message: "the plugin crashed".into(), plugin: None, attempts: 3 };
+    jobs::record_failure(&*store, "failed.png", &failure).await.unwrap();
+    let path = find_file(&dir.path().join("buckets").join(&config.temp_bucket), "failed.png~").unwrap();
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(long_ago).unwrap();
+
+    let sandbox = pixbox::sandbox::Sandbox::new(pixbox::sandbox::SandboxSettings {
+        cache_dir: Some(common::plugin_cache()),
+        ..Default::default()
+    })
+    .unwrap();
+    let routes = pixbox::sandbox::Routes::load(&sandbox, &[]).await.unwrap();
+    let worker = pixbox::worker::Worker {
+        store: store.clone(),
+        queue: queue.clone(),
+        sandbox: Arc::new(sandbox),
+        routes: Arc::new(routes),
+        settings: config.worker.clone(),
+        limits: config.limits.pixels(),
+        max_input_bytes: 1 << 20,
+    };
+    let swept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sweep_before = |op: Op| {
+        let (worker, swept) = (worker.clone(), swept.clone());
+        let hook: common::memory::Hook = Box::new(move || {
+            Box::pin(async move {
+                let removed = worker.sweep_orphans(Duration::from_secs(60)).await.unwrap();
+                swept.lock().unwrap().push((op, removed));
+            })
+        });
+        hook
+    };
+    queue.before(Op::Send, sweep_before(Op::Send));
+    store.before(Op::Delete, sweep_before(Op::Delete));
+
+    let retried = pixbox::operations::retry(&*store, &*queue, "failed.png").await.unwrap();
+    assert!(matches!(retried, pixbox::operations::Retry::Queued { .. }), "{retried:?}");
+    assert_eq!(*swept.lock().unwrap(), [(Op::Send, 0), (Op::Delete, 0)], "a sweep removed the original");
+    assert!(jobs::found(store.head(Bucket::Temp, "failed.png").await).unwrap().is_some());
+    // The retry's message runs although it may meet the failure record, and ends done.
+    let delivery = queue.receive(1, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap().remove(0);
+    let outcome = worker.process(&delivery).await;
+    assert!(matches!(outcome, pixbox::worker::Outcome::Done { .. }), "{outcome:?}");
+    assert!(jobs::failure(&*store, "failed.png").await.unwrap().is_none());
 }
 
 /// The one file under `dir` named `name`.

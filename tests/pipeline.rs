@@ -228,7 +228,7 @@ async fn pending_then_done_and_duplicates_converge(backend: Backend) {
     let response = h.client.get(format!("{base}/download/{key}")).send().await.unwrap();
     assert_eq!(response.status(), 202);
     // The queue delivers at least once: send the same job again.
-    h.queue.send_batch(&[Job { key: key.clone(), upload: None }.to_body()]).await.unwrap();
+    h.queue.send_batch(&[Job { key: key.clone(), upload: None, retry: false }.to_body()]).await.unwrap();
 
     let worker = h.start(Role::Worker).await;
     assert_eq!(h.wait_settled(&base, &key, Duration::from_secs(30)).await["state"], "done");
@@ -440,7 +440,7 @@ async fn crashes_retry_then_give_up(backend: Backend) {
         dead = h.queue.receive_dead_letters(10, Duration::from_secs(30)).await.unwrap();
     }
     assert_eq!(dead.len(), 1, "the job went to the dead-letter queue");
-    assert_eq!(dead[0].body, Job { key: key.clone(), upload: None }.to_body());
+    assert_eq!(dead[0].body, Job { key: key.clone(), upload: None, retry: false }.to_body());
     app.stop().await;
 }
 
@@ -476,7 +476,7 @@ async fn long_jobs_extend_their_visibility() {
     let key = "long.png";
     let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
     h.store.put(Bucket::Temp, key, common::png(&common::photo(8, 8)).into(), &meta).await.unwrap();
-    h.queue.send_batch(&[Job { key: key.into(), upload: None }.to_body()]).await.unwrap();
+    h.queue.send_batch(&[Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
     let delivery = h.queue.receive(1, Duration::ZERO, worker.visibility()).await.unwrap().remove(0);
     let job = tokio::spawn({
         let worker = worker.clone();
@@ -607,6 +607,59 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     assert!(matches!(state, pixbox::jobs::State::Pending), "the cancelled job is not failed: {state:?}");
     let released = h.queue.receive(1, Duration::from_secs(2), Duration::from_secs(30)).await.unwrap();
     assert_eq!(released.len(), 1, "its message was released for another worker at once");
+}
+
+/// Fair slots: a route whose plugin sleeps through its whole budget holds 4 x concurrency queued
+/// jobs; an image uploaded to the default route afterwards is received past them and done within
+/// one tick + its own processing time + 2 s, while the sleepers still end as `timeout`.
+async fn a_slow_route_does_not_hold_up_the_others(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "a_slow_route_does_not_hold_up_the_others").await else { return };
+    let concurrency = 2;
+    h.config.worker.concurrency = concurrency;
+    h.config.sandbox.time_budget_ms = 5_000;
+    h.config.routes.push(RouteConfig {
+        prefix: "sleepy/".into(),
+        plugin: common::built_plugin("misbehave").display().to_string(),
+        options: [("mode".to_string(), OptionValue::Text("sleep".into()))].into_iter().collect(),
+        renditions: Default::default(),
+        default_rendition: None,
+        formats: Vec::new(),
+    });
+    let app = h.start(Role::All).await;
+    let base = base(&app);
+    let tick = Duration::from_secs(1);
+    let photo = || common::png(&common::photo(64, 48));
+
+    // Its own processing time, alone: upload to done (one tick at most included).
+    let started = Instant::now();
+    let (_, body) = h.upload(&base, "", vec![("alone.png", photo())]).await;
+    let status = h.wait_settled(&base, &keys(&body)[0], Duration::from_secs(30)).await;
+    assert_eq!(status["state"], "done", "{status}");
+    let alone = started.elapsed();
+
+    let mut sleepy = Vec::new();
+    for _ in 0..concurrency {
+        let (status, body) = h.upload(&base, "?prefix=sleepy", (0..4).map(|_| ("s.png", photo())).collect()).await;
+        assert_eq!(status, 202, "{body}");
+        sleepy.extend(keys(&body));
+    }
+    // The sleepers are received and hold both slots.
+    tokio::time::sleep(tick * 2).await;
+    let started = Instant::now();
+    let (_, body) = h.upload(&base, "", vec![("after.png", photo())]).await;
+    let key = keys(&body)[0].clone();
+    let status = h.wait_settled(&base, &key, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    assert_eq!(status["state"], "done", "{status}");
+    let bound = tick + alone + Duration::from_secs(2);
+    eprintln!("default-route image behind {} sleepers: done in {took:?} (alone: {alone:?})", sleepy.len());
+    assert!(took <= bound, "done after {took:?}, bound {bound:?} (alone it took {alone:?})");
+    for key in &sleepy {
+        let status = h.wait_settled(&base, key, Duration::from_secs(120)).await;
+        assert_eq!(status["state"], "failed", "{status}");
+        assert_eq!(status["error"]["code"], "timeout", "{status}");
+    }
+    app.stop().await;
 }
 
 /// One upload to a route with three renditions (one per mode of serving: the default under the
@@ -914,6 +967,7 @@ on_each_backend!(
     timeouts_fail_for_good_on_the_second_attempt,
     crashes_retry_then_give_up,
     a_sleeping_plugin_never_stalls_the_worker,
+    a_slow_route_does_not_hold_up_the_others,
     renditions_from_one_call,
     focal_point_from_the_upload,
     live_status,

@@ -201,7 +201,9 @@ impl UploadLimits {
 pub struct WorkerSettings {
     /// When a tick starts: a cron expression with seconds (6 fields).
     pub schedule: String,
-    /// Jobs processed at once; 0 means one per CPU core.
+    /// Plugin calls at once; 0 means one per CPU core. At most `sandbox.max_instances`; a route
+    /// with nothing running may start a call beyond it (fair slots, see DEPLOY.md), up to the
+    /// pool's size.
     pub concurrency: usize,
     /// Messages received per queue call (1..=10).
     pub batch_size: u32,
@@ -216,7 +218,8 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     /// Originals and upload records in the temp bucket with no job, no failure record and older
     /// than this many seconds are removed (embedded queue only: SQS cannot be searched; use an
-    /// S3 lifecycle rule, see DEPLOY.md). 0: never.
+    /// S3 lifecycle rule, see DEPLOY.md). 0: never. Must be above `limits.request_timeout_secs`
+    /// + `visibility_timeout_secs` (the longest an original can be unreferenced while in use).
     pub orphan_age_secs: u64,
 }
 
@@ -363,8 +366,28 @@ impl Config {
         for route in &self.routes {
             route.validate().map_err(|e| ConfigError::Invalid(format!("route {:?}: {e}", route.prefix)))?;
         }
-        if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 {
+        if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 || self.sandbox.max_instances == 0 {
             return Err(ConfigError::Invalid("sandbox limits must be above zero".into()));
+        }
+        // An original is unreferenced while its upload is still being received, and a message in
+        // flight may come back only after its visibility timeout: an orphan sweep younger than
+        // both could remove an original a job is about to need.
+        let floor = self.limits.request_timeout_secs + u64::from(self.worker.visibility_timeout_secs);
+        if self.worker.orphan_age_secs != 0 && self.worker.orphan_age_secs <= floor {
+            return Err(ConfigError::Invalid(format!(
+                "worker.orphan_age_secs ({}) must be above limits.request_timeout_secs + \
+                 worker.visibility_timeout_secs ({floor}), or 0 (never sweep)",
+                self.worker.orphan_age_secs
+            )));
+        }
+        // Each of the worker's plugin calls takes a slot of the sandbox's pool; more calls than
+        // slots would only wait for one another.
+        if self.worker.concurrency > self.sandbox.max_instances as usize {
+            return Err(ConfigError::Invalid(format!(
+                "worker.concurrency ({}) is above sandbox.max_instances ({}), the plugin calls the sandbox can run \
+                 at once: lower the concurrency or raise max_instances",
+                self.worker.concurrency, self.sandbox.max_instances
+            )));
         }
         Ok(())
     }
@@ -379,10 +402,10 @@ impl Config {
         self.dead_letter_queue_name.clone().unwrap_or_else(|| format!("{}-dlq", self.queue_name))
     }
 
-    /// Worker concurrency with 0 resolved to the number of cores.
+    /// Worker concurrency with 0 resolved to the number of cores (at most the sandbox's pool).
     pub fn worker_concurrency(&self) -> usize {
         match self.worker.concurrency {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()).min(self.sandbox.max_instances as usize),
             n => n,
         }
     }

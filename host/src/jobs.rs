@@ -14,6 +14,10 @@ pub struct Job {
     /// its jobs runs (its jobs go out in several sends, and one may fail after others went out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadRef>,
+    /// Sent by `pixbox jobs retry`: the job runs even though a failure record is still there (the
+    /// retry sends first and removes the record after, so the original is never unreferenced).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// Which upload a job belongs to and when it was queued.

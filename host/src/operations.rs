@@ -148,20 +148,17 @@ async fn retry_with(
     if jobs::found(store.head(Bucket::Temp, key).await)?.is_none() {
         return Err(OperationError::OriginalGone { key: key.into() });
     }
-    // The record goes first: a worker that received the new message while it was still there
-    // would take the job as failed again.
-    if failure.is_some() {
-        store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
-    }
-    // A new message without the upload reference: the upload's commit record may be gone, and
-    // a job of an uncommitted upload is dropped.
-    let body = Job { key: key.into(), upload: None }.to_body();
-    if let Err(e) = queue.send_batch(&[body]).await {
-        if let Some(failure) = &failure {
-            // Put the record back, so the job is not left looking pending with nothing queued.
-            let _ = jobs::record_failure(store, key, failure).await;
-        }
-        return Err(e.into());
+    // The new message first, the record after: until the message is out, the record is what keeps
+    // the original from the orphan sweep. The message says it is a retry, so a worker that
+    // receives it before the record is gone runs it anyway. It carries no upload reference: the
+    // upload's commit record may be gone, and a job of an uncommitted upload is dropped.
+    let body = Job { key: key.into(), upload: None, retry: true }.to_body();
+    queue.send_batch(&[body]).await?;
+    if failure.is_some()
+        && let Err(e) = store.delete(Bucket::Permanent, &jobs::failure_key(key)).await
+    {
+        // Harmless: the retry runs anyway and removes the record when it succeeds.
+        tracing::warn!(key, "retry queued, but its failure record could not be removed yet: {e}");
     }
     for receipt in &dead_receipts {
         queue.delete_dead_letter(receipt).await?;

@@ -259,6 +259,9 @@ impl JobQueue for MemoryQueue {
 pub enum Op {
     Put,
     PutIfAbsent,
+    /// A conditional put answered "exists" without writing: another writer's put was in
+    /// progress (S3's 409) and then failed.
+    PutIfAbsentRefused,
     Delete,
     Send,
     QueueDelete,
@@ -266,16 +269,26 @@ pub enum Op {
     Check,
 }
 
+/// Something run just before a call, once (see [`Faulty::before`]).
+pub type Hook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
 /// Wraps a store and a queue; `fail(op, n)` makes the `n`th call (1-based, counted from now) of
 /// `op` fail with an "unavailable" error. `duplicate_next_receive` delivers the next received
-/// message twice (two deliveries, two receipts), as SQS may. `calls(op)` counts every call of
-/// `op` so far.
-#[derive(Debug)]
+/// message twice (two deliveries, two receipts), as SQS may. `before(op, hook)` runs `hook` just
+/// before the next call of `op` (a race made to happen at that moment). `calls(op)` counts
+/// every call of `op` so far.
 pub struct Faulty<T> {
     pub inner: T,
     plan: Mutex<HashMap<Op, (u32, u32)>>,
     calls: Mutex<HashMap<Op, u32>>,
     duplicate: Mutex<bool>,
+    hooks: Mutex<HashMap<Op, Hook>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Faulty<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faulty").field("inner", &self.inner).finish_non_exhaustive()
+    }
 }
 
 impl<T> Faulty<T> {
@@ -285,6 +298,18 @@ impl<T> Faulty<T> {
             plan: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
             duplicate: Mutex::new(false),
+            hooks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn before(&self, op: Op, hook: Hook) {
+        self.hooks.lock().unwrap().insert(op, hook);
+    }
+
+    async fn run_hook(&self, op: Op) {
+        let hook = self.hooks.lock().unwrap().remove(&op);
+        if let Some(hook) = hook {
+            hook().await;
         }
     }
 
@@ -336,6 +361,9 @@ impl<S: BlobStore> BlobStore for Faulty<S> {
         if self.trips(Op::PutIfAbsent) {
             return Err(store_fault(Op::PutIfAbsent));
         }
+        if self.trips(Op::PutIfAbsentRefused) {
+            return Ok(false);
+        }
         self.inner.put_if_absent(bucket, key, body, meta).await
     }
     async fn get(&self, bucket: Bucket, key: &str) -> Result<GetObject, StoreError> {
@@ -345,6 +373,7 @@ impl<S: BlobStore> BlobStore for Faulty<S> {
         self.inner.head(bucket, key).await
     }
     async fn delete(&self, bucket: Bucket, key: &str) -> Result<(), StoreError> {
+        self.run_hook(Op::Delete).await;
         if self.trips(Op::Delete) {
             return Err(store_fault(Op::Delete));
         }
@@ -364,6 +393,7 @@ impl<S: BlobStore> BlobStore for Faulty<S> {
 #[async_trait::async_trait]
 impl<Q: JobQueue> JobQueue for Faulty<Q> {
     async fn send_batch(&self, bodies: &[String]) -> Result<(), QueueError> {
+        self.run_hook(Op::Send).await;
         if self.trips(Op::Send) {
             return Err(QueueError::Unavailable("injected fault on Send".into()));
         }
@@ -395,6 +425,9 @@ impl<Q: JobQueue> JobQueue for Faulty<Q> {
     }
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.inner.depth().await
+    }
+    async fn holds_key(&self, key: &str) -> Result<Option<bool>, QueueError> {
+        self.inner.holds_key(key).await
     }
     async fn check(&self) -> Result<(), QueueError> {
         if self.trips(Op::Check) {

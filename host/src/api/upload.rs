@@ -237,8 +237,10 @@ async fn receive(
         // jobs already sent find no commit (and no original) and are dropped without a trace.
         let upload = (stored.len() > 1).then(UploadRef::new);
         for chunk in stored.chunks(MAX_BATCH) {
-            let bodies: Vec<String> =
-                chunk.iter().map(|u| Job { key: u.key.clone(), upload: upload.clone() }.to_body()).collect();
+            let bodies: Vec<String> = chunk
+                .iter()
+                .map(|u| Job { key: u.key.clone(), upload: upload.clone(), retry: false }.to_body())
+                .collect();
             state.queue.send_batch(&bodies).await.map_err(|e| ApiError::unavailable("queue", e))?;
         }
         if let Some(upload) = &upload {

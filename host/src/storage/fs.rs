@@ -4,7 +4,8 @@
 //! (anything but `A-Za-z0-9._-`), and object files end in `~`, which encoding never produces, so
 //! `a` and `a/b` can both exist (a file `a~` and a directory `a`). A file holds one JSON line of
 //! metadata, then the body. Writes go to `<root>/tmp` first, are fsynced, then renamed into place,
-//! so a crash never leaves a torn object.
+//! so a crash never leaves a torn object; what a crash leaves in `<root>/tmp` is removed when a
+//! store is opened, once it is older than any write can take.
 
 use std::io::{BufRead, Read, Seek};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ use super::{BlobStore, Bucket, GetObject, ObjectInfo, ObjectMeta, StoreError, va
 
 /// Longest metadata line read back; anything longer is a corrupt file.
 const MAX_META_LINE: u64 = 64 * 1024;
+/// A file in `<root>/tmp` this old is left by a crashed write (a write takes at most one upload's
+/// time, `limits.request_timeout_secs`, far less than this): removed when a store is opened.
+pub const STALE_TMP_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Longest encoded path segment most filesystems accept.
 const MAX_SEGMENT_BYTES: usize = 255;
 
@@ -38,7 +42,30 @@ impl FsStore {
                 return Err(StoreError::MissingBucket { bucket: dir.display().to_string() });
             }
         }
+        store.sweep_tmp(STALE_TMP_AFTER);
         Ok(store)
+    }
+
+    /// Removes files in `<root>/tmp` older than `age` (torn writes of a crashed process); returns
+    /// how many. Failures only cost disk space, so they are logged, not returned.
+    pub fn sweep_tmp(&self, age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.tmp_dir()) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|m| m.elapsed().ok());
+            if stale.is_some_and(|elapsed| elapsed >= age) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), "cannot remove a stale temporary file: {e}")
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed temporary files left by an interrupted write");
+        }
+        removed
     }
 
     fn bucket_dir(&self, bucket: Bucket) -> PathBuf {
@@ -251,5 +278,24 @@ impl BlobStore for FsStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_crashed_write_left_in_tmp_is_removed_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        FsStore::open(dir.path(), "temp", "permanent", true).unwrap();
+        let (stale, fresh) = (dir.path().join("tmp/.tmpSTALE"), dir.path().join("tmp/.tmpFRESH"));
+        std::fs::write(&stale, b"half an object").unwrap();
+        std::fs::write(&fresh, b"a write in progress").unwrap();
+        let long_ago = std::time::SystemTime::now() - STALE_TMP_AFTER - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&stale).unwrap().set_modified(long_ago).unwrap();
+        FsStore::open(dir.path(), "temp", "permanent", true).unwrap();
+        assert!(!stale.exists(), "the stale file was kept");
+        assert!(fresh.exists(), "a write in progress was removed");
     }
 }

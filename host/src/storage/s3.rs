@@ -72,6 +72,10 @@ impl S3Store {
     }
 }
 
+/// Tries of a conditional put that keeps meeting another writer's (409), and the first pause.
+const CONFLICT_TRIES: u32 = 4;
+const CONFLICT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn is_status<E>(err: &SdkError<E, HttpResponse>, status: u16) -> bool {
     err.raw_response().is_some_and(|r| r.status().as_u16() == status)
 }
@@ -114,12 +118,25 @@ impl BlobStore for S3Store {
         meta: &ObjectMeta,
     ) -> Result<bool, StoreError> {
         validate_key(key)?;
-        match self.put_request(bucket, key, body, meta).if_none_match("*").send().await {
-            Ok(_) => Ok(true),
-            // 412: the key exists. 409: a concurrent conditional write is in progress.
-            Err(e) if e.code() == Some("PreconditionFailed") || is_status(&e, 412) || is_status(&e, 409) => Ok(false),
-            Err(e) => Err(unavailable(e)),
+        // 412: the key exists. 409 (ConditionalRequestConflict): another conditional write of
+        // the key is in progress, and it may yet fail, so 409 is not "exists": the put is tried
+        // again, and after the last try it is an error (the job is retried, the original kept).
+        let mut backoff = CONFLICT_BACKOFF;
+        for _ in 0..CONFLICT_TRIES {
+            match self.put_request(bucket, key, body.clone(), meta).if_none_match("*").send().await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.code() == Some("PreconditionFailed") || is_status(&e, 412) => return Ok(false),
+                Err(e) if is_status(&e, 409) => {
+                    tracing::debug!(key, "conditional put conflicts with another writer; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
         }
+        Err(StoreError::Unavailable(format!(
+            "s3: another conditional write of {key} was still in progress after {CONFLICT_TRIES} tries"
+        )))
     }
 
     async fn get(&self, bucket: Bucket, key: &str) -> Result<GetObject, StoreError> {

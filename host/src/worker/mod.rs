@@ -4,6 +4,7 @@
 //! Order of effects per job (a crash between any two converges on replay):
 //! get original → route → sandbox → put result (only if absent) → delete original → delete message.
 
+pub mod fair;
 pub mod runner;
 
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::storage::{BlobStore, Bucket, ObjectMeta, StoreError};
 /// Attempts after which a timeout or out-of-memory on the same input is a permanent failure: the
 /// first may be bad luck under load, a second one is the image.
 pub const RESOURCE_ATTEMPTS: u32 = 2;
+/// How long a job whose result write was refused, with no result to be seen, waits to try again.
+const RESULT_RECHECK: Duration = Duration::from_secs(1);
 /// How long a job of a not yet committed upload waits before it is looked at again.
 const COMMIT_RECHECK: Duration = Duration::from_secs(2);
 /// A job whose upload is still not committed this long after it was queued belongs to an upload
@@ -42,6 +45,9 @@ pub enum Outcome {
     Deferred { key: String },
     /// The message was not a job, or belongs to an upload that failed; deleted.
     Discarded { reason: String },
+    /// The job could not get a sandbox slot: sent again as a new message (this delivery deleted),
+    /// so waiting for the pool never counts as an attempt.
+    Requeued { key: String },
 }
 
 /// One job step with everything it needs.
@@ -70,8 +76,8 @@ impl Worker {
     /// [`Worker::process`], running the plugin only while holding one of `slots`: the loop keeps
     /// more jobs in flight than it has slots, so one job's reads and writes overlap another's
     /// plugin call instead of leaving a core idle.
-    pub(crate) async fn process_in(&self, delivery: &Delivery, slots: Option<&tokio::sync::Semaphore>) -> Outcome {
-        let outcome = self.process_unobserved(delivery, slots).await;
+    pub(crate) async fn process_in(&self, delivery: &Delivery, gates: Option<&fair::Gates>) -> Outcome {
+        let outcome = self.process_unobserved(delivery, gates).await;
         let (name, code, plugin) = match &outcome {
             Outcome::Done { plugin, .. } => ("done", "ok", plugin.as_str()),
             Outcome::AlreadyDone { .. } => ("already-done", "ok", "none"),
@@ -81,12 +87,13 @@ impl Worker {
             Outcome::Retry { code, .. } => ("retry", *code, "none"),
             Outcome::Deferred { .. } => ("deferred", "not-committed", "none"),
             Outcome::Discarded { .. } => ("discarded", "dropped", "none"),
+            Outcome::Requeued { .. } => ("requeued", "sandbox-busy", "none"),
         };
         crate::telemetry::job(name, code, plugin);
         outcome
     }
 
-    async fn process_unobserved(&self, delivery: &Delivery, slots: Option<&tokio::sync::Semaphore>) -> Outcome {
+    async fn process_unobserved(&self, delivery: &Delivery, gates: Option<&fair::Gates>) -> Outcome {
         let job: Job = match serde_json::from_str(&delivery.body) {
             Ok(job) => job,
             Err(e) => {
@@ -95,7 +102,14 @@ impl Worker {
                 return Outcome::Discarded { reason };
             }
         };
-        let outcome = match self.settle(&job, delivery, slots).await {
+        // The job's turn among its route's and the other routes' jobs, under the heartbeat: a
+        // route with a long backlog may keep it waiting longer than the visibility timeout.
+        let route = &self.routes.resolve(&job.key).prefix;
+        let _turn = match gates {
+            Some(gates) => Some(self.with_heartbeat(delivery, gates.jobs.acquire(route)).await),
+            None => None,
+        };
+        let outcome = match self.settle(&job, delivery, gates.map(|g| &g.calls)).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 Outcome::Retry { key: job.key.clone(), code: "store-unavailable", reason: e.to_string(), after: None }
@@ -118,8 +132,23 @@ impl Worker {
             }
             other => other,
         };
+        let outcome = match outcome {
+            Outcome::Requeued { key } => match self.queue.send_batch(std::slice::from_ref(&delivery.body)).await {
+                Ok(()) => Outcome::Requeued { key },
+                Err(e) => Outcome::Retry {
+                    key,
+                    code: "sandbox-busy",
+                    reason: format!("the sandbox was busy, and sending the job again failed: {e}"),
+                    after: None,
+                },
+            },
+            other => other,
+        };
         let settled = match &outcome {
-            Outcome::Done { .. } | Outcome::AlreadyDone { .. } | Outcome::Discarded { .. } => true,
+            Outcome::Done { .. }
+            | Outcome::AlreadyDone { .. }
+            | Outcome::Discarded { .. }
+            | Outcome::Requeued { .. } => true,
             Outcome::Failed { failure, .. } => failure.code != GAVE_UP,
             Outcome::Retry { .. } | Outcome::Deferred { .. } => false,
         };
@@ -155,7 +184,7 @@ impl Worker {
         &self,
         job: &Job,
         delivery: &Delivery,
-        slots: Option<&tokio::sync::Semaphore>,
+        slots: Option<&Arc<fair::FairSlots>>,
     ) -> Result<Outcome, StoreError> {
         let key = job.key.as_str();
         let done = |key: &str| Outcome::AlreadyDone { key: key.into() };
@@ -165,8 +194,9 @@ impl Worker {
             return Ok(done(key));
         }
         // A `gave-up` record is the queue's verdict, not the image's: a delivery that still comes
-        // (a redrive from the dead-letter queue) tries again.
-        if let Some(failure) = jobs::failure(&*self.store, key).await?
+        // (a redrive from the dead-letter queue) tries again, as does one sent by a retry.
+        if !job.retry
+            && let Some(failure) = jobs::failure(&*self.store, key).await?
             && failure.code != GAVE_UP
         {
             return Ok(Outcome::Failed { key: key.into(), failure });
@@ -228,6 +258,10 @@ impl Worker {
         drop(original);
         let output = match result {
             Ok(output) => output,
+            Err(TransformError::PoolBusy { waited }) => {
+                tracing::warn!(key, plugin, "no sandbox slot within {waited:?}: the job is sent again");
+                return Ok(Outcome::Requeued { key: key.into() });
+            }
             Err(e) if e.is_permanent() || (e.is_resource_limit() && delivery.receive_count >= RESOURCE_ATTEMPTS) => {
                 tracing::warn!(key, plugin, code = e.code(), "{e}");
                 return self.fail(key, e.code(), e.public_reason(), Some(plugin), delivery).await;
@@ -269,6 +303,16 @@ impl Worker {
             meta.metadata.insert(jobs::THUMBHASH_META.into(), hash);
         }
         let created = self.store.put_if_absent(Bucket::Permanent, key, Bytes::from(image.bytes), &meta).await?;
+        // Refused: another writer's result is there, or so the store said. The original goes
+        // only once a result is seen to exist; otherwise this job tries again.
+        if !created && jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_none() {
+            return Ok(Outcome::Retry {
+                key: key.into(),
+                code: "result-not-confirmed",
+                reason: "the result's write was refused, yet no result is there".into(),
+                after: Some(RESULT_RECHECK),
+            });
+        }
         self.store.delete(Bucket::Temp, key).await?;
         // A `gave-up` record from an earlier round is obsolete now.
         self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
@@ -287,9 +331,8 @@ impl Worker {
         Ok(Outcome::Done { key: key.into(), plugin })
     }
 
-    /// Runs the sandbox (once a slot is free, when there are slots), extending the message's
-    /// visibility while it waits and runs so a long job is not handed to another worker. The
-    /// sandbox's own deadline bounds how long the call takes.
+    /// Runs the sandbox (once the route's turn for a slot has come, when there are slots) under
+    /// the heartbeat. The sandbox's own deadline bounds how long the call takes.
     async fn transform_with_heartbeat(
         &self,
         route: &Route,
@@ -297,15 +340,21 @@ impl Worker {
         input: &[u8],
         media_type: &'static str,
         delivery: &Delivery,
-        slots: Option<&tokio::sync::Semaphore>,
+        slots: Option<&Arc<fair::FairSlots>>,
     ) -> Result<crate::sandbox::Rendered, TransformError> {
-        let task = async {
+        self.with_heartbeat(delivery, async {
             let _slot = match slots {
-                Some(slots) => Some(slots.acquire().await.expect("the slots are never closed")),
+                Some(slots) => Some(slots.acquire(&route.prefix).await),
                 None => None,
             };
             self.sandbox.render(&route.plugin, input, media_type, requests).await
-        };
+        })
+        .await
+    }
+
+    /// Runs `task`, extending the message's visibility while it runs so a job that waits or
+    /// works long is not handed to another worker.
+    async fn with_heartbeat<T>(&self, delivery: &Delivery, task: impl Future<Output = T>) -> T {
         tokio::pin!(task);
         let beat = (self.visibility() / 2).max(Duration::from_secs(1));
         loop {

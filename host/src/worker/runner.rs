@@ -1,10 +1,13 @@
 //! The loop around [`Worker::process`]: a cron schedule starts ticks (never overlapping); a tick
 //! keeps `concurrency` plugin calls busy, with one more job in flight per slot so that reading an
-//! original and storing a result overlap another job's plugin call. It receives only as many
-//! messages as it has room for (every received message starts at once and is under its
-//! heartbeat), until the queue is empty, the tick's budget is spent, or shutdown is asked for. On
-//! shutdown, jobs in flight get the grace period to finish; the rest are cancelled and their
-//! messages released at once.
+//! original and storing a result overlap another job's plugin call. Calls and jobs take their
+//! slots fairly by route ([`super::fair`]): a route whose plugin sleeps or spins through its whole
+//! budget cannot hold up the others. The tick holds up to [`HELD_PER_SLOT`] messages per slot
+//! (each under its heartbeat; a held message costs no memory beyond its body), so jobs of other
+//! routes queued behind a slow route's backlog are received and run beside it. It keeps receiving
+//! until the queue is empty and nothing is in flight, the tick's budget is spent, or shutdown is
+//! asked for. On shutdown, jobs in flight get the grace period to finish; the rest are cancelled
+//! and their messages released at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +18,17 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::fair::Gates;
 use super::{Outcome, Worker};
 use crate::jobs::{self, Failure, GAVE_UP};
 use crate::storage::Bucket;
 
 /// How long a receive waits for messages before the tick decides the queue is empty.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
+
+/// Messages a tick holds per plugin slot: the jobs being processed (two per slot) and a look-ahead
+/// past a slow route's backlog.
+pub const HELD_PER_SLOT: usize = 8;
 
 /// How long releasing the messages of cancelled jobs may take, on top of the grace period (within
 /// the process's whole [`crate::server::STOP_MARGIN`]).
@@ -45,6 +53,7 @@ impl TickReport {
                 self.retried += 1;
                 tracing::warn!(key, code, "will retry: {reason}");
             }
+            Outcome::Requeued { .. } => self.retried += 1,
             Outcome::Deferred { .. } => {}
         }
     }
@@ -55,15 +64,15 @@ impl Worker {
     /// spent or `stop` (then in-flight jobs get `shutdown_grace_secs`, and the rest are cancelled).
     pub async fn tick(&self, concurrency: usize, stop: &CancellationToken) -> TickReport {
         let concurrency = concurrency.max(1);
-        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
-        let room = concurrency * 2;
+        let gates = Gates::new(concurrency, self.sandbox.settings().max_instances as usize);
+        let room = concurrency * HELD_PER_SLOT;
         let deadline = Instant::now() + Duration::from_secs(self.settings.tick_budget_secs);
         let mut report = TickReport::default();
         let mut in_flight: JoinSet<Outcome> = JoinSet::new();
         // Receipts of the jobs in flight, to release them if they are cancelled.
         let mut receipts: HashMap<tokio::task::Id, String> = HashMap::new();
-        // How long the next receive may wait for messages; `None` after an empty receive, until a
-        // job ends (then one look without waiting: the long poll just waited for new messages).
+        // How long the next receive may wait for messages; `None` after an empty receive with
+        // nothing in flight, until a job ends (then one look without waiting).
         let mut wait = Some(RECEIVE_WAIT);
         // A receive still waiting when shutdown is asked for: it is not dropped (on SQS the
         // server may already have handed out messages, hidden until their visibility timeout)
@@ -72,6 +81,11 @@ impl Worker {
         loop {
             if stop.is_cancelled() {
                 break;
+            }
+            // Jobs that ended while the loop was receiving.
+            while let Some(joined) = in_flight.try_join_next_with_id() {
+                let release = self.finished(joined, &mut receipts, &mut report);
+                self.release(release.into_iter().collect()).await;
             }
             let free = room.saturating_sub(in_flight.len());
             if free > 0
@@ -88,16 +102,18 @@ impl Worker {
                     }
                 };
                 match received {
-                    Ok(batch) if batch.is_empty() => wait = None,
+                    // While jobs run, keep looking: a job of another route may come in behind
+                    // them (the receive's own wait paces the loop).
+                    Ok(batch) if batch.is_empty() => wait = (!in_flight.is_empty()).then_some(RECEIVE_WAIT),
                     Ok(batch) => {
                         wait = Some(RECEIVE_WAIT);
                         for delivery in batch {
-                            let (worker, slots) = (self.clone(), slots.clone());
+                            let (worker, gates) = (self.clone(), gates.clone());
                             let receipt = delivery.receipt.clone();
                             // Every log line of the job names its message.
                             let span = tracing::info_span!("job", message_id = %delivery.message_id);
                             let handle = in_flight.spawn(
-                                async move { worker.process_in(&delivery, Some(&slots)).await }.instrument(span),
+                                async move { worker.process_in(&delivery, Some(&gates)).await }.instrument(span),
                             );
                             receipts.insert(handle.id(), receipt);
                         }
@@ -261,28 +277,37 @@ impl Worker {
         for key in self.store.list(Bucket::Temp, "").await? {
             let Some(info) = jobs::found(self.store.head(Bucket::Temp, &key).await)? else { continue };
             let old_enough = info.modified.and_then(|m| m.elapsed().ok()).is_some_and(|elapsed| elapsed >= age);
-            if !old_enough {
+            if !old_enough || self.referred_to(&key).await? {
                 continue;
             }
-            let referred_to = match jobs::upload_of_commit_key(&key) {
-                Some(upload) => {
-                    let keys = jobs::committed_keys(&*self.store, upload).await?.unwrap_or_default();
-                    let mut queued = false;
-                    for key in &keys {
-                        queued |= self.queue_holds(key).await;
-                    }
-                    queued
-                }
-                None if key.starts_with(jobs::RESERVED_PREFIX) => true,
-                None => jobs::failure(&*self.store, &key).await?.is_some() || self.queue_holds(&key).await,
-            };
-            if !referred_to {
-                self.store.delete(Bucket::Temp, &key).await?;
-                tracing::info!(key, "removed an orphan from the temp bucket");
-                removed += 1;
+            // Looked at again right before the delete: a retry or a late upload may have come to
+            // refer to it (or rewritten it) since.
+            let now = jobs::found(self.store.head(Bucket::Temp, &key).await)?;
+            if now.is_none_or(|now| now.etag != info.etag) || self.referred_to(&key).await? {
+                continue;
             }
+            self.store.delete(Bucket::Temp, &key).await?;
+            tracing::info!(key, "removed an orphan from the temp bucket");
+            removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Whether a temp object is still needed: an original a job (queued, in flight or
+    /// dead-lettered) or a failure record refers to, or an upload record with a key still queued.
+    async fn referred_to(&self, key: &str) -> Result<bool, crate::storage::StoreError> {
+        Ok(match jobs::upload_of_commit_key(key) {
+            Some(upload) => {
+                let keys = jobs::committed_keys(&*self.store, upload).await?.unwrap_or_default();
+                let mut queued = false;
+                for key in &keys {
+                    queued |= self.queue_holds(key).await;
+                }
+                queued
+            }
+            None if key.starts_with(jobs::RESERVED_PREFIX) => true,
+            None => jobs::failure(&*self.store, key).await?.is_some() || self.queue_holds(key).await,
+        })
     }
 
     /// Whether the queue holds a message for `key`; true when it cannot tell or does not answer
