@@ -567,9 +567,9 @@ async fn orphans_older_than_the_age_are_removed() {
     worker.stop().await;
 }
 
-/// `pixbox jobs retry` racing the orphan sweep: the sweep is made to run at the two moments of a
-/// retry where the original could look unreferenced (as the new message is sent, as the failure
-/// record is removed), and neither removes it; the retried job is then done.
+/// `pixbox jobs retry` racing the orphan sweep: the sweep is made to run at the two moments where
+/// the original could look unreferenced (as the retry's message is sent, and as the worker that
+/// takes it removes the failure record), and neither removes it; the retried job is then done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_racing_the_orphan_sweep_keeps_the_original() {
     use common::memory::{Faulty, Op};
@@ -621,12 +621,13 @@ async fn a_retry_racing_the_orphan_sweep_keeps_the_original() {
 
     let retried = pixbox::operations::retry(&*store, &*queue, "failed.png").await.unwrap();
     assert!(matches!(retried, pixbox::operations::Retry::Queued { .. }), "{retried:?}");
-    assert_eq!(*swept.lock().unwrap(), [(Op::Send, 0), (Op::Delete, 0)], "a sweep removed the original");
     assert!(jobs::found(store.head(Bucket::Temp, "failed.png").await).unwrap().is_some());
-    // The retry's message runs although it may meet the failure record, and ends done.
+    // The worker takes the retry: it removes the failure record (the sweep runs just before),
+    // runs the job, and it ends done.
     let delivery = queue.receive(1, Duration::from_secs(1), Duration::from_secs(30)).await.unwrap().remove(0);
     let outcome = worker.process(&delivery).await;
     assert!(matches!(outcome, pixbox::worker::Outcome::Done { .. }), "{outcome:?}");
+    assert_eq!(*swept.lock().unwrap(), [(Op::Send, 0), (Op::Delete, 0)], "a sweep removed the original");
     assert!(jobs::failure(&*store, "failed.png").await.unwrap().is_none());
 }
 

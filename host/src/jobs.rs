@@ -14,8 +14,9 @@ pub struct Job {
     /// its jobs runs (its jobs go out in several sends, and one may fail after others went out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadRef>,
-    /// Sent by `pixbox jobs retry`: the job runs even though a failure record is still there (the
-    /// retry sends first and removes the record after, so the original is never unreferenced).
+    /// Sent by `pixbox jobs retry`: the worker removes the job's failure record (marked
+    /// [`RETRYING`]) when it takes the job, then runs it. The retry marks the record instead of
+    /// removing it, so the original is never unreferenced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
 }
@@ -96,6 +97,10 @@ pub fn upload_of_commit_key(key: &str) -> Option<&str> {
 
 /// The code of the failure recorded when the queue gives up on a job (it is dead-lettered).
 pub const GAVE_UP: &str = "gave-up";
+/// The code of a failure record that `pixbox jobs retry` has queued again: the job reads as
+/// pending, and the record keeps the original from the orphan sweep until a worker takes the
+/// retry (and removes the record).
+pub const RETRYING: &str = "retrying";
 
 /// Why a job failed for good, as stored and as reported by `/status` and `/download`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -152,7 +157,7 @@ pub async fn state(store: &dyn BlobStore, key: &str) -> Result<State, StoreError
         return Ok(State::Done(info));
     }
     if let Some(failure) = failure(store, key).await? {
-        return Ok(State::Failed(failure));
+        return Ok(if failure.code == RETRYING { State::Pending } else { State::Failed(failure) });
     }
     if found(store.head(Bucket::Temp, key).await)?.is_some() {
         return Ok(State::Pending);

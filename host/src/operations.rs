@@ -72,6 +72,9 @@ pub async fn failed(store: &dyn BlobStore) -> Result<Vec<FailedJob>, OperationEr
     for record in store.list(Bucket::Permanent, &prefix).await? {
         let key = &record[prefix.len()..];
         let Some(failure) = jobs::failure(store, key).await? else { continue };
+        if failure.code == jobs::RETRYING {
+            continue;
+        }
         let original_kept = jobs::found(store.head(Bucket::Temp, key).await)?.is_some();
         out.push(FailedJob { key: key.to_string(), failure, original_kept });
     }
@@ -148,17 +151,27 @@ async fn retry_with(
     if jobs::found(store.head(Bucket::Temp, key).await)?.is_none() {
         return Err(OperationError::OriginalGone { key: key.into() });
     }
-    // The new message first, the record after: until the message is out, the record is what keeps
-    // the original from the orphan sweep. The message says it is a retry, so a worker that
-    // receives it before the record is gone runs it anyway. It carries no upload reference: the
-    // upload's commit record may be gone, and a job of an uncommitted upload is dropped.
+    // The failure record is marked `retrying` (the job reads as pending) and stays until a worker
+    // takes the retry and removes it: the original is never unreferenced (the orphan sweep keeps
+    // what a record or a message refers to), and a record the retry's own attempt writes is never
+    // removed from this side. The message carries no upload reference: the upload's commit record
+    // may be gone, and a job of an uncommitted upload is dropped.
+    if let Some(failure) = &failure {
+        let marked = Failure {
+            code: jobs::RETRYING.into(),
+            message: format!("queued again after: {}", failure.message),
+            plugin: failure.plugin.clone(),
+            attempts: failure.attempts,
+        };
+        jobs::record_failure(store, key, &marked).await?;
+    }
     let body = Job { key: key.into(), upload: None, retry: true }.to_body();
-    queue.send_batch(&[body]).await?;
-    if failure.is_some()
-        && let Err(e) = store.delete(Bucket::Permanent, &jobs::failure_key(key)).await
-    {
-        // Harmless: the retry runs anyway and removes the record when it succeeds.
-        tracing::warn!(key, "retry queued, but its failure record could not be removed yet: {e}");
+    if let Err(e) = queue.send_batch(&[body]).await {
+        if let Some(failure) = &failure {
+            // Put the record back as it was: nothing is queued.
+            let _ = jobs::record_failure(store, key, failure).await;
+        }
+        return Err(e.into());
     }
     for receipt in &dead_receipts {
         queue.delete_dead_letter(receipt).await?;

@@ -365,6 +365,21 @@ impl wasmtime::ResourceLimiter for CallLimiter {
         Ok(self.grow(current, desired))
     }
 
+    // The component shape the pool admits, held per call whatever the allocator: with on-demand
+    // allocation (the pool's fallback) nothing else stops a component declaring thousands of
+    // empty memories, each reserving address space.
+    fn instances(&self) -> usize {
+        super::ComponentShape::ALLOWED.core_instances as usize
+    }
+
+    fn memories(&self) -> usize {
+        super::ComponentShape::ALLOWED.memories as usize
+    }
+
+    fn tables(&self) -> usize {
+        super::ComponentShape::ALLOWED.tables as usize
+    }
+
     fn table_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
         Ok(self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
     }

@@ -205,7 +205,8 @@ impl Sandbox {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,
-            Err(e) => {
+            // Only a failed reservation falls back; any other engine error is reported as is.
+            Err(e) if format!("{e:#}").contains("failed to reserve") => {
                 // The pool reserves address space for every slot up front (gigabytes of it,
                 // never touched); under `ulimit -v` or on a small VM that fails. Each call then
                 // allocates its own memory, reserving only what its limit allows.
@@ -221,6 +222,7 @@ impl Sandbox {
                     .memory_reservation_for_growth(0);
                 Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?
             }
+            Err(e) => return Err(LoadError::Engine(format!("{e:#}"))),
         };
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker).map_err(|e| LoadError::Engine(format!("{e:#}")))?;

@@ -14,16 +14,19 @@ use tokio::sync::Notify;
 /// A tick's two gates: jobs being processed (twice the plugin slots, so one job's reads and
 /// writes overlap another's call) and plugin calls (`concurrency`). Both burst by what the
 /// sandbox's pool holds beyond `concurrency`, at most `concurrency` more.
+/// `stop` is the tick's shutdown: a job still waiting for its turn then gives its message back at
+/// once instead of starting during the grace period.
 #[derive(Debug, Clone)]
 pub struct Gates {
     pub jobs: Arc<FairSlots>,
     pub calls: Arc<FairSlots>,
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Gates {
-    pub fn new(concurrency: usize, pool: usize) -> Self {
+    pub fn new(concurrency: usize, pool: usize, stop: tokio_util::sync::CancellationToken) -> Self {
         let burst = pool.saturating_sub(concurrency).min(concurrency);
-        Gates { jobs: FairSlots::new(2 * concurrency, burst), calls: FairSlots::new(concurrency, burst) }
+        Gates { jobs: FairSlots::new(2 * concurrency, burst), calls: FairSlots::new(concurrency, burst), stop }
     }
 }
 

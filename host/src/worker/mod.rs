@@ -48,6 +48,9 @@ pub enum Outcome {
     /// The job could not get a sandbox slot: sent again as a new message (this delivery deleted),
     /// so waiting for the pool never counts as an attempt.
     Requeued { key: String },
+    /// Shutdown came while the job waited for its turn: nothing was done, and the message is
+    /// released for another worker.
+    Interrupted { key: String },
 }
 
 /// One job step with everything it needs.
@@ -88,6 +91,7 @@ impl Worker {
             Outcome::Deferred { .. } => ("deferred", "not-committed", "none"),
             Outcome::Discarded { .. } => ("discarded", "dropped", "none"),
             Outcome::Requeued { .. } => ("requeued", "sandbox-busy", "none"),
+            Outcome::Interrupted { .. } => ("interrupted", "shutdown", "none"),
         };
         crate::telemetry::job(name, code, plugin);
         outcome
@@ -106,7 +110,10 @@ impl Worker {
         // route with a long backlog may keep it waiting longer than the visibility timeout.
         let route = &self.routes.resolve(&job.key).prefix;
         let _turn = match gates {
-            Some(gates) => Some(self.with_heartbeat(delivery, gates.jobs.acquire(route)).await),
+            Some(gates) => tokio::select! {
+                turn = self.with_heartbeat(delivery, gates.jobs.acquire(route)) => Some(turn),
+                () = gates.stop.cancelled() => return Outcome::Interrupted { key: job.key },
+            },
             None => None,
         };
         let outcome = match self.settle(&job, delivery, gates.map(|g| &g.calls)).await {
@@ -150,7 +157,7 @@ impl Worker {
             | Outcome::Discarded { .. }
             | Outcome::Requeued { .. } => true,
             Outcome::Failed { failure, .. } => failure.code != GAVE_UP,
-            Outcome::Retry { .. } | Outcome::Deferred { .. } => false,
+            Outcome::Retry { .. } | Outcome::Deferred { .. } | Outcome::Interrupted { .. } => false,
         };
         if settled {
             // The commit record first, the message second: a worker dying in between leaves the
@@ -193,11 +200,16 @@ impl Worker {
             self.store.delete(Bucket::Temp, key).await?;
             return Ok(done(key));
         }
+        // A retry's message: the failure record it was sent for goes now (the message, in flight,
+        // keeps the original from the orphan sweep), and the job runs again.
+        if job.retry {
+            self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
+        }
         // A `gave-up` record is the queue's verdict, not the image's: a delivery that still comes
-        // (a redrive from the dead-letter queue) tries again, as does one sent by a retry.
-        if !job.retry
-            && let Some(failure) = jobs::failure(&*self.store, key).await?
+        // (a redrive from the dead-letter queue) tries again.
+        if let Some(failure) = jobs::failure(&*self.store, key).await?
             && failure.code != GAVE_UP
+            && failure.code != jobs::RETRYING
         {
             return Ok(Outcome::Failed { key: key.into(), failure });
         }

@@ -54,6 +54,7 @@ impl TickReport {
                 tracing::warn!(key, code, "will retry: {reason}");
             }
             Outcome::Requeued { .. } => self.retried += 1,
+            Outcome::Interrupted { .. } => self.cancelled += 1,
             Outcome::Deferred { .. } => {}
         }
     }
@@ -64,7 +65,7 @@ impl Worker {
     /// spent or `stop` (then in-flight jobs get `shutdown_grace_secs`, and the rest are cancelled).
     pub async fn tick(&self, concurrency: usize, stop: &CancellationToken) -> TickReport {
         let concurrency = concurrency.max(1);
-        let gates = Gates::new(concurrency, self.sandbox.settings().max_instances as usize);
+        let gates = Gates::new(concurrency, self.sandbox.settings().max_instances as usize, stop.clone());
         let room = concurrency * HELD_PER_SLOT;
         let deadline = Instant::now() + Duration::from_secs(self.settings.tick_budget_secs);
         let mut report = TickReport::default();
@@ -207,6 +208,11 @@ impl Worker {
         report: &mut TickReport,
     ) -> Option<String> {
         match joined {
+            // Stopped before its turn came: its message goes back at once.
+            Ok((id, Outcome::Interrupted { .. })) => {
+                report.cancelled += 1;
+                receipts.remove(&id)
+            }
             Ok((id, outcome)) => {
                 receipts.remove(&id);
                 report.count(&outcome);
