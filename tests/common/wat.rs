@@ -16,6 +16,20 @@ pub struct Shape {
     pub grow_elements: u32,
 }
 
+/// The types of contract 0.1.0 as a component declares and exports them (WAT), for the
+/// components below.
+const CONTRACT_0_1_TYPES: &str = r#"(type $param' (record (field "name" string) (field "value" string)))
+  (export $param "param" (type $param'))
+  (type $image' (record (field "bytes" (list u8)) (field "media-type" string)))
+  (export $image "image" (type $image'))
+  (type $spec' (record (field "name" string) (field "description" string) (field "default" (option string))))
+  (export $spec "param-spec" (type $spec'))
+  (type $info' (record (field "name" string) (field "version" string) (field "description" string)
+                       (field "params" (list $spec))))
+  (export $info "plugin-info" (type $info'))
+  (type $error' (variant (case "bad-input" string) (case "unsupported" string) (case "internal" string)))
+  (export $error "transform-error" (type $error'))"#;
+
 /// The component's binary.
 pub fn component(shape: Shape) -> Vec<u8> {
     ::wat::parse_str(component_text(shape)).expect("the test component is valid WAT")
@@ -85,17 +99,7 @@ fn component_text(shape: Shape) -> String {
       (i32.const 256))
   )
   (core instance $i (instantiate $m))
-  (type $param' (record (field "name" string) (field "value" string)))
-  (export $param "param" (type $param'))
-  (type $image' (record (field "bytes" (list u8)) (field "media-type" string)))
-  (export $image "image" (type $image'))
-  (type $spec' (record (field "name" string) (field "description" string) (field "default" (option string))))
-  (export $spec "param-spec" (type $spec'))
-  (type $info' (record (field "name" string) (field "version" string) (field "description" string)
-                       (field "params" (list $spec))))
-  (export $info "plugin-info" (type $info'))
-  (type $error' (variant (case "bad-input" string) (case "unsupported" string) (case "internal" string)))
-  (export $error "transform-error" (type $error'))
+  {CONTRACT_0_1_TYPES}
   (func $info-f (result $info)
     (canon lift (core func $i "info") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc"))))
   (func $transform-f (param "input" $image) (param "options" (list $param)) (result (result $image (error $error)))
@@ -164,17 +168,7 @@ pub fn utf16_chatter(units: u32, logs: u32) -> Vec<u8> {
   (core instance $i (instantiate $m
     (with "mem" (instance $mi))
     (with "host" (instance (export "log" (func $log-lowered))))))
-  (type $param' (record (field "name" string) (field "value" string)))
-  (export $param "param" (type $param'))
-  (type $image' (record (field "bytes" (list u8)) (field "media-type" string)))
-  (export $image "image" (type $image'))
-  (type $spec' (record (field "name" string) (field "description" string) (field "default" (option string))))
-  (export $spec "param-spec" (type $spec'))
-  (type $info' (record (field "name" string) (field "version" string) (field "description" string)
-                       (field "params" (list $spec))))
-  (export $info "plugin-info" (type $info'))
-  (type $error' (variant (case "bad-input" string) (case "unsupported" string) (case "internal" string)))
-  (export $error "transform-error" (type $error'))
+  {CONTRACT_0_1_TYPES}
   (func $info-f (result $info)
     (canon lift (core func $i "info") (memory (core memory $mi "memory")) (realloc (core func $i "cabi_realloc"))))
   (func $transform-f (param "input" $image) (param "options" (list $param)) (result (result $image (error $error)))
