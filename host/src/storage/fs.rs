@@ -238,7 +238,7 @@ impl BlobStore for FsStore {
         let path = self.object_path(bucket, key)?;
         let key = key.to_string();
         let (file, info) = blocking(move || open_object(&path, &key)).await?;
-        let body = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+        let body = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), super::READ_CHUNK);
         Ok(GetObject { info, body: Box::pin(body) })
     }
 

@@ -3,16 +3,17 @@
 //! one more beyond the slots (up to a burst), so a route whose calls sleep or spin through their
 //! whole budget cannot hold up the others.
 //!
-//! The worker keeps two of these per tick: one for jobs being processed (reading the original,
-//! the plugin call, storing results) and one for the plugin calls themselves.
+//! The worker keeps two of these per tick: one for jobs holding their original (reading it, then
+//! the plugin call; storing the results happens after the turn ends) and one for the plugin calls
+//! themselves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// A tick's two gates: jobs being processed (twice the plugin slots, so one job's reads and
-/// writes overlap another's call) and plugin calls (`concurrency`). Both burst by what the
+/// A tick's two gates: jobs holding their original (twice the plugin slots, so one job's read
+/// overlaps another's call) and plugin calls (`concurrency`). Both burst by what the
 /// sandbox's pool holds beyond `concurrency`, at most `concurrency` more.
 /// `stop` is the tick's shutdown: a job still waiting for its turn then gives its message back at
 /// once instead of starting during the grace period.

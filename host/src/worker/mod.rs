@@ -109,14 +109,14 @@ impl Worker {
         // The job's turn among its route's and the other routes' jobs, under the heartbeat: a
         // route with a long backlog may keep it waiting longer than the visibility timeout.
         let route = &self.routes.resolve(&job.key).prefix;
-        let _turn = match gates {
+        let turn = match gates {
             Some(gates) => tokio::select! {
                 turn = self.with_heartbeat(delivery, gates.jobs.acquire(route)) => Some(turn),
                 () = gates.stop.cancelled() => return Outcome::Interrupted { key: job.key },
             },
             None => None,
         };
-        let outcome = match self.settle(&job, delivery, gates.map(|g| &g.calls)).await {
+        let outcome = match self.settle(&job, delivery, gates.map(|g| &g.calls), turn).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 Outcome::Retry { key: job.key.clone(), code: "store-unavailable", reason: e.to_string(), after: None }
@@ -192,6 +192,7 @@ impl Worker {
         job: &Job,
         delivery: &Delivery,
         slots: Option<&Arc<fair::FairSlots>>,
+        turn: Option<fair::Slot>,
     ) -> Result<Outcome, StoreError> {
         let key = job.key.as_str();
         let done = |key: &str| Outcome::AlreadyDone { key: key.into() };
@@ -267,7 +268,11 @@ impl Worker {
         let result = self
             .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, slots)
             .await;
+        // The job's turn bounds the originals held in memory; storing the results (fsynced
+        // writes, no plugin) goes on outside it, so the next job can read its original and be
+        // ready the moment a plugin slot frees instead of waiting for this job's writes.
         drop(original);
+        drop(turn);
         let output = match result {
             Ok(output) => output,
             Err(TransformError::PoolBusy { waited }) => {
