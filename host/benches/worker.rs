@@ -10,7 +10,8 @@
 //!   one worker tick (`concurrency` = cores) drains the queue: get, sandbox, put, delete.
 //!
 //! The headline ratio is (serial time / concurrency) / pipeline time: 100 % means the pipeline
-//! keeps every core as busy as the bare sandbox would with perfect scaling.
+//! keeps every core as busy as the bare sandbox would with perfect scaling. The CPU time of the
+//! two wall-clock measures tells idle cores (cores busy below `concurrency`) from host work.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ const COPIES: usize = 3;
 /// Rounds of the three measures; medians are reported.
 const ROUNDS: usize = 3;
 
-type Photos = Vec<(String, Vec<u8>)>;
+type Photos = Vec<(String, Bytes)>;
 
 fn photos() -> Photos {
     let dir = std::env::var_os("PIXBOX_BENCH_PHOTOS").map(PathBuf::from).unwrap_or_else(|| {
@@ -41,7 +42,7 @@ fn photos() -> Photos {
         .unwrap_or_else(|e| panic!("no photos in {} ({e}): run scripts/fetch-photos first", dir.display()))
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap().into()))
         .collect();
     photos.sort();
     assert!(!photos.is_empty(), "no .jpg files in {}", dir.display());
@@ -67,8 +68,8 @@ struct Bench {
 
 impl Bench {
     /// The work of one round, in pipeline order.
-    fn work(&self) -> Vec<&[u8]> {
-        (0..COPIES).flat_map(|_| self.photos.iter().map(|(_, b)| b.as_slice())).collect()
+    fn work(&self) -> Vec<Bytes> {
+        (0..COPIES).flat_map(|_| self.photos.iter().map(|(_, b)| b.clone())).collect()
     }
 
     /// Sum of the sandbox's own time over the round, one call at a time.
@@ -76,18 +77,19 @@ impl Bench {
         let route = self.routes.resolve("");
         let mut total = Duration::ZERO;
         for bytes in self.work() {
-            let out = self.sandbox.transform(&route.plugin, bytes, media_type(bytes), &route.options).await.unwrap();
+            let media_type = media_type(&bytes);
+            let out = self.sandbox.transform(&route.plugin, bytes, media_type, &route.options).await.unwrap();
             total += out.stats.elapsed;
         }
         total
     }
 
     /// Wall time of the round with `concurrency` sandbox calls at a time.
-    async fn parallel(&self) -> Duration {
+    async fn parallel(&self) -> Measured {
         // Popped from the end: reversed, so the calls come in the pipeline's order.
-        let work: Vec<Vec<u8>> = self.work().into_iter().rev().map(<[u8]>::to_vec).collect();
+        let work: Vec<Bytes> = self.work().into_iter().rev().collect();
         let work = Arc::new(std::sync::Mutex::new(work));
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time());
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..self.concurrency {
             let (sandbox, routes, work) = (self.sandbox.clone(), self.routes.clone(), work.clone());
@@ -95,25 +97,26 @@ impl Bench {
                 let route = routes.resolve("");
                 loop {
                     let Some(bytes) = work.lock().unwrap().pop() else { break };
-                    sandbox.transform(&route.plugin, &bytes, media_type(&bytes), &route.options).await.unwrap();
+                    let media_type = media_type(&bytes);
+                    sandbox.transform(&route.plugin, bytes, media_type, &route.options).await.unwrap();
                 }
             });
         }
         calls.join_all().await;
-        started.elapsed()
+        Measured { wall: started.elapsed(), cpu: cpu_time() - cpu }
     }
 
     /// Wall time from a full queue until the last result is stored (the tick itself then spends
     /// a moment deciding the queue is empty, which is per tick, not per image).
-    async fn pipeline(&self) -> Duration {
+    async fn pipeline(&self) -> Measured {
         let dir = tempfile::tempdir().unwrap();
         let config = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
         let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
         let mut bodies = Vec::new();
         for (i, bytes) in self.work().into_iter().enumerate() {
             let key = format!("bench/{i}.jpg");
-            let meta = ObjectMeta { content_type: media_type(bytes).into(), metadata: Default::default() };
-            store.put(Bucket::Temp, &key, Bytes::copy_from_slice(bytes), &meta).await.unwrap();
+            let meta = ObjectMeta { content_type: media_type(&bytes).into(), metadata: Default::default() };
+            store.put(Bucket::Temp, &key, bytes, &meta).await.unwrap();
             bodies.push(Job { key, upload: None, retry: false }.to_body());
         }
         for chunk in bodies.chunks(pixbox::queue::MAX_BATCH) {
@@ -130,17 +133,17 @@ impl Bench {
         };
         let jobs = bodies.len();
         let concurrency = self.concurrency;
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time());
         let tick = tokio::spawn(async move { worker.tick(concurrency, &Default::default()).await });
         while store.list(Bucket::Permanent, "bench/").await.unwrap().len() < jobs {
             assert!(!tick.is_finished(), "the tick ended before every result was stored");
             // Coarse on purpose: listing competes with the jobs for the same cores.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let elapsed = started.elapsed();
+        let measured = Measured { wall: started.elapsed(), cpu: cpu_time() - cpu };
         let report = tick.await.unwrap();
         assert_eq!(report.done, jobs, "{report:?}");
-        elapsed
+        measured
     }
 }
 
@@ -151,7 +154,7 @@ async fn run() {
     let bench = Bench { photos: photos(), sandbox, routes, concurrency: config.worker_concurrency() };
     let warm = &bench.photos[0].1;
     let route = bench.routes.resolve("");
-    bench.sandbox.transform(&route.plugin, warm, media_type(warm), &route.options).await.unwrap();
+    bench.sandbox.transform(&route.plugin, warm.clone(), media_type(warm), &route.options).await.unwrap();
 
     let (mut serial, mut parallel, mut pipeline) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -159,7 +162,8 @@ async fn run() {
         parallel.push(bench.parallel().await);
         pipeline.push(bench.pipeline().await);
     }
-    let (serial, parallel, pipeline) = (median(serial), median(parallel), median(pipeline));
+    let serial = median(serial);
+    let (parallel, pipeline) = (Measured::median(parallel), Measured::median(pipeline));
     let concurrency = bench.concurrency;
     let ideal = serial / concurrency as u32;
     let jobs = bench.work().len();
@@ -176,18 +180,50 @@ async fn run() {
          median of {ROUNDS} interleaved rounds",
         bench.photos.len(),
     );
-    println!("| measure | seconds | images/s |");
-    println!("|---|---:|---:|");
-    let row = |name: String, d: Duration| {
-        println!("| {name} | {:.2} | {:.2} |", d.as_secs_f64(), jobs as f64 / d.as_secs_f64())
+    println!("| measure | seconds | images/s | CPU seconds | cores busy |");
+    println!("|---|---:|---:|---:|---:|");
+    let row = |name: String, d: Duration, cpu: Option<Duration>| {
+        let (cpu, busy) = match cpu {
+            Some(cpu) => (format!("{:.2}", cpu.as_secs_f64()), format!("{:.2}", cpu.as_secs_f64() / d.as_secs_f64())),
+            None => ("".into(), "".into()),
+        };
+        println!("| {name} | {:.2} | {:.2} | {cpu} | {busy} |", d.as_secs_f64(), jobs as f64 / d.as_secs_f64())
     };
-    row("sandbox only, one call at a time (sum of calls)".into(), serial);
-    row(format!("sandbox only x {concurrency} cores (ideal)"), ideal);
-    row(format!("sandbox only, {concurrency} calls at a time (measured)"), parallel);
-    row("worker pipeline, full queue to all stored".into(), pipeline);
-    let ratio = |d: Duration| 100.0 * d.as_secs_f64() / pipeline.as_secs_f64();
+    row("sandbox only, one call at a time (sum of calls)".into(), serial, None);
+    row(format!("sandbox only x {concurrency} cores (ideal)"), ideal, None);
+    row(format!("sandbox only, {concurrency} calls at a time (measured)"), parallel.wall, Some(parallel.cpu));
+    row("worker pipeline, full queue to all stored".into(), pipeline.wall, Some(pipeline.cpu));
+    let ratio = |d: Duration| 100.0 * d.as_secs_f64() / pipeline.wall.as_secs_f64();
     println!("pipeline throughput / ideal: {:.0} %", ratio(ideal));
-    println!("pipeline throughput / sandbox {concurrency} at a time: {:.0} %", ratio(parallel));
+    println!("pipeline throughput / sandbox {concurrency} at a time: {:.0} %", ratio(parallel.wall));
+}
+
+/// Wall time of a measure and the CPU time the process spent in it (all threads): their ratio
+/// says how many cores were busy, so idle cores show apart from slow code.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Measured {
+    /// The round with the median wall time.
+    fn median(mut rounds: Vec<Measured>) -> Measured {
+        rounds.sort_by_key(|m| m.wall);
+        rounds[rounds.len() / 2]
+    }
+}
+
+/// CPU time (user + system) this process has used so far, all threads.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

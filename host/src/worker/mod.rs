@@ -266,12 +266,11 @@ impl Worker {
         let started = Instant::now();
         let requests = with_focus(route, focus.as_deref());
         let result = self
-            .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, slots)
+            .transform_with_heartbeat(route, &requests, original, header.format.media_type(), delivery, slots)
             .await;
-        // The job's turn bounds the originals held in memory; storing the results (fsynced
-        // writes, no plugin) goes on outside it, so the next job can read its original and be
-        // ready the moment a plugin slot frees instead of waiting for this job's writes.
-        drop(original);
+        // The job's turn bounds the originals held in memory (the call above took this one);
+        // storing the results (fsynced writes, no plugin) goes on outside it, so the next job can
+        // read its original and be ready the moment a plugin slot frees.
         drop(turn);
         let output = match result {
             Ok(output) => output,
@@ -354,7 +353,7 @@ impl Worker {
         &self,
         route: &Route,
         requests: &[crate::sandbox::RenditionRequest],
-        input: &[u8],
+        input: Bytes,
         media_type: &'static str,
         delivery: &Delivery,
         slots: Option<&Arc<fair::FairSlots>>,
