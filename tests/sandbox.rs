@@ -58,6 +58,37 @@ async fn resize_fits_the_box_and_keeps_the_aspect_ratio() {
     assert_eq!((out.header.width, out.header.height), (50, 40));
 }
 
+/// Phones make panoramas of 12 000 px and more on the long side: far under the pixel limit, so
+/// taken by the upload check and the plugin alike.
+#[tokio::test]
+async fn a_panorama_longer_than_ten_thousand_pixels_is_resized() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    let input = jpeg(&photo(12_000, 600));
+    let header = pixbox::imaging::probe(&input).unwrap();
+    pixbox::imaging::PixelLimits::default().check(&header).expect("the default limits take a 7.2 MP panorama");
+    let out = sandbox.transform(&resize, input, "image/jpeg", &[]).await.unwrap();
+    assert_eq!((out.header.width, out.header.height), (1024, 51));
+}
+
+/// `format=same` keeps a lossless WebP lossless (graphics stay crisp) and a lossy one lossy.
+#[tokio::test]
+async fn same_format_keeps_webp_lossless_or_lossy() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    let mut lossless = Vec::new();
+    photo(300, 200).write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut lossless)).unwrap();
+    let same = params(&[("width", "150"), ("height", "150"), ("format", "same")]);
+    let out = sandbox.transform(&resize, lossless, "image/webp", &same).await.unwrap();
+    let chunk = |bytes: &[u8]| bytes.windows(4).find(|w| *w == b"VP8L" || *w == b"VP8 ").map(<[u8]>::to_vec);
+    assert_eq!(chunk(&out.bytes).as_deref(), Some(&b"VP8L"[..]), "lossless in, lossless out");
+    let lossy = sandbox.transform(&resize, jpeg(&photo(300, 200)), "image/jpeg", &params(&[("format", "webp")])).await;
+    let lossy = lossy.unwrap().bytes;
+    assert_eq!(chunk(&lossy).as_deref(), Some(&b"VP8 "[..]));
+    let out = sandbox.transform(&resize, lossy, "image/webp", &same).await.unwrap();
+    assert_eq!(chunk(&out.bytes).as_deref(), Some(&b"VP8 "[..]), "lossy in, lossy out");
+}
+
 #[tokio::test]
 async fn exif_orientation_is_applied_and_metadata_dropped() {
     let sandbox = sandbox();

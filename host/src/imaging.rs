@@ -159,8 +159,10 @@ pub struct PixelLimits {
 
 impl Default for PixelLimits {
     fn default() -> Self {
-        // pict-rs ships 40 MP and 10 000 px per side; both cover any camera photo.
-        PixelLimits { max_pixels: 40_000_000, max_side: 10_000 }
+        // 40 MP (as pict-rs ships) covers any camera photo and bounds the memory a decode takes.
+        // The side limit is JPEG's own largest side: phones make panoramas of 12 000 px and more,
+        // far under the pixel limit, and a long thin image costs no more than its pixels.
+        PixelLimits { max_pixels: 40_000_000, max_side: 65_535 }
     }
 }
 

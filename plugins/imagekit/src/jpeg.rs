@@ -3,8 +3,10 @@
 //! A JPEG stores 8x8 blocks of frequencies; its inverse DCT can produce each block at 1/2, 1/4 or
 //! 1/8 of its size for a fraction of the work, so a 24 MP photo headed for a 1024-pixel box never
 //! becomes 24 million pixels (this is libvips' "shrink-on-load"). `jpeg-decoder` implements the
-//! scaled IDCTs; the image crate's own decoder (zune-jpeg) has none and stays the path for full-size
-//! decodes and the pixel layouts handled here only rarely (CMYK, 16-bit).
+//! scaled IDCTs; zune-jpeg (the image crate's decoder) has none and stays the path for full-size
+//! decodes and the pixel layouts handled here only rarely (CMYK), in strict mode: a damaged file
+//! is refused, never stored padded with grey. A baseline file whose colour components come in
+//! separate scans goes to `jpeg-decoder` at any size: zune-jpeg decodes it as luma alone (green).
 
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, RgbImage};
@@ -94,7 +96,7 @@ pub fn decode_for(
     let (need_w, need_h) = need(oriented_w, oriented_h);
     let stored_need = if swaps { (need_h, need_w) } else { (need_w, need_h) };
     let shrink = shrink_for(width, height, stored_need);
-    if shrink == 1 {
+    if shrink == 1 && !separate_scans(input) {
         // Nothing to gain over the general decoder, which is faster at full size.
         return Ok(None);
     }
@@ -114,4 +116,84 @@ pub fn decode_for(
         image.ok_or_else(|| Error::Internal(format!("JPEG decoder returned a buffer that is not {w}x{h}")))?;
     image.apply_orientation(orientation);
     Ok(Some(crate::colour::to_srgb(image, decoder.icc_profile().as_deref())?))
+}
+
+/// Whether a sequential (non-progressive) JPEG sends its colour components in separate scans: its
+/// first scan then carries fewer components than the frame has. Legal, written by some scanners
+/// and older encoders; zune-jpeg 0.5 decodes only the first scan of such a file. Reads the
+/// segments up to the first scan only.
+pub fn separate_scans(input: &[u8]) -> bool {
+    let mut at = 2;
+    let mut frame_components = None;
+    while at + 4 <= input.len() {
+        if input[at] != 0xFF {
+            return false;
+        }
+        let marker = input[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([input[at + 2], input[at + 3]]));
+        let body = input.get(at + 4..at + 2 + length.max(2)).unwrap_or_default();
+        match marker {
+            // SOF0 and SOF1: baseline and extended sequential, Huffman-coded.
+            0xC0 | 0xC1 => frame_components = body.get(5).copied(),
+            // Progressive and other frames are not this case.
+            0xC2..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return false,
+            // Start of scan: its component count is the segment's first byte.
+            0xDA => return matches!((frame_components, body.first()), (Some(f), Some(&s)) if s < f),
+            _ => {}
+        }
+        at += 2 + length;
+    }
+    false
+}
+
+/// Decodes a JPEG at full size: `jpeg-decoder` for separate-scan files, zune-jpeg in strict mode
+/// for the rest. Returns the image in display orientation and in sRGB.
+pub fn decode_full(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
+    if separate_scans(input) {
+        return decode_for(input, options, |w, h| (w, h))?
+            .ok_or_else(|| Error::Unsupported("a JPEG in separate scans with CMYK pixels".into()));
+    }
+    use zune_core::colorspace::ColorSpace;
+    let lenient = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(options.max_side as usize)
+        .set_max_height(options.max_side as usize);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(input), lenient);
+    // Stray bytes between header segments are skipped, as libjpeg does (with a warning); only
+    // the image data is decoded strictly, where leniency means grey padding.
+    decoder.decode_headers().map_err(zune_error)?;
+    let strict = lenient.set_strict_mode(true);
+    let (width, height) = decoder.dimensions().ok_or_else(|| Error::BadInput("JPEG has no frame header".into()))?;
+    let (width, height) = (width as u32, height as u32);
+    crate::check_size(width, height, options)?;
+    let gray = decoder.input_colorspace() == Some(ColorSpace::Luma);
+    decoder.set_options(strict.jpeg_set_out_colorspace(if gray { ColorSpace::Luma } else { ColorSpace::RGB }));
+    let pixels = decoder.decode().map_err(zune_error)?;
+    let image = if gray {
+        GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8)
+    };
+    let mut image =
+        image.ok_or_else(|| Error::Internal(format!("JPEG decoder returned a buffer that is not {width}x{height}")))?;
+    // A broken EXIF block is not worth refusing the image for: show it as stored.
+    let orientation =
+        decoder.exif().and_then(|exif| Orientation::from_exif_chunk(exif)).unwrap_or(Orientation::NoTransforms);
+    image.apply_orientation(orientation);
+    crate::colour::to_srgb(image, decoder.icc_profile().as_deref())
+}
+
+/// zune-jpeg's errors are about the input (strict mode makes damage one), except a coding
+/// feature it lacks.
+fn zune_error(e: zune_jpeg::errors::DecodeErrors) -> Error {
+    match e {
+        zune_jpeg::errors::DecodeErrors::Unsupported(feature) => {
+            Error::Unsupported(format!("unsupported JPEG: {feature:?}"))
+        }
+        e => Error::BadInput(format!("cannot decode image: {e}")),
+    }
 }

@@ -6,6 +6,7 @@
 mod colour;
 mod formats;
 mod jpeg;
+mod png;
 mod smart;
 
 pub use smart::focus as smart_focus;
@@ -120,7 +121,7 @@ impl Default for Options {
             quality: 85,
             upscale: false,
             max_pixels: 40_000_000,
-            max_side: 10_000,
+            max_side: 65_535,
             mode: Mode::Fit,
             gravity: Gravity::CENTRE,
             background: [255, 255, 255, 255],
@@ -141,7 +142,7 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     ("quality", "Quality of lossy outputs (JPEG, WebP, AVIF), 1..=100, on each format's own scale.", "85"),
     ("upscale", "Enlarge images smaller than the box: true or false.", "false"),
     ("max-pixels", "Refuse inputs with more pixels than this (width x height) before decoding them.", "40000000"),
-    ("max-side", "Refuse inputs wider or taller than this many pixels.", "10000"),
+    ("max-side", "Refuse inputs wider or taller than this many pixels.", "65535"),
     (
         "mode",
         "How the image meets the box: fit (inside it), cover (fill it, the overflow cut at gravity), \
@@ -441,11 +442,28 @@ fn output_format(input: &[u8], format: OutputFormat) -> OutputFormat {
     match format {
         OutputFormat::Same => match sniff(input) {
             Some(ImageFormat::Jpeg) => OutputFormat::Jpeg,
+            Some(ImageFormat::WebP) if webp_is_lossless(input) => OutputFormat::WebpLossless,
             Some(ImageFormat::WebP) => OutputFormat::Webp,
             _ => OutputFormat::Png,
         },
         other => other,
     }
+}
+
+/// Whether a WebP file's image is lossless (a `VP8L` chunk rather than `VP8 `), so that `same`
+/// keeps graphics and screenshots lossless instead of adding lossy artefacts to them.
+fn webp_is_lossless(input: &[u8]) -> bool {
+    let mut at = 12;
+    while let Some(header) = input.get(at..at + 8) {
+        match &header[..4] {
+            b"VP8L" => return true,
+            b"VP8 " => return false,
+            _ => {}
+        }
+        let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        at = at.saturating_add(8 + size + (size & 1));
+    }
+    false
 }
 
 /// A `size` x `size` grayscale thumbnail cut from the centre of the image (never enlarged: a
@@ -514,6 +532,11 @@ fn check_size(w: u32, h: u32, options: &Options) -> Result<(), Error> {
 /// refused before any pixel buffer is allocated. Returns the image already in display orientation,
 /// 8 bits per channel, in sRGB.
 pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
+    if sniff(input) == Some(ImageFormat::Jpeg) {
+        return jpeg::decode_full(input, options);
+    }
+    let input = png::mask_grey_key(input);
+    let input = &input[..];
     let mut reader = ImageReader::new(Cursor::new(input));
     reader.set_format(
         sniff(input)
@@ -527,11 +550,24 @@ pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
     let (w, h) = decoder.dimensions();
     check_size(w, h, options)?;
     // A broken EXIF block (or ICC profile) is not worth refusing the image for: show it as stored.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = orientation(&mut decoder);
     let icc = decoder.icc_profile().ok().flatten();
     let mut image = normalise(DynamicImage::from_decoder(decoder).map_err(image_error)?);
     image.apply_orientation(orientation);
     colour::to_srgb(image, icc.as_deref())
+}
+
+/// The orientation in the file's EXIF; none when the block is missing or broken. A WebP EXIF chunk
+/// may start with JPEG's APP1 prefix `Exif\0\0` (Pillow, and so many Python pipelines, write it
+/// so); browsers, exiftool and libvips accept it, and so does pixbox.
+fn orientation(decoder: &mut impl image::ImageDecoder) -> image::metadata::Orientation {
+    use image::metadata::Orientation;
+    if let Ok(Some(exif)) = decoder.exif_metadata()
+        && let Some(found) = Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(&exif))
+    {
+        return found;
+    }
+    decoder.orientation().unwrap_or(Orientation::NoTransforms)
 }
 
 /// The formats pixbox accepts, recognised from their magic bytes (never from names or headers).

@@ -56,7 +56,7 @@ pub struct PixelLimits {
 
 impl Default for PixelLimits {
     fn default() -> Self {
-        PixelLimits { max_pixels: 40_000_000, max_side: 10_000 }
+        PixelLimits { max_pixels: 40_000_000, max_side: 65_535 }
     }
 }
 

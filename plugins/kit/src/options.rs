@@ -32,7 +32,7 @@ pub const STANDARD_OPTIONS: &[(&str, &str, &str)] = &[
          decoding. pixbox refuses larger uploads itself ([limits] max_pixels, same default).",
         "40000000",
     ),
-    ("max-side", "Refuse inputs wider or taller than this many pixels ([limits] max_side, same default).", "10000"),
+    ("max-side", "Refuse inputs wider or taller than this many pixels ([limits] max_side, same default).", "65535"),
 ];
 
 /// Name, version, description and options of a plugin: what `pixbox plugin info` prints.
@@ -186,7 +186,7 @@ impl Options {
     fn pixel_limits_checked(&self) -> Result<PixelLimits, Error> {
         Ok(PixelLimits {
             max_pixels: self.standard("max-pixels", 1..=u64::MAX, 40_000_000)?,
-            max_side: self.standard("max-side", 1..=u32::MAX, 10_000)?,
+            max_side: self.standard("max-side", 1..=u32::MAX, 65_535)?,
         })
     }
 
