@@ -319,7 +319,7 @@ async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
             tokio::spawn(async move {
                 let sleep = [pixbox::sandbox::Param { name: "mode".into(), value: "sleep".into() }];
                 while hogging.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = sandbox.transform(&hog, common::png(&common::photo(8, 8)), "image/png", &sleep).await;
+                    let _ = sandbox.transform(&hog, &common::png(&common::photo(8, 8)), "image/png", &sleep).await;
                 }
             })
         })

@@ -118,7 +118,7 @@ async fn mutated_images_end_as_images_or_typed_errors() {
             Ok(header) if !imaging::is_complete(&input, header.format) => "refused: incomplete".to_string(),
             Ok(header) => {
                 let call = Instant::now();
-                let result = sandbox.transform(&plugin, input.clone(), header.format.media_type(), &options).await;
+                let result = sandbox.transform(&plugin, &input, header.format.media_type(), &options).await;
                 slowest = slowest.max(call.elapsed());
                 match result {
                     Ok(output) => {

@@ -33,7 +33,7 @@ async fn resize_fits_the_box_and_keeps_the_aspect_ratio() {
     assert_eq!(resize.info.name, "resize");
     let input = jpeg(&photo(800, 600));
     let out = sandbox
-        .transform(&resize, input.clone(), "image/jpeg", &params(&[("width", "200"), ("height", "200")]))
+        .transform(&resize, &input, "image/jpeg", &params(&[("width", "200"), ("height", "200")]))
         .await
         .unwrap();
     assert_eq!((out.header.width, out.header.height), (200, 150));
@@ -44,17 +44,12 @@ async fn resize_fits_the_box_and_keeps_the_aspect_ratio() {
     // A tall image is bound by the height; format conversion on request; no upscaling by default.
     let tall = png(&photo(300, 900));
     let out = sandbox
-        .transform(
-            &resize,
-            tall.clone(),
-            "image/png",
-            &params(&[("width", "500"), ("height", "300"), ("format", "webp")]),
-        )
+        .transform(&resize, &tall, "image/png", &params(&[("width", "500"), ("height", "300"), ("format", "webp")]))
         .await
         .unwrap();
     assert_eq!((out.header.width, out.header.height, out.header.format.media_type()), (100, 300, "image/webp"));
     let small = png(&photo(50, 40));
-    let out = sandbox.transform(&resize, small.clone(), "image/png", &[]).await.unwrap();
+    let out = sandbox.transform(&resize, &small, "image/png", &[]).await.unwrap();
     assert_eq!((out.header.width, out.header.height), (50, 40));
 }
 
@@ -67,7 +62,7 @@ async fn a_panorama_longer_than_ten_thousand_pixels_is_resized() {
     let input = jpeg(&photo(12_000, 600));
     let header = pixbox::imaging::probe(&input).unwrap();
     pixbox::imaging::PixelLimits::default().check(&header).expect("the default limits take a 7.2 MP panorama");
-    let out = sandbox.transform(&resize, input, "image/jpeg", &[]).await.unwrap();
+    let out = sandbox.transform(&resize, &input, "image/jpeg", &[]).await.unwrap();
     assert_eq!((out.header.width, out.header.height), (1024, 51));
 }
 
@@ -79,13 +74,13 @@ async fn same_format_keeps_webp_lossless_or_lossy() {
     let mut lossless = Vec::new();
     photo(300, 200).write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut lossless)).unwrap();
     let same = params(&[("width", "150"), ("height", "150"), ("format", "same")]);
-    let out = sandbox.transform(&resize, lossless, "image/webp", &same).await.unwrap();
+    let out = sandbox.transform(&resize, &lossless, "image/webp", &same).await.unwrap();
     let chunk = |bytes: &[u8]| bytes.windows(4).find(|w| *w == b"VP8L" || *w == b"VP8 ").map(<[u8]>::to_vec);
     assert_eq!(chunk(&out.bytes).as_deref(), Some(&b"VP8L"[..]), "lossless in, lossless out");
-    let lossy = sandbox.transform(&resize, jpeg(&photo(300, 200)), "image/jpeg", &params(&[("format", "webp")])).await;
+    let lossy = sandbox.transform(&resize, &jpeg(&photo(300, 200)), "image/jpeg", &params(&[("format", "webp")])).await;
     let lossy = lossy.unwrap().bytes;
     assert_eq!(chunk(&lossy).as_deref(), Some(&b"VP8 "[..]));
-    let out = sandbox.transform(&resize, lossy, "image/webp", &same).await.unwrap();
+    let out = sandbox.transform(&resize, &lossy, "image/webp", &same).await.unwrap();
     assert_eq!(chunk(&out.bytes).as_deref(), Some(&b"VP8 "[..]), "lossy in, lossy out");
 }
 
@@ -95,7 +90,7 @@ async fn exif_orientation_is_applied_and_metadata_dropped() {
     let resize = sandbox.load("resize").await.unwrap();
     // Orientation 6: the camera was turned; display needs a 90 degree clockwise rotation.
     let input = with_exif_orientation(&jpeg(&red_left_blue_right(64, 32)), 6);
-    let out = sandbox.transform(&resize, input.clone(), "image/jpeg", &[]).await.unwrap();
+    let out = sandbox.transform(&resize, &input, "image/jpeg", &[]).await.unwrap();
     let img = decode(&out.bytes).to_rgb8();
     assert_eq!(img.dimensions(), (32, 64), "rotated to portrait");
     let top = img.get_pixel(16, 8);
@@ -110,7 +105,7 @@ async fn thumbnail_plugin_gives_a_grayscale_square() {
     let sandbox = sandbox();
     let thumbnail = sandbox.load("thumbnail").await.unwrap();
     let out = sandbox
-        .transform(&thumbnail, jpeg(&photo(640, 480)), "image/jpeg", &params(&[("size", "96"), ("format", "png")]))
+        .transform(&thumbnail, &jpeg(&photo(640, 480)), "image/jpeg", &params(&[("size", "96"), ("format", "png")]))
         .await
         .unwrap();
     assert_eq!((out.header.width, out.header.height), (96, 96));
@@ -123,14 +118,14 @@ async fn bad_input_and_bad_options_are_typed_errors() {
     let sandbox = sandbox();
     let resize = sandbox.load("resize").await.unwrap();
     let truncated = &jpeg(&photo(400, 300))[..600];
-    let err = sandbox.transform(&resize, truncated.to_vec(), "image/jpeg", &[]).await.unwrap_err();
+    let err = sandbox.transform(&resize, truncated, "image/jpeg", &[]).await.unwrap_err();
     assert!(matches!(err, TransformError::BadInput(_)), "{err:?}");
     assert!(err.is_permanent());
     let bomb = common::png_claiming(100_000, 100_000);
-    let err = sandbox.transform(&resize, bomb.clone(), "image/png", &[]).await.unwrap_err();
+    let err = sandbox.transform(&resize, &bomb, "image/png", &[]).await.unwrap_err();
     assert!(matches!(&err, TransformError::BadInput(m) if m.contains("too large")), "{err:?}");
     let err =
-        sandbox.transform(&resize, png(&photo(8, 8)), "image/png", &params(&[("colour", "red")])).await.unwrap_err();
+        sandbox.transform(&resize, &png(&photo(8, 8)), "image/png", &params(&[("colour", "red")])).await.unwrap_err();
     assert!(matches!(&err, TransformError::Unsupported(m) if m.contains("colour")), "{err:?}");
 }
 
@@ -163,7 +158,7 @@ async fn longest_prefix_wins() {
     let input = jpeg(&photo(400, 200));
     for (key, size) in [("avatars/a.jpg", (32, 32)), ("avatars/large/a.jpg", (300, 150)), ("b.jpg", (100, 50))] {
         let r = routes.resolve(key);
-        let out = sandbox.transform(&r.plugin, input.clone(), "image/jpeg", &r.options).await.unwrap();
+        let out = sandbox.transform(&r.plugin, &input, "image/jpeg", &r.options).await.unwrap();
         assert_eq!((out.header.width, out.header.height), size, "{key}");
     }
 
@@ -195,7 +190,7 @@ async fn the_environment_files_and_network_are_denied() {
     let plugin = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
     let input = png(&photo(8, 8));
     for mode in ["env", "files", "tcp", "udp", "dns"] {
-        let err = sandbox.transform(&plugin, input.clone(), "image/png", &params(&[("mode", mode)])).await.unwrap_err();
+        let err = sandbox.transform(&plugin, &input, "image/png", &params(&[("mode", mode)])).await.unwrap_err();
         eprintln!("{mode}: {err}");
         match &err {
             TransformError::BadInput(m) => assert!(m.starts_with("denied: "), "{mode}: {m}"),
@@ -203,7 +198,7 @@ async fn the_environment_files_and_network_are_denied() {
         }
     }
     // The denials are the host's answers, not a broken plugin: the same plugin still works.
-    assert!(sandbox.transform(&plugin, input.clone(), "image/png", &[]).await.is_ok());
+    assert!(sandbox.transform(&plugin, &input, "image/png", &[]).await.is_ok());
 }
 
 /// The compiled-plugin cache holds native code that is loaded unchecked: its directory is
@@ -253,7 +248,7 @@ async fn a_0_2_plugin_makes_every_rendition_in_one_call() {
         request("medium", &[("width", "400"), ("height", "400"), ("format", "png")]),
         request("large", &[("width", "800"), ("height", "800")]),
     ];
-    let rendered = sandbox.render(&resize, input.clone(), "image/jpeg", &requests).await.unwrap();
+    let rendered = sandbox.render(&resize, &input, "image/jpeg", &requests).await.unwrap();
     assert_eq!(rendered.calls, 1);
     let sizes: Vec<_> =
         rendered.images.iter().map(|i| (i.header.width, i.header.height, i.header.format.media_type())).collect();
@@ -263,7 +258,7 @@ async fn a_0_2_plugin_makes_every_rendition_in_one_call() {
     }
     // One bad rendition fails the call, with the plugin's typed error.
     let bad = [request("ok", &[]), request("bad", &[("width", "0")])];
-    let err = sandbox.render(&resize, input.clone(), "image/jpeg", &bad).await.unwrap_err();
+    let err = sandbox.render(&resize, &input, "image/jpeg", &bad).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
 }
 
@@ -278,12 +273,12 @@ async fn a_0_1_plugin_still_loads_and_is_called_once_per_rendition() {
     assert_eq!(old.info.name, "misbehave");
     let input = png(&photo(16, 16));
     let requests = [request("a", &[]), request("b", &[("mode", "echo")]), request("c", &[])];
-    let rendered = sandbox.render(&old, input.clone(), "image/png", &requests).await.unwrap();
+    let rendered = sandbox.render(&old, &input, "image/png", &requests).await.unwrap();
     assert_eq!(rendered.calls, 3);
     assert!(rendered.images.iter().all(|i| i.bytes == input));
     assert_eq!(rendered.placeholder, None);
     // Its typed errors still come through.
-    let err = sandbox.render(&old, input.clone(), "image/png", &[request("x", &[("mode", "nope")])]).await.unwrap_err();
+    let err = sandbox.render(&old, &input, "image/png", &[request("x", &[("mode", "nope")])]).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
 }
 
@@ -294,15 +289,15 @@ async fn rendition_counts_are_checked() {
     let sandbox = sandbox();
     let misbehave = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
     let input = png(&photo(16, 16));
-    let echoed = sandbox.render(&misbehave, input.clone(), "image/png", &[request("a", &[]), request("b", &[])]).await;
+    let echoed = sandbox.render(&misbehave, &input, "image/png", &[request("a", &[]), request("b", &[])]).await;
     assert_eq!(echoed.unwrap().images.len(), 2);
     let short = [request("a", &[]), request("b", &[("mode", "short")])];
-    let err = sandbox.render(&misbehave, input.clone(), "image/png", &short).await.unwrap_err();
+    let err = sandbox.render(&misbehave, &input, "image/png", &short).await.unwrap_err();
     assert!(matches!(&err, TransformError::InvalidOutput(m) if m.contains("asked for 2")), "{err:?}");
     let too_many: Vec<_> = (0..=MAX_RENDITIONS).map(|i| request(&format!("r{i}"), &[])).collect();
-    let err = sandbox.render(&misbehave, input.clone(), "image/png", &too_many).await.unwrap_err();
+    let err = sandbox.render(&misbehave, &input, "image/png", &too_many).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
-    let err = sandbox.render(&misbehave, input.clone(), "image/png", &[]).await.unwrap_err();
+    let err = sandbox.render(&misbehave, &input, "image/png", &[]).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
 }
 
@@ -315,7 +310,7 @@ async fn resize_modes_bring_the_image_to_the_box() {
     // Left half red, right half blue: where a crop was taken shows in the colours.
     let input = png(&red_left_blue_right(800, 400));
     let run = async |pairs: &[(&str, &str)]| {
-        let out = sandbox.transform(&resize, input.clone(), "image/png", &params(pairs)).await.unwrap();
+        let out = sandbox.transform(&resize, &input, "image/png", &params(pairs)).await.unwrap();
         decode(&out.bytes).to_rgba8()
     };
     let box_200 = [("width", "200"), ("height", "200")];
@@ -345,30 +340,23 @@ async fn resize_modes_bring_the_image_to_the_box() {
     // A box larger than the image: no upscaling unless asked (cover keeps the box's shape).
     let small = png(&red_left_blue_right(100, 50));
     let out = sandbox
-        .transform(
-            &resize,
-            small.clone(),
-            "image/png",
-            &params(&[("width", "400"), ("height", "400"), ("mode", "cover")]),
-        )
+        .transform(&resize, &small, "image/png", &params(&[("width", "400"), ("height", "400"), ("mode", "cover")]))
         .await
         .unwrap();
     assert_eq!((out.header.width, out.header.height), (50, 50));
     let out = sandbox
         .transform(
             &resize,
-            small.clone(),
+            &small,
             "image/png",
             &params(&[("width", "400"), ("height", "400"), ("mode", "cover"), ("upscale", "true")]),
         )
         .await
         .unwrap();
     assert_eq!((out.header.width, out.header.height), (400, 400));
-    let err =
-        sandbox.transform(&resize, small.clone(), "image/png", &params(&[("mode", "stretch")])).await.unwrap_err();
+    let err = sandbox.transform(&resize, &small, "image/png", &params(&[("mode", "stretch")])).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
-    let err =
-        sandbox.transform(&resize, small.clone(), "image/png", &params(&[("gravity", "1.5,0")])).await.unwrap_err();
+    let err = sandbox.transform(&resize, &small, "image/png", &params(&[("gravity", "1.5,0")])).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
 }
 
@@ -379,7 +367,7 @@ async fn the_default_plugin_returns_a_placeholder() {
     let sandbox = sandbox();
     let resize = sandbox.load("resize").await.unwrap();
     let green = png(&image::RgbImage::from_pixel(300, 200, image::Rgb([20, 200, 40])));
-    let rendered = sandbox.render(&resize, green.clone(), "image/png", &[request("a", &[])]).await.unwrap();
+    let rendered = sandbox.render(&resize, &green, "image/png", &[request("a", &[])]).await.unwrap();
     let placeholder = rendered.placeholder.expect("resize computes a placeholder");
     let (r, g, b) = placeholder.dominant_color;
     assert!(r.abs_diff(20) < 12 && g.abs_diff(200) < 12 && b.abs_diff(40) < 12, "{:?}", placeholder.dominant_color);
@@ -388,7 +376,7 @@ async fn the_default_plugin_returns_a_placeholder() {
     assert!((ratio - 1.5).abs() < 0.15, "aspect {ratio}");
     // Left red, right blue: the hash's picture keeps which side is which.
     let halves = png(&red_left_blue_right(200, 100));
-    let rendered = sandbox.render(&resize, halves.clone(), "image/png", &[request("a", &[])]).await.unwrap();
+    let rendered = sandbox.render(&resize, &halves, "image/png", &[request("a", &[])]).await.unwrap();
     let hash = rendered.placeholder.unwrap().thumbhash;
     let (w, h, rgba) = thumbhash::thumb_hash_to_rgba(&hash).unwrap();
     let at = |x: usize, y: usize| &rgba[(y * w + x) * 4..(y * w + x) * 4 + 3];
@@ -426,7 +414,7 @@ async fn a_display_p3_photo_keeps_its_colours() {
     let sandbox = sandbox();
     let resize = sandbox.load("resize").await.unwrap();
     let run = async |input: Vec<u8>| {
-        let out = sandbox.transform(&resize, input.clone(), "image/jpeg", &params(&[("format", "png")])).await.unwrap();
+        let out = sandbox.transform(&resize, &input, "image/jpeg", &params(&[("format", "png")])).await.unwrap();
         decode(&out.bytes).to_rgb8()
     };
     let baseline = delta_e(&original, &run(jpeg_tagged(&original, None)).await);
@@ -489,7 +477,7 @@ async fn smart_gravity_keeps_the_subject() {
     }
     let run = async |input: &[u8], gravity: &str| {
         let pairs = [("width", "200"), ("height", "200"), ("mode", "cover"), ("gravity", gravity), ("format", "png")];
-        decode(&sandbox.transform(&resize, input.to_vec(), "image/png", &params(&pairs)).await.unwrap().bytes).to_rgb8()
+        decode(&sandbox.transform(&resize, input, "image/png", &params(&pairs)).await.unwrap().bytes).to_rgb8()
     };
     // Not grey: the checkerboard, and its red/blue blends where the crop falls between pixels.
     let coloured = |img: &image::RgbImage| {
@@ -524,7 +512,7 @@ async fn the_default_plugin_writes_lossy_webp_and_avif() {
     let input = jpeg(&photo(640, 480));
     let run = async |format: &str| {
         let pairs = [("width", "320"), ("height", "320"), ("format", format)];
-        sandbox.transform(&resize, input.clone(), "image/jpeg", &params(&pairs)).await.unwrap()
+        sandbox.transform(&resize, &input, "image/jpeg", &params(&pairs)).await.unwrap()
     };
     let lossy = run("webp").await;
     let lossless = run("webp-lossless").await;
@@ -540,7 +528,7 @@ async fn the_default_plugin_writes_lossy_webp_and_avif() {
     assert_eq!(avif.header.format.media_type(), "image/avif");
     assert_eq!((avif.header.width, avif.header.height), (320, 240));
     assert_eq!(&avif.bytes[4..12], b"ftypavif");
-    let err = sandbox.transform(&resize, input.clone(), "image/jpeg", &params(&[("format", "jxl")])).await.unwrap_err();
+    let err = sandbox.transform(&resize, &input, "image/jpeg", &params(&[("format", "jxl")])).await.unwrap_err();
     assert!(matches!(err, TransformError::Unsupported(_)), "{err:?}");
 }
 

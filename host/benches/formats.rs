@@ -46,7 +46,7 @@ fn main() {
     let (mut webp_sizes, mut avif_sizes, mut webp_times, mut avif_times) = (vec![], vec![], vec![], vec![]);
     for name in PHOTOS {
         let path = cache.join(name);
-        let input = bytes::Bytes::from(std::fs::read(&path).unwrap());
+        let input = std::fs::read(&path).unwrap();
         let reference =
             quality::reference(&input, &imagekit::Options { width: 1024, height: 1024, ..Default::default() });
         let transform = |format: &str, quality: u32| {
@@ -59,10 +59,7 @@ fn main() {
             let mut times: Vec<Duration> = (0..=ROUNDS)
                 .map(|_| {
                     let started = Instant::now();
-                    output = runtime
-                        .block_on(sandbox.transform(&plugin, input.clone(), "image/jpeg", &params))
-                        .unwrap()
-                        .bytes;
+                    output = runtime.block_on(sandbox.transform(&plugin, &input, "image/jpeg", &params)).unwrap().bytes;
                     started.elapsed()
                 })
                 .skip(1)

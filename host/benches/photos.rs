@@ -33,7 +33,7 @@ const ROUNDS: usize = 3;
 struct Photo {
     path: PathBuf,
     format: &'static str,
-    bytes: bytes::Bytes,
+    bytes: Vec<u8>,
     width: u32,
     height: u32,
     progressive: bool,
@@ -68,11 +68,10 @@ fn main() {
     ];
     let native_options = imagekit::Options { width: 1024, height: 1024, ..imagekit::Options::default() };
     let out_dir = tempfile::tempdir().unwrap();
-    let sandboxed = |plugin: &std::sync::Arc<LoadedPlugin>, photo: &Photo, peak: &mut usize| {
+    let sandboxed = |plugin: &LoadedPlugin, photo: &Photo, peak: &mut usize| {
         median(|| {
-            let out = runtime
-                .block_on(sandbox.transform(plugin, photo.bytes.clone(), media_type(photo.format), &params))
-                .unwrap();
+            let out =
+                runtime.block_on(sandbox.transform(plugin, &photo.bytes, media_type(photo.format), &params)).unwrap();
             *peak = (*peak).max(out.stats.memory_peak);
             out.bytes
         })
@@ -195,14 +194,7 @@ fn corpus(cache: &Path) -> Vec<Photo> {
             let (width, height) = (header.width, header.height);
             let megapixels = f64::from(width) * f64::from(height) / 1e6;
             let progressive = format == "jpg" && is_progressive(&bytes);
-            (2.0..=24.5).contains(&megapixels).then_some(Photo {
-                path,
-                format,
-                bytes: bytes.into(),
-                width,
-                height,
-                progressive,
-            })
+            (2.0..=24.5).contains(&megapixels).then_some(Photo { path, format, bytes, width, height, progressive })
         })
         .collect()
 }

@@ -29,7 +29,7 @@ const COPIES: usize = 3;
 /// Rounds of the three measures; medians are reported.
 const ROUNDS: usize = 3;
 
-type Photos = Vec<(String, Bytes)>;
+type Photos = Vec<(String, Vec<u8>)>;
 
 fn photos() -> Photos {
     let dir = std::env::var_os("PIXBOX_BENCH_PHOTOS").map(PathBuf::from).unwrap_or_else(|| {
@@ -42,7 +42,7 @@ fn photos() -> Photos {
         .unwrap_or_else(|e| panic!("no photos in {} ({e}): run scripts/fetch-photos first", dir.display()))
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x.eq_ignore_ascii_case("jpg")))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap().into()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
         .collect();
     photos.sort();
     assert!(!photos.is_empty(), "no .jpg files in {}", dir.display());
@@ -68,8 +68,8 @@ struct Bench {
 
 impl Bench {
     /// The work of one round, in pipeline order.
-    fn work(&self) -> Vec<Bytes> {
-        (0..COPIES).flat_map(|_| self.photos.iter().map(|(_, b)| b.clone())).collect()
+    fn work(&self) -> Vec<&[u8]> {
+        (0..COPIES).flat_map(|_| self.photos.iter().map(|(_, b)| b.as_slice())).collect()
     }
 
     /// Sum of the sandbox's own time over the round, one call at a time.
@@ -77,8 +77,7 @@ impl Bench {
         let route = self.routes.resolve("");
         let mut total = Duration::ZERO;
         for bytes in self.work() {
-            let media_type = media_type(&bytes);
-            let out = self.sandbox.transform(&route.plugin, bytes, media_type, &route.options).await.unwrap();
+            let out = self.sandbox.transform(&route.plugin, bytes, media_type(bytes), &route.options).await.unwrap();
             total += out.stats.elapsed;
         }
         total
@@ -87,7 +86,7 @@ impl Bench {
     /// Wall time of the round with `concurrency` sandbox calls at a time.
     async fn parallel(&self) -> Measured {
         // Popped from the end: reversed, so the calls come in the pipeline's order.
-        let work: Vec<Bytes> = self.work().into_iter().rev().collect();
+        let work: Vec<Vec<u8>> = self.work().into_iter().rev().map(<[u8]>::to_vec).collect();
         let work = Arc::new(std::sync::Mutex::new(work));
         let (started, cpu) = (Instant::now(), cpu_time());
         let mut calls = tokio::task::JoinSet::new();
@@ -97,8 +96,7 @@ impl Bench {
                 let route = routes.resolve("");
                 loop {
                     let Some(bytes) = work.lock().unwrap().pop() else { break };
-                    let media_type = media_type(&bytes);
-                    sandbox.transform(&route.plugin, bytes, media_type, &route.options).await.unwrap();
+                    sandbox.transform(&route.plugin, &bytes, media_type(&bytes), &route.options).await.unwrap();
                 }
             });
         }
@@ -115,8 +113,8 @@ impl Bench {
         let mut bodies = Vec::new();
         for (i, bytes) in self.work().into_iter().enumerate() {
             let key = format!("bench/{i}.jpg");
-            let meta = ObjectMeta { content_type: media_type(&bytes).into(), metadata: Default::default() };
-            store.put(Bucket::Temp, &key, bytes, &meta).await.unwrap();
+            let meta = ObjectMeta { content_type: media_type(bytes).into(), metadata: Default::default() };
+            store.put(Bucket::Temp, &key, Bytes::copy_from_slice(bytes), &meta).await.unwrap();
             bodies.push(Job { key, upload: None, retry: false }.to_body());
         }
         for chunk in bodies.chunks(pixbox::queue::MAX_BATCH) {
@@ -154,7 +152,7 @@ async fn run() {
     let bench = Bench { photos: photos(), sandbox, routes, concurrency: config.worker_concurrency() };
     let warm = &bench.photos[0].1;
     let route = bench.routes.resolve("");
-    bench.sandbox.transform(&route.plugin, warm.clone(), media_type(warm), &route.options).await.unwrap();
+    bench.sandbox.transform(&route.plugin, warm, media_type(warm), &route.options).await.unwrap();
 
     let (mut serial, mut parallel, mut pipeline) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

@@ -4,7 +4,6 @@
 //! on every change).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
@@ -224,7 +223,7 @@ fn jobs(input: &Path, output: &Path) -> anyhow::Result<Vec<Job>> {
 pub async fn run_table(
     sandbox: &Sandbox,
     config: &Config,
-    plugin: &Arc<LoadedPlugin>,
+    plugin: &LoadedPlugin,
     params: &[Param],
     input: &Path,
     output: &Path,
@@ -260,7 +259,7 @@ pub async fn run_table(
 async fn transform_one(
     sandbox: &Sandbox,
     config: &Config,
-    plugin: &Arc<LoadedPlugin>,
+    plugin: &LoadedPlugin,
     params: &[Param],
     job: &Job,
 ) -> anyhow::Result<String> {
@@ -268,8 +267,7 @@ async fn transform_one(
     // The header check runs before any plugin, exactly as for uploads.
     let header = imaging::probe(&bytes).context("not a usable image")?;
     config.limits.pixels().check(&header).context("refused by [limits] in pixbox.toml")?;
-    let input_size = bytes.len();
-    let result = sandbox.transform(plugin, bytes, header.format.media_type(), params).await?;
+    let result = sandbox.transform(plugin, &bytes, header.format.media_type(), params).await?;
     // Named after what the plugin wrote: `a.jpg` stays `a.jpg`, a GIF written as PNG becomes
     // `d.gif.png` (never clashing with a `d.png` input); an output path whose extension already
     // names the written format is used as given.
@@ -289,7 +287,7 @@ async fn transform_one(
     };
     Ok(format!(
         "{:<22}  {:<22}  {:>6.1} ms  {:>6.1} MiB  {:>12}",
-        describe(&header, input_size),
+        describe(&header, bytes.len()),
         describe(&result.header, result.bytes.len()),
         result.stats.elapsed.as_secs_f64() * 1e3,
         result.stats.memory_peak as f64 / f64::from(1 << 20),

@@ -11,13 +11,11 @@ mod builtin;
 mod cache;
 mod error;
 mod routes;
-mod threads;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
@@ -166,15 +164,8 @@ pub struct Rendered {
 
 /// The engine and the limits every call runs under. Cheap to share (`Arc`).
 pub struct Sandbox {
-    core: Arc<Core>,
-    linker: Linker<HostState>,
-    /// Where plugin calls run: their own threads, not the caller's runtime.
-    threads: threads::PluginThreads,
-}
-
-/// What a plugin call needs, shared with the plugin threads.
-struct Core {
     engine: Engine,
+    linker: Linker<HostState>,
     settings: SandboxSettings,
     /// One permit per slot of the pooling allocator: a call waits here for a free slot (at most
     /// one time budget, the longest any call holds one) instead of failing to instantiate.
@@ -248,13 +239,11 @@ impl Sandbox {
             })
             .map_err(|e| LoadError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         let pool = tokio::sync::Semaphore::new(slots as usize);
-        let threads = threads::PluginThreads::start(slots as usize)
-            .map_err(|e| LoadError::Engine(format!("cannot start the plugin threads: {e}")))?;
-        Ok(Sandbox { core: Arc::new(Core { engine, settings, pool }), linker, threads })
+        Ok(Sandbox { engine, linker, settings, pool })
     }
 
     pub fn settings(&self) -> &SandboxSettings {
-        &self.core.settings
+        &self.settings
     }
 
     /// Loads a plugin by built-in name (`resize`) or by path to a `.wasm` component.
@@ -283,8 +272,7 @@ impl Sandbox {
     pub async fn load_bytes(&self, source: &str, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid { plugin: source.into(), reason: format!("{e:#}") };
         // Compiling takes from milliseconds to seconds: keep it off the async threads.
-        let (engine, cache_dir, label) =
-            (self.core.engine.clone(), self.core.settings.cache_dir.clone(), source.to_string());
+        let (engine, cache_dir, label) = (self.engine.clone(), self.settings.cache_dir.clone(), source.to_string());
         let component = tokio::task::spawn_blocking(move || match cache_dir {
             Some(dir) => cache::load_or_compile(&engine, &bytes, &dir, &label),
             None => Component::new(&engine, &bytes),
@@ -309,7 +297,6 @@ impl Sandbox {
             transform,
         };
         let (found, _) = self
-            .core
             .call(&plugin, async |store, instance| {
                 // The `transform` export's type says the contract version; checked now rather
                 // than on the first image.
@@ -346,8 +333,8 @@ impl Sandbox {
     /// guest; the output is copied out only when it is within the output cap.
     pub async fn transform(
         &self,
-        plugin: &Arc<LoadedPlugin>,
-        input: impl Into<Bytes>,
+        plugin: &LoadedPlugin,
+        input: &[u8],
         media_type: &str,
         options: &[Param],
     ) -> Result<Output, TransformError> {
@@ -362,13 +349,13 @@ impl Sandbox {
     /// checks its one; every image of the job shares the output cap.
     pub async fn render(
         &self,
-        plugin: &Arc<LoadedPlugin>,
-        input: impl Into<Bytes>,
+        plugin: &LoadedPlugin,
+        input: &[u8],
         media_type: &str,
         requests: &[RenditionRequest],
     ) -> Result<Rendered, TransformError> {
         let started = Instant::now();
-        let result = self.render_unobserved(plugin, input.into(), media_type, requests).await;
+        let result = self.render_unobserved(plugin, input, media_type, requests).await;
         let (label, peak) = match &result {
             Ok(rendered) => ("ok", Some(rendered.stats.memory_peak)),
             Err(e) => (e.code(), None),
@@ -379,8 +366,8 @@ impl Sandbox {
 
     async fn render_unobserved(
         &self,
-        plugin: &Arc<LoadedPlugin>,
-        input: Bytes,
+        plugin: &LoadedPlugin,
+        input: &[u8],
         media_type: &str,
         requests: &[RenditionRequest],
     ) -> Result<Rendered, TransformError> {
@@ -390,16 +377,12 @@ impl Sandbox {
                 requests.len()
             )));
         }
-        let limit = self.core.settings.max_output_bytes();
+        let limit = self.settings.max_output_bytes();
         // One output budget for the job, whichever contract: a 0.1.0 plugin's renditions (one
         // call each) share it as a 0.2.0 plugin's (one call) do.
         let budget = std::cell::Cell::new(limit);
-        // Owned copies for the plugin threads (the input is shared, not copied).
-        let (core, plugin, media_type, asked) =
-            (self.core.clone(), plugin.clone(), media_type.to_owned(), requests.to_vec());
-        let lifted =
-            bounded::OUTPUT_LIMIT.scope(budget, async move { core.calls(&plugin, &input, &media_type, &asked).await });
-        let (raw, placeholder, stats, calls) = self.threads.run(lifted).await?;
+        let lifted = bounded::OUTPUT_LIMIT.scope(budget, self.calls(plugin, input, media_type, requests));
+        let (raw, placeholder, stats, calls) = lifted.await?;
         // Sizes first: an image over the cap fails the call whatever comes before it.
         let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
         if raw.len() != requests.len() {
@@ -422,9 +405,7 @@ impl Sandbox {
         }
         Ok(Rendered { images, placeholder, stats, calls })
     }
-}
 
-impl Core {
     /// The plugin calls of one job, within an [`bounded::OUTPUT_LIMIT`] scope: the images as
     /// lifted, the placeholder, the calls' stats and how many calls it took.
     async fn calls(

@@ -266,11 +266,12 @@ impl Worker {
         let started = Instant::now();
         let requests = with_focus(route, focus.as_deref());
         let result = self
-            .transform_with_heartbeat(route, &requests, original, header.format.media_type(), delivery, slots)
+            .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, slots)
             .await;
-        // The job's turn bounds the originals held in memory (the call above took this one);
-        // storing the results (fsynced writes, no plugin) goes on outside it, so the next job can
-        // read its original and be ready the moment a plugin slot frees.
+        // The job's turn bounds the originals held in memory; storing the results (fsynced
+        // writes, no plugin) goes on outside it, so the next job can read its original and be
+        // ready the moment a plugin slot frees instead of waiting for this job's writes.
+        drop(original);
         drop(turn);
         let output = match result {
             Ok(output) => output,
@@ -353,7 +354,7 @@ impl Worker {
         &self,
         route: &Route,
         requests: &[crate::sandbox::RenditionRequest],
-        input: Bytes,
+        input: &[u8],
         media_type: &'static str,
         delivery: &Delivery,
         slots: Option<&Arc<fair::FairSlots>>,
