@@ -238,7 +238,8 @@ impl BlobStore for FsStore {
         let path = self.object_path(bucket, key)?;
         let key = key.to_string();
         let (file, info) = blocking(move || open_object(&path, &key)).await?;
-        let body = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), super::READ_CHUNK);
+        let body =
+            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), super::read_chunk(info.size));
         Ok(GetObject { info, body: Box::pin(body) })
     }
 

@@ -47,8 +47,14 @@ pub struct ObjectInfo {
 /// Bytes a body stream reads at a time. Each chunk of a file is one round trip to a blocking
 /// thread and back through the runtime, whose threads may be busy running plugin calls (which
 /// yield every epoch tick): at the reader's default 4 KiB, a 16 MB original took about 4,000 such
-/// turns and over a second to read while two calls ran. 256 KiB keeps memory per reader small.
+/// turns and over a second to read while two calls ran.
 pub(crate) const READ_CHUNK: usize = 256 * 1024;
+
+/// The chunk size for a body of `size` bytes: [`READ_CHUNK`], or the body's own size when smaller
+/// (at least 8 KiB), so serving a small thumbnail does not set aside 256 KiB per download.
+pub(crate) fn read_chunk(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(READ_CHUNK).clamp(8 * 1024, READ_CHUNK)
+}
 
 /// A body read as a stream of chunks, so large objects are never held in memory whole.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;

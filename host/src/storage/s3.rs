@@ -149,7 +149,8 @@ impl BlobStore for S3Store {
             Err(e) => return Err(unavailable(e)),
         };
         let info = info(out.content_type, out.metadata, out.content_length, out.e_tag, out.last_modified);
-        let body = tokio_util::io::ReaderStream::with_capacity(out.body.into_async_read(), super::READ_CHUNK);
+        let body =
+            tokio_util::io::ReaderStream::with_capacity(out.body.into_async_read(), super::read_chunk(info.size));
         Ok(GetObject { info, body: Box::pin(body) })
     }
 

@@ -3,17 +3,17 @@
 //! one more beyond the slots (up to a burst), so a route whose calls sleep or spin through their
 //! whole budget cannot hold up the others.
 //!
-//! The worker keeps two of these per tick: one for jobs holding their original (reading it, then
-//! the plugin call; storing the results happens after the turn ends) and one for the plugin calls
-//! themselves.
+//! The worker keeps two of these per tick: one for jobs being processed (reading the original and
+//! the plugin call; storing the results happens after the turn, under a store permit) and one for
+//! the plugin calls themselves.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-/// A tick's two gates: jobs holding their original (twice the plugin slots, so one job's read
-/// overlaps another's call) and plugin calls (`concurrency`). Both burst by what the
+/// A tick's two gates: jobs being processed (twice the plugin slots, so one job's reads and
+/// writes overlap another's call) and plugin calls (`concurrency`). Both burst by what the
 /// sandbox's pool holds beyond `concurrency`, at most `concurrency` more.
 /// `stop` is the tick's shutdown: a job still waiting for its turn then gives its message back at
 /// once instead of starting during the grace period.
@@ -21,13 +21,21 @@ use tokio::sync::Notify;
 pub struct Gates {
     pub jobs: Arc<FairSlots>,
     pub calls: Arc<FairSlots>,
+    /// Jobs storing their results, outside their turn at `jobs` (as many as it has slots): a
+    /// job takes one before it gives its turn up, so at most twice the turns hold results.
+    pub stores: Arc<tokio::sync::Semaphore>,
     pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Gates {
     pub fn new(concurrency: usize, pool: usize, stop: tokio_util::sync::CancellationToken) -> Self {
         let burst = pool.saturating_sub(concurrency).min(concurrency);
-        Gates { jobs: FairSlots::new(2 * concurrency, burst), calls: FairSlots::new(concurrency, burst), stop }
+        Gates {
+            jobs: FairSlots::new(2 * concurrency, burst),
+            calls: FairSlots::new(concurrency, burst),
+            stores: Arc::new(tokio::sync::Semaphore::new(2 * concurrency + burst)),
+            stop,
+        }
     }
 }
 

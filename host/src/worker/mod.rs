@@ -116,7 +116,7 @@ impl Worker {
             },
             None => None,
         };
-        let outcome = match self.settle(&job, delivery, gates.map(|g| &g.calls), turn).await {
+        let outcome = match self.settle(&job, delivery, gates, turn).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 Outcome::Retry { key: job.key.clone(), code: "store-unavailable", reason: e.to_string(), after: None }
@@ -191,7 +191,7 @@ impl Worker {
         &self,
         job: &Job,
         delivery: &Delivery,
-        slots: Option<&Arc<fair::FairSlots>>,
+        gates: Option<&fair::Gates>,
         turn: Option<fair::Slot>,
     ) -> Result<Outcome, StoreError> {
         let key = job.key.as_str();
@@ -266,12 +266,18 @@ impl Worker {
         let started = Instant::now();
         let requests = with_focus(route, focus.as_deref());
         let result = self
-            .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, slots)
+            .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, gates)
             .await;
-        // The job's turn bounds the originals held in memory; storing the results (fsynced
-        // writes, no plugin) goes on outside it, so the next job can read its original and be
-        // ready the moment a plugin slot frees instead of waiting for this job's writes.
         drop(original);
+        // Storing the results (fsynced writes, no plugin) goes on outside the job's turn, so the
+        // next job reads its original meanwhile and is ready when a plugin slot frees. A store
+        // permit comes first: results wait in memory for at most as many jobs as hold turns.
+        let _storing = match gates {
+            Some(gates) => {
+                Some(gates.stores.clone().acquire_owned().await.expect("the stores semaphore is never closed"))
+            }
+            None => None,
+        };
         drop(turn);
         let output = match result {
             Ok(output) => output,
@@ -357,11 +363,11 @@ impl Worker {
         input: &[u8],
         media_type: &'static str,
         delivery: &Delivery,
-        slots: Option<&Arc<fair::FairSlots>>,
+        gates: Option<&fair::Gates>,
     ) -> Result<crate::sandbox::Rendered, TransformError> {
         self.with_heartbeat(delivery, async {
-            let _slot = match slots {
-                Some(slots) => Some(slots.acquire(&route.prefix).await),
+            let _slot = match gates {
+                Some(gates) => Some(gates.calls.acquire(&route.prefix).await),
                 None => None,
             };
             self.sandbox.render(&route.plugin, input, media_type, requests).await

@@ -153,9 +153,11 @@ pub fn separate_scans(input: &[u8]) -> bool {
 /// Decodes a JPEG at full size: `jpeg-decoder` for separate-scan files, zune-jpeg in strict mode
 /// for the rest. Returns the image in display orientation and in sRGB.
 pub fn decode_full(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
-    if separate_scans(input) {
-        return decode_for(input, options, |w, h| (w, h))?
-            .ok_or_else(|| Error::Unsupported("a JPEG in separate scans with CMYK pixels".into()));
+    // jpeg-decoder takes grey and YCbCr/RGB files; others (CMYK in separate scans) stay with zune.
+    if separate_scans(input)
+        && let Some(image) = decode_for(input, options, |w, h| (w, h))?
+    {
+        return Ok(image);
     }
     use zune_core::colorspace::ColorSpace;
     let lenient = zune_core::options::DecoderOptions::default()

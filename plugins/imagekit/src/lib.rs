@@ -461,7 +461,9 @@ fn webp_is_lossless(input: &[u8]) -> bool {
             _ => {}
         }
         let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        at = at.saturating_add(8 + size + (size & 1));
+        // Checked: a size near the top of u32 would wrap on wasm32 and never move on.
+        let Some(next) = size.checked_add(8 + (size & 1)).and_then(|step| at.checked_add(step)) else { break };
+        at = next;
     }
     false
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 /// with the key masked and its chunk's checksum redone, or the file as it is.
 pub fn mask_grey_key(input: &[u8]) -> Cow<'_, [u8]> {
     // The signature, then IHDR: length, type, width, height, bit depth, colour type.
-    if input.len() < 33 || &input[12..16] != b"IHDR" {
+    if input.len() < 33 || !input.starts_with(b"\x89PNG\r\n\x1a\n") || &input[12..16] != b"IHDR" {
         return Cow::Borrowed(input);
     }
     let (depth, colour_type) = (input[24], input[25]);
@@ -35,7 +35,9 @@ pub fn mask_grey_key(input: &[u8]) -> Cow<'_, [u8]> {
             }
             _ => {}
         }
-        at = at.saturating_add(12 + length);
+        // A length near the top of u32 would wrap on wasm32: such a file has no tRNS to fix.
+        let Some(next) = length.checked_add(12).and_then(|step| at.checked_add(step)) else { break };
+        at = next;
     }
     Cow::Borrowed(input)
 }
