@@ -129,6 +129,18 @@ fn cmyk_jpeg() -> Vec<u8> {
 }
 
 /// A PNG with a valid header and trailer whose IDAT is random bytes.
+/// A JPEG that ends as a JPEG ends but holds a stray marker (`FF 8C`) halfway through its image
+/// data: libjpeg stops there too ("Unsupported marker type"); it must never be stored padded
+/// with grey.
+fn jpeg_with_stray_marker() -> Vec<u8> {
+    let mut jpeg = common::jpeg(&common::photo(400, 300));
+    let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let data = sos + 2 + usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]));
+    let middle = data + (jpeg.len() - data) / 2;
+    jpeg[middle..middle + 2].copy_from_slice(&[0xFF, 0x8C]);
+    jpeg
+}
+
 fn png_with_garbage_idat() -> Vec<u8> {
     let good = common::png(&common::photo(16, 16));
     let idat = good.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
@@ -236,6 +248,13 @@ fn catalogue() -> Vec<Row> {
         Row {
             name: "PNG whose IDAT is garbage",
             send: upload(one("a.png", png_with_garbage_idat())),
+            status: 202,
+            code: None,
+            end: Some(End::Failed("bad-input")),
+        },
+        Row {
+            name: "JPEG with a stray marker in its image data (it still ends as a JPEG ends)",
+            send: upload(one("a.jpg", jpeg_with_stray_marker())),
             status: 202,
             code: None,
             end: Some(End::Failed("bad-input")),
