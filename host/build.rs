@@ -28,6 +28,14 @@ fn main() {
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: keep the plugin build in <target> so
     // debug, release and clippy builds of the host share one (incremental) plugin build.
     let target_dir = out_dir.ancestors().nth(4).unwrap_or(&out_dir).join("wasm-plugins");
+    // The resize plugin's WebP encoder is libwebp, C compiled for the guest: say what is missing
+    // instead of leaving it to a cc error deep inside the plugin build.
+    if Command::new("clang-19").arg("--version").output().is_err() {
+        panic!(
+            "the default plugins compile libwebp (C) for wasm32-wasip2 with clang-19 and wasi-libc, \
+             and clang-19 is not on PATH: run scripts/c-toolchain (Debian: apt-get install clang-19 llvm-19 wasi-libc)"
+        );
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&plugins)

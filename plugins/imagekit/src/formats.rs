@@ -1,5 +1,5 @@
-//! The modern output formats, in pure Rust so that they build for wasm32-wasip2: lossy WebP
-//! (VP8) and AVIF (AV1, through rav1e).
+//! The modern output formats: lossy WebP (VP8, libwebp's C encoder built for wasm32-wasip2) and
+//! AVIF (AV1, through rav1e, pure Rust).
 
 use image::DynamicImage;
 
@@ -9,24 +9,62 @@ use crate::Error;
 /// 1024-pixel AVIF within a few times a JPEG's encode time; BENCHMARKS.md has the figures.
 pub const AVIF_SPEED: u8 = 10;
 
-/// Lossy WebP at `quality` (1..=100), with alpha when the image has it.
+/// Lossy WebP at `quality` (1..=100), with alpha when the image has it: libwebp's encoder with
+/// the settings `cwebp -q <quality>` uses, so bytes and error match what libwebp users expect
+/// (BENCHMARKS.md compares the two).
 pub fn webp_lossy(image: &DynamicImage, quality: u8, out: &mut Vec<u8>) -> Result<(), Error> {
-    use webp_lossy::{ColorType, EncoderParams, WebPEncoder};
-    let mut encoder = WebPEncoder::new(out);
-    let mut params = EncoderParams::default();
-    params.use_lossy = true;
-    params.lossy_quality = quality.min(100);
-    encoder.set_params(params);
+    use libwebp_sys as webp;
+
+    /// Appends each piece libwebp writes to the `Vec` behind `custom_ptr`, so the encoded file is
+    /// built in place instead of in a second buffer libwebp allocates.
+    unsafe extern "C" fn append(data: *const u8, size: usize, picture: *const webp::WebPPicture) -> i32 {
+        // SAFETY: libwebp passes the picture `webp_lossy` set up, whose `custom_ptr` is the
+        // `&mut Vec<u8>` borrowed for the whole `WebPEncode` call, and `size` readable bytes at
+        // `data` (none when `size` is 0).
+        unsafe {
+            let out = &mut *(*picture).custom_ptr.cast::<Vec<u8>>();
+            if size > 0 {
+                out.extend_from_slice(std::slice::from_raw_parts(data, size));
+            }
+        }
+        1
+    }
+
+    let failed = |what: &str| Error::Internal(format!("WebP encoding failed: {what}"));
+    let config =
+        webp::WebPConfig::new_with_preset(webp::WebPPreset::WEBP_PRESET_DEFAULT, f32::from(quality.clamp(1, 100)))
+            .map_err(|()| failed("libwebp rejected its own default configuration"))?;
+    let mut picture = webp::WebPPicture::new().map_err(|()| failed("libwebp version mismatch"))?;
     let (w, h) = (image.width(), image.height());
-    let result = match image {
-        DynamicImage::ImageLuma8(p) => encoder.encode(p.as_raw(), w, h, ColorType::L8),
-        DynamicImage::ImageLumaA8(p) => encoder.encode(p.as_raw(), w, h, ColorType::La8),
-        DynamicImage::ImageRgba8(p) => encoder.encode(p.as_raw(), w, h, ColorType::Rgba8),
-        DynamicImage::ImageRgb8(p) => encoder.encode(p.as_raw(), w, h, ColorType::Rgb8),
-        other if other.color().has_alpha() => encoder.encode(other.to_rgba8().as_raw(), w, h, ColorType::Rgba8),
-        other => encoder.encode(other.to_rgb8().as_raw(), w, h, ColorType::Rgb8),
+    picture.width = i32::try_from(w).map_err(|_| failed("image too wide"))?;
+    picture.height = i32::try_from(h).map_err(|_| failed("image too tall"))?;
+    let pixels = if image.color().has_alpha() {
+        DynamicImage::ImageRgba8(image.to_rgba8())
+    } else {
+        DynamicImage::ImageRgb8(image.to_rgb8())
     };
-    result.map_err(|e| Error::Internal(format!("WebP encoding failed: {e}")))
+    let stride = i32::try_from(w as usize * usize::from(pixels.color().bytes_per_pixel()))
+        .map_err(|_| failed("row too long"))?;
+    // SAFETY: `picture` was initialised by libwebp and sized above; `pixels` holds `h` rows of
+    // `stride` bytes and outlives the import, which copies them into the picture's own planes.
+    let imported = unsafe {
+        match &pixels {
+            DynamicImage::ImageRgba8(p) => webp::WebPPictureImportRGBA(&mut picture, p.as_ptr(), stride),
+            _ => webp::WebPPictureImportRGB(&mut picture, pixels.as_bytes().as_ptr(), stride),
+        }
+    };
+    drop(pixels);
+    picture.writer = Some(append);
+    picture.custom_ptr = std::ptr::from_mut(out).cast();
+    // SAFETY: `config` and `picture` are initialised; `custom_ptr` points at `out`, which is not
+    // touched elsewhere until `WebPEncode` returns; `WebPPictureFree` releases the planes the
+    // import allocated, whatever the outcome.
+    let encoded = unsafe {
+        let encoded = imported != 0 && webp::WebPEncode(&config, &mut picture) != 0;
+        webp::WebPPictureFree(&mut picture);
+        encoded
+    };
+    if encoded { Ok(()) } else { Err(failed(&format!("libwebp error {:?}", picture.error_code))) }
 }
 
 /// AVIF at `quality` (1..=100, ravif's scale), 8-bit, with alpha when the image has it.
