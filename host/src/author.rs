@@ -45,6 +45,10 @@ const KIT_FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../plugins/kit/src/lib.rs")),
     ("src/options.rs", include_str!("../../plugins/kit/src/options.rs")),
     ("src/codec.rs", include_str!("../../plugins/kit/src/codec.rs")),
+    ("src/decode.rs", include_str!("../../plugins/kit/src/decode.rs")),
+    ("src/jpeg.rs", include_str!("../../plugins/kit/src/jpeg.rs")),
+    ("src/png.rs", include_str!("../../plugins/kit/src/png.rs")),
+    ("src/colour.rs", include_str!("../../plugins/kit/src/colour.rs")),
     ("src/testing.rs", include_str!("../../plugins/kit/src/testing.rs")),
     ("wit/transform.wit", WIT),
 ];
@@ -393,4 +397,20 @@ fn build(dir: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     bail!("cargo built no .wasm; is the target wasm32-wasip2 (.cargo/config.toml) and crate-type cdylib?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KIT_FILES;
+
+    /// A file added to the kit but not to [`KIT_FILES`] would build here and break every plugin
+    /// `pixbox plugin new` writes.
+    #[test]
+    fn every_kit_source_file_is_written_with_a_new_plugin() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/kit/src");
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let name = format!("src/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(KIT_FILES.iter().any(|(path, _)| *path == name), "{name} is missing from KIT_FILES");
+        }
+    }
 }

@@ -1,31 +1,19 @@
-//! Image logic shared by the sample plugins: sniff, decode with limits, orient, fit, encode.
+//! Image logic shared by the sample plugins: fit, crop, placeholders, encode. Decoding is the
+//! kit's (`pixbox_kit::decode_at_least`), the same layer every plugin built with the kit uses.
 //!
-//! Plain Rust with no WebAssembly glue, so the same code runs natively (the benchmark compares
-//! it with the sandboxed plugin) and inside the `resize` and `thumbnail` components.
+//! No WebAssembly glue of its own, so the same code runs natively (the benchmark compares it with
+//! the sandboxed plugin) and inside the `resize` and `thumbnail` components.
 
-mod colour;
 mod formats;
 mod jpeg;
-mod png;
 mod smart;
 
 pub use smart::focus as smart_focus;
 
-use std::io::Cursor;
-
 use fast_image_resize as fr;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
-
-/// Why a resize failed; mirrors the contract's `transform-error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
-    /// The input can never be processed (broken, truncated, too large).
-    BadInput(String),
-    /// An option or a format this plugin does not support.
-    Unsupported(String),
-    /// Anything else.
-    Internal(String),
-}
+use image::{DynamicImage, ImageFormat};
+pub use pixbox_kit::Error;
+use pixbox_kit::PixelLimits;
 
 /// The output format: keep the input's, or pick one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +149,11 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
 ];
 
 impl Options {
+    /// The decode limits these options set.
+    pub fn limits(&self) -> PixelLimits {
+        PixelLimits { max_pixels: self.max_pixels, max_side: self.max_side }
+    }
+
     /// Parses name/value pairs on top of the defaults; unknown names and bad values are refused.
     pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, Error> {
         let mut o = Options::default();
@@ -498,78 +491,18 @@ pub fn square_thumbnail(input: &[u8], size: u32, options: &Options) -> Result<En
 }
 
 /// Decodes at the smallest size that still covers `need(width, height)` (given and returned in
-/// display orientation): JPEGs shrink while decoding, other formats decode at full size.
+/// display orientation), under `options`' limits: the kit's decode layer.
 pub fn decode_at_least(
     input: &[u8],
     options: &Options,
     need: impl Fn(u32, u32) -> (u32, u32),
 ) -> Result<DynamicImage, Error> {
-    if sniff(input) == Some(ImageFormat::Jpeg)
-        && let Some(image) = jpeg::decode_for(input, options, need)?
-    {
-        return Ok(image);
-    }
-    decode(input, options)
+    Ok(pixbox_kit::decode_at_least(input, options.limits(), need)?.0)
 }
 
-/// Refuses a size over the option limits, before any pixel buffer exists.
-fn check_size(w: u32, h: u32, options: &Options) -> Result<(), Error> {
-    if w > options.max_side || h > options.max_side {
-        return Err(Error::BadInput(format!(
-            "image too large: {w}x{h} is over the limit of {} pixels per side",
-            options.max_side
-        )));
-    }
-    if u64::from(w) * u64::from(h) > options.max_pixels {
-        return Err(Error::BadInput(format!(
-            "image is {w}x{h} = {} pixels, over the limit of {} pixels",
-            u64::from(w) * u64::from(h),
-            options.max_pixels
-        )));
-    }
-    Ok(())
-}
-
-/// Decodes with the size checked from the header first, so a tiny file that claims to be huge is
-/// refused before any pixel buffer is allocated. Returns the image already in display orientation,
-/// 8 bits per channel, in sRGB.
+/// Decodes at full size, in display orientation, 8 bits per channel, in sRGB (the kit's decode).
 pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
-    if sniff(input) == Some(ImageFormat::Jpeg) {
-        return jpeg::decode_full(input, options);
-    }
-    let input = png::mask_grey_key(input);
-    let input = &input[..];
-    let mut reader = ImageReader::new(Cursor::new(input));
-    reader.set_format(
-        sniff(input)
-            .ok_or_else(|| Error::BadInput("not an image pixbox can read (expected JPEG, PNG, WebP or GIF)".into()))?,
-    );
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(options.max_side);
-    limits.max_image_height = Some(options.max_side);
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(image_error)?;
-    let (w, h) = decoder.dimensions();
-    check_size(w, h, options)?;
-    // A broken EXIF block (or ICC profile) is not worth refusing the image for: show it as stored.
-    let orientation = orientation(&mut decoder);
-    let icc = decoder.icc_profile().ok().flatten();
-    let mut image = normalise(DynamicImage::from_decoder(decoder).map_err(image_error)?);
-    image.apply_orientation(orientation);
-    colour::to_srgb(image, icc.as_deref())
-}
-
-/// The orientation in the file's EXIF; none when the block is missing or broken. A WebP EXIF chunk
-/// may start with JPEG's APP1 prefix `Exif\0\0` (Pillow, and so many Python pipelines, write it
-/// so); browsers, exiftool and libvips accept it, and so does pixbox.
-fn orientation(decoder: &mut impl image::ImageDecoder) -> image::metadata::Orientation {
-    use image::metadata::Orientation;
-    if let Ok(Some(exif)) = decoder.exif_metadata()
-        && let Some(found) = Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(&exif))
-    {
-        return found;
-    }
-    decoder.orientation().unwrap_or(Orientation::NoTransforms)
+    Ok(pixbox_kit::decode(input, options.limits())?.0)
 }
 
 /// The formats pixbox accepts, recognised from their magic bytes (never from names or headers).
@@ -632,13 +565,4 @@ pub fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<
     };
     result.map_err(|e| Error::Internal(format!("encoding failed: {e}")))?;
     Ok(Encoded { bytes, media_type })
-}
-
-/// Decoder errors are about the input, except a format feature the decoder lacks.
-fn image_error(e: image::ImageError) -> Error {
-    match e {
-        image::ImageError::Unsupported(e) => Error::Unsupported(e.to_string()),
-        image::ImageError::Limits(e) => Error::BadInput(format!("image too large: {e}")),
-        e => Error::BadInput(format!("cannot decode image: {e}")),
-    }
 }

@@ -1,9 +1,9 @@
-//! Guarded decoding (size checked from the header before any pixel buffer exists, EXIF
-//! orientation applied) and encoding, for every format pixbox accepts.
+//! The formats pixbox accepts, the decode limits, and encoding like the input (decoding is
+//! `decode.rs`).
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat};
 
 use crate::{Encoded, Error};
 
@@ -37,7 +37,7 @@ impl Format {
         }
     }
 
-    fn image_format(self) -> ImageFormat {
+    pub(crate) fn image_format(self) -> ImageFormat {
         match self {
             Format::Jpeg => ImageFormat::Jpeg,
             Format::Png => ImageFormat::Png,
@@ -65,41 +65,6 @@ impl PixelLimits {
     pub fn min(self, other: PixelLimits) -> PixelLimits {
         PixelLimits { max_pixels: self.max_pixels.min(other.max_pixels), max_side: self.max_side.min(other.max_side) }
     }
-}
-
-/// Decodes a JPEG, PNG, WebP or GIF (its first frame): refused as `bad-input` when the header
-/// says it is over `limits`, before any pixel buffer is allocated (a 1 KiB file claiming
-/// 100000x100000 costs nothing). Returns the image in display orientation, 8 bits per channel,
-/// and the input's format. Colour profiles are not applied.
-pub fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format), Error> {
-    let format = Format::sniff(input)
-        .ok_or_else(|| Error::BadInput("not an image pixbox accepts (expected JPEG, PNG, WebP or GIF)".into()))?;
-    let mut reader = ImageReader::new(Cursor::new(input));
-    reader.set_format(format.image_format());
-    let mut decoder_limits = Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_side);
-    decoder_limits.max_image_height = Some(limits.max_side);
-    reader.limits(decoder_limits);
-    let mut decoder = reader.into_decoder()?;
-    let (w, h) = decoder.dimensions();
-    if w > limits.max_side || h > limits.max_side {
-        return Err(Error::BadInput(format!(
-            "image is {w}x{h}, over the limit of {} pixels per side",
-            limits.max_side
-        )));
-    }
-    if u64::from(w) * u64::from(h) > limits.max_pixels {
-        return Err(Error::BadInput(format!(
-            "image is {w}x{h} = {} pixels, over the limit of {}",
-            u64::from(w) * u64::from(h),
-            limits.max_pixels
-        )));
-    }
-    // A broken EXIF block is not worth refusing the image for: it is shown as stored.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = eight_bit(DynamicImage::from_decoder(decoder)?);
-    image.apply_orientation(orientation);
-    Ok((image, format))
 }
 
 /// Encodes pixels only (no metadata). JPEG drops an alpha channel; `quality` is JPEG's.
@@ -135,7 +100,7 @@ pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encode
 }
 
 /// 16-bit and float layouts brought to 8 bits per channel, which every encoder takes.
-fn eight_bit(image: DynamicImage) -> DynamicImage {
+pub(crate) fn eight_bit(image: DynamicImage) -> DynamicImage {
     match image {
         DynamicImage::ImageLuma8(_)
         | DynamicImage::ImageLumaA8(_)

@@ -22,16 +22,22 @@
 //! ```
 //!
 //! The kit does the rest of the contract (`pixbox:transform@0.2.0`): it refuses option names the
-//! plugin did not declare, decodes the input once with its size checked from the header before any
-//! pixel buffer exists, applies EXIF orientation, calls `transform` once per rendition, and encodes
-//! each result like the input (or as the `format` option says), mapping every failure to the
-//! error case the host expects. [`testing`] runs the same path natively, without wasm.
+//! plugin did not declare, decodes the input once (the same decode layer as pixbox's own plugins:
+//! size checked from the header before any pixel buffer exists, damaged data refused, EXIF
+//! orientation applied, ICC profiles converted to sRGB), calls `transform` once per rendition,
+//! and encodes each result like the input (or as the `format` option says), mapping every failure
+//! to the error case the host expects. [`testing`] runs the same path natively, without wasm.
 
 mod codec;
+mod colour;
+mod decode;
+mod jpeg;
 mod options;
+mod png;
 pub mod testing;
 
-pub use codec::{Format, PixelLimits, decode, encode};
+pub use codec::{Format, PixelLimits, encode};
+pub use decode::{check_size, decode, decode_at_least};
 pub use image::{self, DynamicImage};
 pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
 
@@ -97,8 +103,8 @@ pub trait Plugin {
     /// [`STANDARD_OPTIONS`]). Called by `pixbox plugin info` and when a route is loaded.
     fn info() -> Info;
 
-    /// Makes one rendition. `image` is decoded, in display orientation (EXIF applied) and 8 bits
-    /// per channel; `options` holds this rendition's options, already checked against
+    /// Makes one rendition. `image` is decoded, in display orientation (EXIF applied), in sRGB and
+    /// 8 bits per channel; `options` holds this rendition's options, already checked against
     /// [`Plugin::info`]. Called once per rendition the route asks for.
     fn transform(image: DynamicImage, options: &Options) -> Result<DynamicImage, Error>;
 }
