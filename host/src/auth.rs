@@ -10,16 +10,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-use crate::api::ApiError;
 
 /// Whether pixbox checks callers at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,36 +380,6 @@ pub enum AuthError {
     BadSignature(&'static str),
     /// 403: a signed URL past its expiry.
     Expired,
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Unauthorized(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why),
-            AuthError::Forbidden(scope) => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this API key does not have the {} scope", scope.name()),
-            ),
-            AuthError::BadSignature(why) => ApiError::new(StatusCode::FORBIDDEN, "invalid-signature", why),
-            AuthError::Expired => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "signature-expired",
-                "this signed URL has expired: ask for a new one",
-            ),
-        }
-    }
-}
-
-impl IntoResponse for AuthError {
-    fn into_response(self) -> Response {
-        let unauthorized = matches!(self, AuthError::Unauthorized(_));
-        let mut response = ApiError::from(self).into_response();
-        if unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
 }
 
 /// A new random API key and the `[auth] keys` entry that admits it with `scopes`.

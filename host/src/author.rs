@@ -401,7 +401,7 @@ fn build(dir: &Path) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::KIT_FILES;
+    use super::{KIT_FILES, WIT};
 
     /// A file added to the kit but not to [`KIT_FILES`] would build here and break every plugin
     /// `pixbox plugin new` writes.
@@ -411,6 +411,21 @@ mod tests {
         for entry in std::fs::read_dir(&src).unwrap() {
             let name = format!("src/{}", entry.unwrap().file_name().to_string_lossy());
             assert!(KIT_FILES.iter().any(|(path, _)| *path == name), "{name} is missing from KIT_FILES");
+        }
+    }
+
+    /// The kit builds in this repository against its own copy of the contract (a new plugin gets
+    /// [`WIT`] itself): the copy must not drift from the one the host speaks.
+    #[test]
+    fn the_kits_copy_of_the_contract_is_the_hosts() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let copy = root.join("plugins/kit/wit/transform.wit");
+        assert!(std::fs::read_to_string(&copy).unwrap() == WIT, "{} differs from wit/transform.wit", copy.display());
+        for entry in std::fs::read_dir(root.join("wit/frozen")).unwrap() {
+            let frozen = entry.unwrap().path();
+            let copy = root.join("plugins/kit/wit/frozen").join(frozen.file_name().unwrap());
+            let same = std::fs::read(&copy).ok() == Some(std::fs::read(&frozen).unwrap());
+            assert!(same, "{} is missing or differs from {}", copy.display(), frozen.display());
         }
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::AuthSettings;
 use crate::imaging::PixelLimits;
 use crate::sandbox::{RouteConfig, SandboxSettings};
+pub use crate::telemetry::LogFormat;
 
 /// Which parts of the service this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -22,16 +23,6 @@ pub enum Role {
     Worker,
     /// Both in one process.
     All,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One readable line per event.
-    Text,
-    /// One JSON object per line, with the request id and span fields flattened in.
-    Json,
 }
 
 /// Where images are stored.
@@ -162,6 +153,33 @@ pub struct UploadLimits {
     pub trusted_proxies: String,
 }
 
+impl UploadLimits {
+    /// `trusted_proxies` parsed: CIDRs (or single addresses) separated by spaces or commas.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("limits.trusted_proxies: {entry:?} is not a CIDR such as 10.0.0.0/8"))
+            })
+            .collect()
+    }
+}
+
+/// The origins a browser may call the api from (`cors_origins`, parsed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS headers at all (the default).
+    None,
+    /// `*`: any origin.
+    Any,
+    /// These origins, each `scheme://host[:port]`.
+    List(Vec<axum::http::HeaderValue>),
+}
+
 impl Default for UploadLimits {
     fn default() -> Self {
         let pixels = PixelLimits::default();
@@ -272,6 +290,27 @@ const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox"];
 const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
 
 impl Config {
+    /// `cors_origins` parsed: space-separated origins, or `*` alone; empty: none.
+    pub fn cors(&self) -> Result<CorsOrigins, String> {
+        let origins: Vec<&str> = self.cors_origins.split_whitespace().collect();
+        match origins.as_slice() {
+            [] => Ok(CorsOrigins::None),
+            ["*"] => Ok(CorsOrigins::Any),
+            list => list
+                .iter()
+                .map(|origin| {
+                    let ok = (origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/');
+                    axum::http::HeaderValue::from_str(origin).ok().filter(|_| ok).ok_or_else(|| {
+                        format!(
+                            "cors_origins: {origin:?} is not an origin like https://app.example.com (or use \"*\" alone)"
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map(CorsOrigins::List),
+        }
+    }
+
     /// Loads the layers. `file` is an explicit config path; without one, `pixbox.toml` in the data
     /// directory (from the flags, `PIXBOX_DATA_DIR` or the default `./data`) is used if it exists,
     /// and nothing else: a `pixbox.toml` lying in the working directory is never read by accident.
@@ -361,8 +400,8 @@ impl Config {
                     .into(),
             ));
         }
-        crate::api::trusted_proxies(&l.trusted_proxies).map_err(ConfigError::Invalid)?;
-        crate::api::cors(&self.cors_origins).map_err(ConfigError::Invalid)?;
+        l.trusted_proxy_nets().map_err(ConfigError::Invalid)?;
+        self.cors().map_err(ConfigError::Invalid)?;
         for route in &self.routes {
             route.validate().map_err(|e| ConfigError::Invalid(format!("route {:?}: {e}", route.prefix)))?;
         }

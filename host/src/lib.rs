@@ -18,3 +18,6 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;
+
+#[cfg(test)]
+mod layers;

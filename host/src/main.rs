@@ -2,15 +2,28 @@
 
 use clap::Parser;
 use pixbox::cli::{Cli, Command, PluginCommand};
+use pixbox::config::Config;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // These need no configuration (and must work in any folder, with any environment).
     let result = match &cli.command {
+        // These need no configuration (and must work in any folder, with any environment).
         Command::Keys { command } => pixbox::cli::keys(command),
         Command::Wit { version } => pixbox::author::wit(version.as_deref()),
         Command::Plugin { command: PluginCommand::New { name, dir } } => pixbox::cli::plugin_new(name, dir),
-        _ => run(&cli),
+        Command::Serve { .. } => configured(&cli).and_then(pixbox::cli::serve),
+        Command::Transform { plugin, options, key, input, output } => configured(&cli)
+            .and_then(|config| pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)),
+        Command::Plugin { command: PluginCommand::Info { plugin } } => {
+            configured(&cli).and_then(|config| pixbox::cli::plugin_info(&config, plugin))
+        }
+        Command::Plugin { command: PluginCommand::Watch { dir, samples, options } } => {
+            configured(&cli).and_then(|config| {
+                pixbox::author::watch(&config, dir, samples.as_deref(), &pixbox::cli::parse_options(options)?)
+            })
+        }
+        Command::Jobs { command } => configured(&cli).and_then(|config| pixbox::cli::jobs(&config, command)),
+        Command::Health { ready } => configured(&cli).and_then(|config| pixbox::cli::health(&config, *ready)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -21,34 +34,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> anyhow::Result<()> {
-    cli.config().and_then(|config| {
-        let tool = matches!(cli.command, Command::Transform { .. } | Command::Plugin { .. });
-        pixbox::telemetry::init_tracing(&config, tool);
-        // Which file the settings came from, so a stray or missing one is never a surprise
-        // (through the log, so JSON logs stay JSON).
-        match (&config.file, &cli.command) {
-            (Some(file), _) => tracing::info!("config: {}", file.display()),
-            (None, Command::Serve { .. }) => tracing::info!(
-                "config: no file (defaults and environment; looked for {})",
-                config.data_dir.join("pixbox.toml").display()
-            ),
-            (None, _) => {}
-        }
-        match &cli.command {
-            Command::Serve { .. } => pixbox::cli::serve(config),
-            Command::Transform { plugin, options, key, input, output } => {
-                pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)
-            }
-            Command::Plugin { command: PluginCommand::Info { plugin } } => pixbox::cli::plugin_info(&config, plugin),
-            Command::Plugin { command: PluginCommand::Watch { dir, samples, options } } => {
-                pixbox::author::watch(&config, dir, samples.as_deref(), &pixbox::cli::parse_options(options)?)
-            }
-            Command::Plugin { command: PluginCommand::New { name, dir } } => pixbox::cli::plugin_new(name, dir),
-            Command::Keys { command } => pixbox::cli::keys(command),
-            Command::Wit { version } => pixbox::author::wit(version.as_deref()),
-            Command::Jobs { command } => pixbox::cli::jobs(&config, command),
-            Command::Health { ready } => pixbox::cli::health(&config, *ready),
-        }
-    })
+/// The configuration for a command that needs one, with logging set up from it.
+fn configured(cli: &Cli) -> anyhow::Result<Config> {
+    let config = cli.config()?;
+    let tool = matches!(cli.command, Command::Transform { .. } | Command::Plugin { .. });
+    pixbox::telemetry::init_tracing(&config.log, config.log_format, tool);
+    // Which file the settings came from, so a stray or missing one is never a surprise (through
+    // the log, so JSON logs stay JSON).
+    match (&config.file, &cli.command) {
+        (Some(file), _) => tracing::info!("config: {}", file.display()),
+        (None, Command::Serve { .. }) => tracing::info!(
+            "config: no file (defaults and environment; looked for {})",
+            config.data_dir.join("pixbox.toml").display()
+        ),
+        (None, _) => {}
+    }
+    Ok(config)
 }

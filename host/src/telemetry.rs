@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, LogFormat};
 use crate::queue::JobQueue;
 
 /// Requests answered, by `route`, `method` and `status`.
@@ -159,19 +159,29 @@ pub fn tick(elapsed: Duration) {
     histogram!(TICK_DURATION).record(elapsed.as_secs_f64());
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, with the request id and span fields flattened in.
+    Json,
+}
+
 /// Logs go to stderr; `log` in the configuration (or `RUST_LOG`) is an env-filter directive,
 /// `log_format` picks readable lines or JSON objects (span fields such as the request id are
 /// flattened into each line). A bare level (`debug`) applies to pixbox and its plugins only:
 /// wasmtime, cranelift and the AWS SDK stay at `warn` (their debug lines would bury pixbox's).
 /// `tool` is for the plugin author's commands (`transform`, `plugin watch`): every plugin
 /// message is shown, on short lines without timestamps.
-pub fn init_tracing(config: &Config, tool: bool) {
-    let directive = log_directive(&config.log, tool);
+pub fn init_tracing(log: &str, format: LogFormat, tool: bool) {
+    let directive = log_directive(log, tool);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directive));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = match config.log_format {
+    let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(true).try_init(),
         LogFormat::Text if tool => builder.without_time().with_ansi(ansi).try_init(),
         LogFormat::Text => builder.with_ansi(ansi).try_init(),

@@ -1,15 +1,17 @@
 //! The middleware that checks a route's scope before its handler (and before any of the body is
-//! looked at).
+//! looked at), and how an auth refusal answers over HTTP (the auth module itself knows no HTTP
+//! errors).
 
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
-use crate::auth::{Auth, Scope};
+use crate::api::ApiError;
+use crate::auth::{Auth, AuthError, Scope};
 
 /// How much of a refused request's body is read and dropped before the answer, and for how long
 /// at most: a client still sending a small body then reads the 401/403 instead of a connection
@@ -41,5 +43,35 @@ pub async fn require_scope(State((auth, scope)): State<(Auth, Scope)>, mut reque
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why),
+            AuthError::Forbidden(scope) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this API key does not have the {} scope", scope.name()),
+            ),
+            AuthError::BadSignature(why) => ApiError::new(StatusCode::FORBIDDEN, "invalid-signature", why),
+            AuthError::Expired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "signature-expired",
+                "this signed URL has expired: ask for a new one",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let unauthorized = matches!(self, AuthError::Unauthorized(_));
+        let mut response = ApiError::from(self).into_response();
+        if unauthorized {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

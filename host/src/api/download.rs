@@ -10,12 +10,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, CallerKey, read_url};
+use super::status::{Status, checked, status};
+use super::{ApiError, ApiState, CallerKey};
 use crate::auth::Signed;
 use crate::imaging::Format;
-use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
+use crate::jobs;
 use crate::sandbox::{configured_route, rendition_names, variant_name};
-use crate::storage::{Bucket, StoreError, validate_key};
+use crate::storage::{Bucket, StoreError};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -56,57 +57,6 @@ impl SignedQuery {
     fn split(self) -> (Signed, Option<String>) {
         (Signed { expires: self.expires, sig: self.sig }, self.rendition)
     }
-}
-
-/// The JSON of `/status` (and of `/download` while not done).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Status {
-    pub key: String,
-    /// `pending`, `done` or `failed`.
-    #[schema(value_type = String, example = "done")]
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Failure>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    pub status_url: String,
-    pub download_url: String,
-    /// Every rendition of the key: while pending, what its route will make; when done, what
-    /// was made, with sizes.
-    pub renditions: Vec<RenditionStatus>,
-    /// When done, and the plugin computed it: something to show while the image loads.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub placeholder: Option<PlaceholderStatus>,
-}
-
-/// The placeholder of a done image.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PlaceholderStatus {
-    /// The image's dominant colour.
-    #[schema(example = "#7a8b9c")]
-    pub dominant_color: String,
-    /// A ThumbHash of the image (https://evanw.github.io/thumbhash/), standard base64.
-    #[schema(example = "1QcSHQRnh493V4dIh4eXh1h4kJUI")]
-    pub thumbhash: String,
-}
-
-/// One rendition in `/status`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RenditionStatus {
-    pub name: String,
-    /// True for the one served at `/download/{key}`.
-    pub default: bool,
-    pub download_url: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub media_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub width: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub height: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
 }
 
 /// The body of a 422 from `/download`: why processing failed.
@@ -251,95 +201,6 @@ async fn status_waiting(
 fn required(key: Option<String>) -> Result<String, ApiError> {
     key.filter(|k| !k.is_empty())
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing-key", "the query parameter key is required"))
-}
-
-fn checked(key: &str) -> Result<(), ApiError> {
-    validate_key(key)?;
-    if key.starts_with(RESERVED_PREFIX) {
-        return Err(not_found(key));
-    }
-    Ok(())
-}
-
-fn not_found(key: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no image with key {key:?}"))
-}
-
-pub(super) async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
-    checked(key)?;
-    let mut status = Status {
-        key: key.into(),
-        state: "pending",
-        error: None,
-        media_type: None,
-        size: None,
-        status_url: read_url(&state.auth, "status", key),
-        download_url: read_url(&state.auth, "download", key),
-        renditions: Vec::new(),
-        placeholder: None,
-    };
-    let urls = super::rendition_urls(state, key);
-    let configured = rendition_names(&state.routes, key);
-    match jobs::state(&*state.store, key).await? {
-        JobState::Done(info) => {
-            status.state = "done";
-            // What the job made (the configuration may have changed since).
-            let made: Vec<String> = match info.meta.metadata.get(jobs::RENDITIONS_META) {
-                Some(list) => list.split(',').map(str::to_string).collect(),
-                None => vec![info.meta.metadata.get("rendition").cloned().unwrap_or(configured.default.clone())],
-            };
-            let default = info.meta.metadata.get("rendition").cloned().unwrap_or(configured.default.clone());
-            for name in made {
-                let info = if name == default {
-                    Some(info.clone())
-                } else {
-                    jobs::found(state.store.head(Bucket::Permanent, &jobs::rendition_key(key, &name)).await)?
-                };
-                let dimension = |d: &str| info.as_ref().and_then(|i| i.meta.metadata.get(d)?.parse().ok());
-                status.renditions.push(RenditionStatus {
-                    download_url: if name == default {
-                        status.download_url.clone()
-                    } else {
-                        read_url(&state.auth, "download", &jobs::rendition_key(key, &name))
-                    },
-                    default: name == default,
-                    width: dimension("width"),
-                    height: dimension("height"),
-                    media_type: info.as_ref().map(|i| i.meta.content_type.clone()),
-                    size: info.as_ref().map(|i| i.size),
-                    name,
-                });
-            }
-            let meta = &info.meta.metadata;
-            if let (Some(colour), Some(hash)) = (meta.get(jobs::DOMINANT_COLOR_META), meta.get(jobs::THUMBHASH_META)) {
-                status.placeholder =
-                    Some(PlaceholderStatus { dominant_color: colour.clone(), thumbhash: hash.clone() });
-            }
-            status.media_type = Some(info.meta.content_type);
-            status.size = Some(info.size);
-        }
-        JobState::Pending => {}
-        JobState::Failed(failure) => {
-            status.state = "failed";
-            status.error = Some(failure);
-        }
-        JobState::Unknown => return Err(not_found(key)),
-    }
-    if status.state != "done" {
-        status.renditions = urls
-            .into_iter()
-            .map(|(name, download_url)| RenditionStatus {
-                default: name == configured.default,
-                name,
-                download_url,
-                media_type: None,
-                width: None,
-                height: None,
-                size: None,
-            })
-            .collect();
-    }
-    Ok(status)
 }
 
 /// What a download names: the key of the job, the stored object and the rendition.

@@ -179,7 +179,7 @@ impl Guards {
                 "status waits and event streams open",
             ),
             // Checked by the configuration's validation; a bad entry cannot get here.
-            trusted_proxies: trusted_proxies(&limits.trusted_proxies).unwrap_or_default().into(),
+            trusted_proxies: limits.trusted_proxy_nets().unwrap_or_default().into(),
         }
     }
 
@@ -220,19 +220,6 @@ impl Guards {
         }
         client
     }
-}
-
-/// Parses `limits.trusted_proxies`: CIDRs (or single addresses) separated by spaces or commas.
-pub fn trusted_proxies(list: &str) -> Result<Vec<ipnet::IpNet>, String> {
-    list.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-        .map(|entry| {
-            entry
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| format!("limits.trusted_proxies: {entry:?} is not a CIDR such as 10.0.0.0/8"))
-        })
-        .collect()
 }
 
 /// Tells the handlers who is calling ([`CallerKey`]) and counts the request against that

@@ -16,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 
-use super::download::{Status, status};
+use super::status::{Status, status};
 use super::{ApiError, ApiState, CallerKey, Slot};
 
 /// How often a watcher reads a pending job's state again.

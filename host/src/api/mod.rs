@@ -12,6 +12,7 @@ pub mod observe;
 pub mod openapi;
 mod page;
 mod part_headers;
+mod status;
 mod upload;
 
 use std::sync::Arc;
@@ -23,10 +24,10 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
-pub use guard::{CallerKey, Guards, PerKey, Slot, client_key, trusted_proxies};
+pub use guard::{CallerKey, Guards, PerKey, Slot, client_key};
 
 use crate::auth::{Auth, Scope};
-use crate::config::UploadLimits;
+use crate::config::{CorsOrigins, UploadLimits};
 use crate::queue::JobQueue;
 use crate::storage::BlobStore;
 
@@ -79,36 +80,23 @@ pub fn admin_router(backends: Backends) -> Router {
         .with_state(backends)
 }
 
-/// Browser access (CORS) for `origins` (space-separated, or `*`); `None` when empty.
-pub fn cors(origins: &str) -> Result<Option<tower_http::cors::CorsLayer>, String> {
-    use axum::http::{HeaderValue, header};
+/// Browser access (CORS) for the configured origins; `None` when there are none.
+pub fn cors(origins: &CorsOrigins) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::header;
     use tower_http::cors::{AllowOrigin, CorsLayer};
-    let origins: Vec<&str> = origins.split_whitespace().collect();
-    let allow = match origins.as_slice() {
-        [] => return Ok(None),
-        ["*"] => AllowOrigin::any(),
-        list => {
-            let mut values = Vec::new();
-            for origin in list {
-                let ok = (origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/');
-                let value = HeaderValue::from_str(origin).ok().filter(|_| ok).ok_or_else(|| {
-                    format!(
-                        "cors_origins: {origin:?} is not an origin like https://app.example.com (or use \"*\" alone)"
-                    )
-                })?;
-                values.push(value);
-            }
-            AllowOrigin::list(values)
-        }
+    let allow = match origins {
+        CorsOrigins::None => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
     };
-    Ok(Some(
+    Some(
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, observe::REQUEST_ID.clone()])
             .expose_headers([observe::REQUEST_ID.clone(), header::RETRY_AFTER, header::LOCATION])
             .max_age(Duration::from_secs(600)),
-    ))
+    )
 }
 
 /// Every route of the api, with its state.

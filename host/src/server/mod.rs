@@ -170,7 +170,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let guards = api::Guards::new(&config.limits);
-        let cors = api::cors(&config.cors_origins).map_err(anyhow::Error::msg)?;
+        let cors = api::cors(&config.cors().map_err(anyhow::Error::msg)?);
         let routes = config.routes.clone().into();
         let app = api::router(ApiState {
             store,

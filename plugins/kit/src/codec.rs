@@ -61,6 +61,24 @@ impl Default for PixelLimits {
 }
 
 impl PixelLimits {
+    /// Refuses a size over these limits (as `bad-input`), before any pixel buffer exists.
+    pub fn check(self, w: u32, h: u32) -> Result<(), Error> {
+        if w > self.max_side || h > self.max_side {
+            return Err(Error::BadInput(format!(
+                "image too large: {w}x{h} is over the limit of {} pixels per side",
+                self.max_side
+            )));
+        }
+        if u64::from(w) * u64::from(h) > self.max_pixels {
+            return Err(Error::BadInput(format!(
+                "image is {w}x{h} = {} pixels, over the limit of {} pixels",
+                u64::from(w) * u64::from(h),
+                self.max_pixels
+            )));
+        }
+        Ok(())
+    }
+
     /// The stricter of both on each axis.
     pub fn min(self, other: PixelLimits) -> PixelLimits {
         PixelLimits { max_pixels: self.max_pixels.min(other.max_pixels), max_side: self.max_side.min(other.max_side) }

@@ -46,31 +46,13 @@ pub fn decode_at_least(
     reader.limits(decoder_limits);
     let mut decoder = reader.into_decoder().map_err(Error::from)?;
     let (w, h) = decoder.dimensions();
-    check_size(w, h, limits)?;
+    limits.check(w, h)?;
     // A broken EXIF block (or ICC profile) is not worth refusing the image for: show it as stored.
     let orientation = orientation(&mut decoder);
     let icc = decoder.icc_profile().ok().flatten();
     let mut image = eight_bit(DynamicImage::from_decoder(decoder)?);
     image.apply_orientation(orientation);
     Ok((colour::to_srgb(image, icc.as_deref())?, format))
-}
-
-/// Refuses a size over `limits`, before any pixel buffer exists.
-pub fn check_size(w: u32, h: u32, limits: PixelLimits) -> Result<(), Error> {
-    if w > limits.max_side || h > limits.max_side {
-        return Err(Error::BadInput(format!(
-            "image too large: {w}x{h} is over the limit of {} pixels per side",
-            limits.max_side
-        )));
-    }
-    if u64::from(w) * u64::from(h) > limits.max_pixels {
-        return Err(Error::BadInput(format!(
-            "image is {w}x{h} = {} pixels, over the limit of {} pixels",
-            u64::from(w) * u64::from(h),
-            limits.max_pixels
-        )));
-    }
-    Ok(())
 }
 
 /// The orientation in the file's EXIF; none when the block is missing or broken. A WebP EXIF chunk

@@ -37,13 +37,15 @@ mod png;
 pub mod testing;
 
 pub use codec::{Format, PixelLimits, encode};
-pub use decode::{check_size, decode, decode_at_least};
+pub use decode::{decode, decode_at_least};
 pub use image::{self, DynamicImage};
 pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
 
 /// The generated bindings of `wit/transform.wit`, for plugins that implement the contract by hand
 /// (several renditions from one decode, placeholders): `impl bindings::Guest` and
 /// `pixbox_kit::bindings::export!(MyPlugin with_types_in pixbox_kit::bindings)`.
+// The generated glue is unsafe FFI (the kit's own code has none).
+#[allow(unsafe_code)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
@@ -113,6 +115,8 @@ pub trait Plugin {
 #[macro_export]
 macro_rules! plugin {
     ($plugin:ty) => {
+        // The exports wit-bindgen generates are unsafe FFI glue.
+        #[allow(unsafe_code)]
         const _: () = {
             struct Exported;
             impl $crate::bindings::Guest for Exported {
