@@ -215,6 +215,7 @@ impl Measured {
 /// CPU time (user + system) this process has used so far, all threads.
 fn cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct it is given.
+    #[allow(unsafe_code)]
     let usage = unsafe {
         let mut usage = std::mem::zeroed::<libc::rusage>();
         libc::getrusage(libc::RUSAGE_SELF, &mut usage);

@@ -111,7 +111,10 @@ pub fn aws_endpoint(test: &str) -> Option<String> {
         for (k, v) in [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")] {
             if std::env::var_os(k).is_none() {
                 // SAFETY: set before any SDK client is built; every test sets the same values.
-                unsafe { std::env::set_var(k, v) };
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::env::set_var(k, v)
+                };
             }
         }
         return Some(url);

@@ -10,6 +10,9 @@
 //! version this was written against, and the tests below fail if lifting stops happening before
 //! the guest's post-return.
 
+// Lifting is an unsafe trait: each impl below says why its reads stay in bounds.
+#![allow(unsafe_code)]
+
 use wasmtime::ValRaw;
 use wasmtime::component::__internal::wasmtime_environ::component::StringEncoding;
 use wasmtime::component::__internal::{CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext};

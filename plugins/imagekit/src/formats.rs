@@ -12,6 +12,8 @@ pub const AVIF_SPEED: u8 = 10;
 /// Lossy WebP at `quality` (1..=100), with alpha when the image has it: libwebp's encoder with
 /// the settings `cwebp -q <quality>` uses, so bytes and error match what libwebp users expect
 /// (BENCHMARKS.md compares the two).
+// libwebp is C: each call below says why it is sound.
+#[allow(unsafe_code)]
 pub fn webp_lossy(image: &DynamicImage, quality: u8, out: &mut Vec<u8>) -> Result<(), Error> {
     use libwebp_sys as webp;
 

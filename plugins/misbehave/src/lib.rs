@@ -22,6 +22,10 @@
 //!
 //! Each rendition request runs its own mode, in order.
 
+// The bindings wit-bindgen generates (imports, exports) are unsafe FFI glue; this plugin's own
+// code has no unsafe.
+#![allow(unsafe_code)]
+
 wit_bindgen::generate!({ path: "../../wit", world: "plugin" });
 
 use pixbox::transform::log::{Level, log};

@@ -50,4 +50,8 @@ fn into_wit(e: imagekit::Error) -> TransformError {
     }
 }
 
-pixbox_kit::bindings::export!(Resize with_types_in pixbox_kit::bindings);
+// The exports wit-bindgen generates are unsafe FFI glue.
+#[allow(unsafe_code)]
+const _: () = {
+    pixbox_kit::bindings::export!(Resize with_types_in pixbox_kit::bindings);
+};
