@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, Code};
 use crate::auth::{Auth, AuthError, Scope};
 
 /// How much of a refused request's body is read and dropped before the answer, and for how long
@@ -49,18 +49,14 @@ pub async fn require_scope(State((auth, scope)): State<(Auth, Scope)>, mut reque
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Unauthorized(why) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why),
-            AuthError::Forbidden(scope) => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this API key does not have the {} scope", scope.name()),
-            ),
-            AuthError::BadSignature(why) => ApiError::new(StatusCode::FORBIDDEN, "invalid-signature", why),
-            AuthError::Expired => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "signature-expired",
-                "this signed URL has expired: ask for a new one",
-            ),
+            AuthError::Unauthorized(why) => ApiError::new(Code::Unauthorized, why),
+            AuthError::Forbidden(scope) => {
+                ApiError::new(Code::Forbidden, format!("this API key does not have the {} scope", scope.name()))
+            }
+            AuthError::BadSignature(why) => ApiError::new(Code::InvalidSignature, why),
+            AuthError::Expired => {
+                ApiError::new(Code::SignatureExpired, "this signed URL has expired: ask for a new one")
+            }
         }
     }
 }

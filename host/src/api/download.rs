@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::status::{Status, checked, status};
-use super::{ApiError, ApiState, CallerKey};
+use super::status::{JobStatus, Status, checked, status};
+use super::{ApiError, ApiState, CallerKey, Code};
 use crate::auth::Signed;
 use crate::imaging::Format;
 use crate::jobs;
@@ -63,7 +63,8 @@ impl SignedQuery {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FailedDownload {
     /// Always `processing-failed`.
-    pub code: String,
+    #[schema(value_type = String, example = "processing-failed")]
+    pub code: Code,
     pub message: String,
     pub status: Status,
 }
@@ -199,8 +200,7 @@ async fn status_waiting(
 }
 
 fn required(key: Option<String>) -> Result<String, ApiError> {
-    key.filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "missing-key", "the query parameter key is required"))
+    key.filter(|k| !k.is_empty()).ok_or_else(|| ApiError::new(Code::MissingKey, "the query parameter key is required"))
 }
 
 /// What a download names: the key of the job, the stored object and the rendition.
@@ -218,8 +218,7 @@ fn resolve(state: &ApiState, key: &str, rendition: Option<&str>) -> Result<Named
         let names = rendition_names(&state.routes, key);
         if !names.contains(name) {
             return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no-such-rendition",
+                Code::NoSuchRendition,
                 format!("the route of {key:?} makes no rendition {name:?} (it makes {})", names.names.join(", ")),
             ));
         }
@@ -286,27 +285,24 @@ async fn download(
         Ok(object) => object,
         Err(StoreError::NotFound { .. }) => {
             let status = status(state, key).await?;
-            if status.state == "done" && object_key != key {
+            if status.state == JobStatus::Done && object_key != key {
                 // Done, but this rendition was not made (the route changed since).
                 return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "no-such-rendition",
+                    Code::NoSuchRendition,
                     format!("{key} has no rendition stored at {object_key:?}"),
                 ));
             }
             return Ok(match status.state {
-                "failed" => {
+                JobStatus::Failed => {
                     let reason = status.error.as_ref().map_or("unknown", |f| f.message.as_str());
-                    let body = serde_json::json!({
-                        "code": "processing-failed",
-                        "message": format!("{key} could not be processed: {reason}"),
-                        "status": status,
-                    });
-                    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+                    let code = Code::ProcessingFailed;
+                    let message = format!("{key} could not be processed: {reason}");
+                    (code.status(), Json(FailedDownload { code, message, status })).into_response()
                 }
-                "pending" => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response(),
-                // Finished between the two reads: the client may simply ask again.
-                _ => (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response(),
+                // Pending, or finished between the two reads: the client may simply ask again.
+                JobStatus::Pending | JobStatus::Done => {
+                    (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response()
+                }
             });
         }
         Err(e) => return Err(e.into()),

@@ -6,6 +6,93 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// Every `code` the api answers with, its HTTP status and what it means: the one list. The
+/// README's table and the OpenAPI document are checked against it by tests.
+macro_rules! codes {
+    ($($variant:ident = $code:literal, $status:ident, $meaning:literal;)*) => {
+        /// A stable kebab-case error code (see [`Code::ALL`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $(#[doc = $meaning] $variant,)*
+        }
+
+        impl Code {
+            /// Every code, in the order of the table.
+            pub const ALL: &[Code] = &[$(Code::$variant,)*];
+
+            /// The code as clients see it.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status every answer with this code has.
+            pub const fn status(self) -> StatusCode {
+                match self {
+                    $(Code::$variant => StatusCode::$status,)*
+                }
+            }
+
+            /// What it means, for the README's table.
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $meaning,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    BadMultipart = "bad-multipart", BAD_REQUEST, "The upload body is not well-formed multipart.";
+    InvalidFocus = "invalid-focus", BAD_REQUEST, "An image's `focus` field is not `x,y` with both in 0..=1.";
+    InvalidKey = "invalid-key", BAD_REQUEST, "The key is empty, too long, or holds a character or segment keys may not have.";
+    InvalidPrefix = "invalid-prefix", BAD_REQUEST, "The upload's `prefix` field is not a valid key prefix.";
+    InvalidWait = "invalid-wait", BAD_REQUEST, "`wait` is not whole seconds within the limit.";
+    MissingKey = "missing-key", BAD_REQUEST, "The query parameter `key` is required.";
+    NoImages = "no-images", BAD_REQUEST, "The upload holds no image part.";
+    PartHeaderTooLarge = "part-header-too-large", BAD_REQUEST, "A multipart part's headers are over their size limit.";
+    PrefixAfterImages = "prefix-after-images", BAD_REQUEST, "The `prefix` field must come before the images.";
+    TooManyKeys = "too-many-keys", BAD_REQUEST, "An event stream asks for more keys than one stream follows.";
+    Unauthorized = "unauthorized", UNAUTHORIZED, "No API key, or one pixbox does not know.";
+    Forbidden = "forbidden", FORBIDDEN, "The API key lacks the scope this route needs.";
+    InvalidSignature = "invalid-signature", FORBIDDEN, "A signed URL that does not match its key.";
+    SignatureExpired = "signature-expired", FORBIDDEN, "A signed URL past its expiry.";
+    NotFound = "not-found", NOT_FOUND, "No image with this key.";
+    NoSuchRendition = "no-such-rendition", NOT_FOUND, "The key's route has no rendition of this name, or it was not made.";
+    NoSuchRoute = "no-such-route", NOT_FOUND, "No such path.";
+    MethodNotAllowed = "method-not-allowed", METHOD_NOT_ALLOWED, "The path does not take this method.";
+    BodyTimeout = "body-timeout", REQUEST_TIMEOUT, "The request body stopped arriving for longer than the idle limit.";
+    RequestTimeout = "request-timeout", REQUEST_TIMEOUT, "The request took longer than its time limit.";
+    BodyTooLarge = "body-too-large", PAYLOAD_TOO_LARGE, "The request body is over its size limit.";
+    ImageTooLarge = "image-too-large", PAYLOAD_TOO_LARGE, "One image is over the per-image size limit.";
+    TooManyImages = "too-many-images", PAYLOAD_TOO_LARGE, "The upload holds more images than one request may.";
+    TooManyParts = "too-many-parts", PAYLOAD_TOO_LARGE, "The upload holds more multipart parts than one request may.";
+    NotMultipart = "not-multipart", UNSUPPORTED_MEDIA_TYPE, "The upload is not `multipart/form-data`.";
+    UnsupportedFormat = "unsupported-format", UNSUPPORTED_MEDIA_TYPE, "Not a JPEG, PNG, WebP or GIF (judged from the bytes).";
+    ProcessingFailed = "processing-failed", UNPROCESSABLE_ENTITY, "The job failed for good; the body's `status` says why.";
+    TooManyPixels = "too-many-pixels", UNPROCESSABLE_ENTITY, "The image's header claims more pixels than the limit.";
+    TruncatedImage = "truncated-image", UNPROCESSABLE_ENTITY, "The image does not end as its format ends.";
+    UnreadableImage = "unreadable-image", UNPROCESSABLE_ENTITY, "The image's header cannot be read.";
+    RateLimited = "rate-limited", TOO_MANY_REQUESTS, "Over the caller's request rate; `Retry-After` says when to try again.";
+    NotReady = "not-ready", SERVICE_UNAVAILABLE, "The store or the queue does not answer.";
+    TooBusy = "too-busy", SERVICE_UNAVAILABLE, "Too many uploads or watchers at once; `Retry-After` says when to try again.";
+    Unavailable = "unavailable", SERVICE_UNAVAILABLE, "A backend is not answering; try again later.";
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
@@ -14,7 +101,7 @@ pub struct ApiError {
     pub status: StatusCode,
     /// A stable kebab-case code for programs (`unsupported-format`, `not-found`, ...).
     #[schema(value_type = String, example = "unsupported-format")]
-    pub code: &'static str,
+    pub code: Code,
     /// What went wrong, for humans.
     pub message: String,
     /// Seconds to wait before trying again, sent as `Retry-After`.
@@ -24,8 +111,9 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+    /// An answer with `code`, at the code's own HTTP status.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError { status: code.status(), code, message: message.into(), retry_after: None }
     }
 
     /// The same error, telling the client when to try again.
@@ -37,11 +125,7 @@ impl ApiError {
     /// A backend failure: logged with its detail, reported without it.
     pub fn unavailable(context: &str, detail: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {detail}");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{context}: a backend is not answering; try again later"),
-        )
+        ApiError::new(Code::Unavailable, format!("{context}: a backend is not answering; try again later"))
     }
 }
 
@@ -60,9 +144,43 @@ impl From<crate::storage::StoreError> for ApiError {
     fn from(e: crate::storage::StoreError) -> Self {
         match e {
             crate::storage::StoreError::InvalidKey { key, reason } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid-key", format!("invalid key {key:?}: {reason}"))
+                ApiError::new(Code::InvalidKey, format!("invalid key {key:?}: {reason}"))
             }
             e => ApiError::unavailable("storage", e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// The table as the README shows it.
+    fn markdown() -> String {
+        let mut table = String::from("| code | status | meaning |\n|---|---|---|\n");
+        for code in Code::ALL {
+            table += &format!("| `{code}` | {} | {} |\n", code.status().as_u16(), code.meaning());
+        }
+        table
+    }
+
+    #[test]
+    fn codes_are_unique_kebab_case_errors() {
+        for (i, code) in Code::ALL.iter().enumerate() {
+            let text = code.as_str();
+            assert!(text.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase())), "{text}");
+            assert!(code.status().is_client_error() || code.status().is_server_error(), "{text}");
+            assert!(!Code::ALL[..i].iter().any(|other| other.as_str() == text), "{text} twice");
+        }
+    }
+
+    #[test]
+    fn the_readme_lists_every_code() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md's error code table differs from Code::ALL; it should read:\n{table}"
+        );
     }
 }

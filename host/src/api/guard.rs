@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Code};
 use crate::auth::Caller;
 use crate::config::UploadLimits;
 
@@ -124,10 +124,8 @@ impl Cap {
 
     /// A slot, or 503 `too-busy` saying which cap is full and to retry in a second.
     fn slot(&self, caller: &CallerKey) -> Result<Slot, ApiError> {
-        let busy = |message: String| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too-busy", format!("{message}; try again shortly"))
-                .retry_after(1)
-        };
+        let busy =
+            |message: String| ApiError::new(Code::TooBusy, format!("{message}; try again shortly")).retry_after(1);
         let mine = self
             .per_caller
             .hold(caller, self.max_per_caller)
@@ -242,9 +240,7 @@ pub async fn rate_limit(State(state): State<ApiState>, mut request: Request, nex
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             tracing::info!(?key, "rate limited for {wait:?}");
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "too many requests; slow down")
-                .retry_after(seconds.max(1))
-                .into_response()
+            ApiError::new(Code::RateLimited, "too many requests; slow down").retry_after(seconds.max(1)).into_response()
         }
     }
 }

@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde::Serialize;
 
-use super::{ApiError, Backends};
+use super::{ApiError, Backends, Code};
 
 /// How long readiness waits for each backend.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,9 +34,7 @@ pub async fn health() -> Json<Health> {
 pub async fn ready(State(state): State<Backends>) -> Result<Json<Health>, ApiError> {
     match state.probes.ready.get(READY_FRESH, ask(&state)).await {
         Ok(()) => Ok(Json(Health { status: "ready" })),
-        Err(what) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", format!("the {what} is not answering")))
-        }
+        Err(what) => Err(ApiError::new(Code::NotReady, format!("the {what} is not answering"))),
     }
 }
 

@@ -16,8 +16,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 
-use super::status::{Status, status};
-use super::{ApiError, ApiState, CallerKey, Slot};
+use super::status::{JobStatus, Status, status};
+use super::{ApiError, ApiState, CallerKey, Code, Slot};
 
 /// How often a watcher reads a pending job's state again.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -34,8 +34,7 @@ pub fn wait_time(wait: Option<&str>) -> Result<Option<Duration>, ApiError> {
     match raw.parse::<u64>() {
         Ok(secs) if secs <= MAX_WAIT_SECS => Ok(Some(Duration::from_secs(secs))),
         _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-wait",
+            Code::InvalidWait,
             format!("wait must be whole seconds from 0 to {MAX_WAIT_SECS}, got {raw:?}"),
         )),
     }
@@ -47,7 +46,7 @@ pub async fn status_after(state: &ApiState, caller: &CallerKey, key: &str, wait:
     let until = Instant::now() + wait;
     loop {
         let current = status(state, key).await?;
-        if current.state != "pending" || Instant::now() + POLL > until {
+        if current.state != JobStatus::Pending || Instant::now() + POLL > until {
             return Ok(current);
         }
         tokio::time::sleep(POLL).await;
@@ -92,8 +91,7 @@ pub async fn events(
     let keys: Vec<String> = query.keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect();
     if keys.is_empty() || keys.len() > MAX_EVENT_KEYS {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "too-many-keys",
+            Code::TooManyKeys,
             format!("keys must list 1 to {MAX_EVENT_KEYS} keys, comma-separated; got {}", keys.len()),
         ));
     }
@@ -115,9 +113,9 @@ pub async fn events(
             let mut still = Vec::new();
             for key in std::mem::take(&mut watch.pending) {
                 match status(&watch.state, &key).await {
-                    Ok(current) if current.state == "pending" => still.push(key),
+                    Ok(current) if current.state == JobStatus::Pending => still.push(key),
                     Ok(current) => {
-                        let event = Event::default().event(current.state).id(key).json_data(&current);
+                        let event = Event::default().event(current.state.as_str()).id(key).json_data(&current);
                         watch.ready.extend(event.ok());
                     }
                     Err(e) if e.status == StatusCode::NOT_FOUND => {

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::routing::{MethodRouter, get, post};
 
-pub use error::ApiError;
+pub use error::{ApiError, Code};
 pub use guard::{CallerKey, Guards, PerKey, Slot, client_key};
 
 use crate::auth::{Auth, Scope};
@@ -75,7 +75,7 @@ pub fn admin_router(backends: Backends) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no-such-route", "no such route") })
+        .fallback(|| async { ApiError::new(Code::NoSuchRoute, "no such route") })
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(backends)
 }
@@ -106,9 +106,9 @@ pub fn router(state: ApiState) -> Router {
     let body_idle = Duration::from_secs(state.limits.body_idle_timeout_secs);
     routes(body_limit, state.auth.clone())
         .router
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no-such-route", "no such route") })
+        .fallback(|| async { ApiError::new(Code::NoSuchRoute, "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this route does not take that method")
+            ApiError::new(Code::MethodNotAllowed, "this route does not take that method")
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::rate_limit))
         // A body that stalls fails the read that waits for it (408 `body-timeout` from the handler);
@@ -118,8 +118,7 @@ pub fn router(state: ApiState) -> Router {
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| async move {
                     ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request-timeout",
+                        Code::RequestTimeout,
                         format!("the request took longer than {} seconds", request_timeout.as_secs()),
                     )
                 }))

@@ -111,4 +111,36 @@ mod tests {
             "{doc}"
         );
     }
+
+    /// Every code a response's description names (in backticks) is a code of the table, at the
+    /// status it is described under: the document cannot promise a code the api does not send.
+    #[test]
+    fn the_documented_codes_are_the_tables() {
+        use crate::api::Code;
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut named = 0;
+        for (path, methods) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in methods.as_object().unwrap() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    // Success answers may name other things in backticks (event names, scopes).
+                    if !status.starts_with(['4', '5']) {
+                        continue;
+                    }
+                    let description = response["description"].as_str().unwrap_or_default();
+                    for token in description.split('`').skip(1).step_by(2) {
+                        let looks_like_a_code = token.contains('-')
+                            && token.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()));
+                        match Code::ALL.iter().find(|code| code.as_str() == token) {
+                            Some(code) => {
+                                named += 1;
+                                assert_eq!(code.status().as_str(), status, "{method} {path}: `{token}` under {status}");
+                            }
+                            None => assert!(!looks_like_a_code, "{method} {path}: `{token}` is not an error code"),
+                        }
+                    }
+                }
+            }
+        }
+        assert!(named > 20, "only {named} codes named: is the check reading the descriptions?");
+    }
 }

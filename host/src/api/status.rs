@@ -1,21 +1,41 @@
 //! The job status the api reports (`GET /status`, `/download` while not done, the live
 //! endpoints): read from the store, as any process could.
 
-use axum::http::StatusCode;
 use serde::Serialize;
 
-use super::{ApiError, ApiState, read_url};
+use super::{ApiError, ApiState, Code, read_url};
 use crate::jobs::{self, Failure, RESERVED_PREFIX, State as JobState};
 use crate::sandbox::rendition_names;
 use crate::storage::{Bucket, validate_key};
+
+/// Where a job stands, as `/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Queued, or being processed (retries included).
+    Pending,
+    /// Processed: the renditions are stored.
+    Done,
+    /// Failed for good; `error` says why.
+    Failed,
+}
+
+impl JobStatus {
+    /// As the JSON and the event names spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
 
 /// The JSON of `/status` (and of `/download` while not done).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub key: String,
-    /// `pending`, `done` or `failed`.
-    #[schema(value_type = String, example = "done")]
-    pub state: &'static str,
+    pub state: JobStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,7 +90,7 @@ pub(super) fn checked(key: &str) -> Result<(), ApiError> {
 }
 
 pub(super) fn not_found(key: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no image with key {key:?}"))
+    ApiError::new(Code::NotFound, format!("no image with key {key:?}"))
 }
 
 /// Where the job for `key` stands, with every rendition and its URL.
@@ -78,7 +98,7 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     checked(key)?;
     let mut status = Status {
         key: key.into(),
-        state: "pending",
+        state: JobStatus::Pending,
         error: None,
         media_type: None,
         size: None,
@@ -91,7 +111,7 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     let configured = rendition_names(&state.routes, key);
     match jobs::state(&*state.store, key).await? {
         JobState::Done(info) => {
-            status.state = "done";
+            status.state = JobStatus::Done;
             // What the job made (the configuration may have changed since).
             let made: Vec<String> = match info.meta.metadata.get(jobs::RENDITIONS_META) {
                 Some(list) => list.split(',').map(str::to_string).collect(),
@@ -129,12 +149,12 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
         }
         JobState::Pending => {}
         JobState::Failed(failure) => {
-            status.state = "failed";
+            status.state = JobStatus::Failed;
             status.error = Some(failure);
         }
         JobState::Unknown => return Err(not_found(key)),
     }
-    if status.state != "done" {
+    if status.state != JobStatus::Done {
         status.renditions = urls
             .into_iter()
             .map(|(name, download_url)| RenditionStatus {
@@ -149,4 +169,16 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
             .collect();
     }
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobStatus;
+
+    #[test]
+    fn the_json_and_the_event_names_spell_a_state_alike() {
+        for state in [JobStatus::Pending, JobStatus::Done, JobStatus::Failed] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
 }

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::part_headers::{MAX_PART_HEADER_BYTES, PartHeadersTooLong};
-use super::{ApiError, ApiState, CallerKey, read_url};
+use super::{ApiError, ApiState, CallerKey, Code, read_url};
 use crate::imaging::{self, Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::queue::MAX_BATCH;
@@ -122,11 +122,7 @@ async fn receive(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let mut multipart = multipart.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not-multipart",
-            format!("send the images as multipart/form-data: {}", e.body_text()),
-        )
+        ApiError::new(Code::NotMultipart, format!("send the images as multipart/form-data: {}", e.body_text()))
     })?;
     // Held until the answer: the cap counts uploads being received and stored.
     let _slot = state.guards.upload_slot(caller)?;
@@ -141,8 +137,7 @@ async fn receive(
             // or unnamed fields), which would otherwise cost a loop turn each up to the body limit.
             if parts > state.limits.max_images as usize + MAX_OTHER_PARTS {
                 return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-many-parts",
+                    Code::TooManyParts,
                     format!("at most {} images and {MAX_OTHER_PARTS} other fields per upload", state.limits.max_images),
                 ));
             }
@@ -150,36 +145,34 @@ async fn receive(
                 field.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
             if header_bytes > MAX_PART_HEADER_BYTES {
                 return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "part-header-too-large",
+                    Code::PartHeaderTooLarge,
                     format!("a part's headers take {header_bytes} bytes, over the limit of {MAX_PART_HEADER_BYTES}"),
                 ));
             }
             if field.name() == Some("prefix") && field.file_name().is_none() {
                 if !stored.is_empty() {
                     return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "prefix-after-images",
+                        Code::PrefixAfterImages,
                         "the prefix field must come before the images it applies to (with curl: -F prefix=... \
                          before -F images=@...), or be given as ?prefix= in the URL",
                     ));
                 }
                 let bytes = read_limited(field, MAX_PREFIX_BYTES as u64, "the prefix field").await.map_err(|e| {
-                    if e.code == "image-too-large" {
-                        ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", "prefix: longer than 200 bytes")
+                    if e.code == Code::ImageTooLarge {
+                        ApiError::new(Code::InvalidPrefix, "prefix: longer than 200 bytes")
                     } else {
                         e
                     }
                 })?;
                 let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", "prefix: not UTF-8 text"))?;
+                    .map_err(|_| ApiError::new(Code::InvalidPrefix, "prefix: not UTF-8 text"))?;
                 prefix = Some(normalise_prefix(text)?);
                 continue;
             }
             if field.name() == Some("focus") && field.file_name().is_none() {
                 // Applies to the images after it, so each image of an upload can have its own.
                 let bytes = read_limited(field, MAX_FOCUS_BYTES, "the focus field").await.map_err(|e| {
-                    if e.code == "image-too-large" { parse_focus("(too long)").unwrap_err() } else { e }
+                    if e.code == Code::ImageTooLarge { parse_focus("(too long)").unwrap_err() } else { e }
                 })?;
                 focus = Some(parse_focus(&String::from_utf8_lossy(&bytes))?);
                 continue;
@@ -187,8 +180,7 @@ async fn receive(
             let index = stored.len() + 1;
             if index > state.limits.max_images as usize {
                 return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-many-images",
+                    Code::TooManyImages,
                     format!("at most {} images per upload", state.limits.max_images),
                 ));
             }
@@ -227,8 +219,7 @@ async fn receive(
         }
         if stored.is_empty() {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "no-images",
+                Code::NoImages,
                 "the upload holds no images: send multipart/form-data with one or more file parts",
             ));
         }
@@ -262,7 +253,7 @@ async fn receive(
         Err(e) => {
             // Read the rest of the body (it is within the request limit) before answering: a client
             // still sending would otherwise see a broken connection instead of this error.
-            if e.code != "body-too-large" {
+            if e.code != Code::BodyTooLarge {
                 while let Ok(Some(mut field)) = multipart.next_field().await {
                     while let Ok(Some(_)) = field.chunk().await {}
                 }
@@ -285,8 +276,7 @@ fn parse_focus(raw: &str) -> Result<String, ApiError> {
     match point {
         Some((x, y)) if (0.0..=1.0).contains(&x) && (0.0..=1.0).contains(&y) => Ok(format!("{x},{y}")),
         _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-focus",
+            Code::InvalidFocus,
             format!("focus must be x,y with both from 0 to 1 (fractions of the width and height), got {raw:?}"),
         )),
     }
@@ -299,7 +289,7 @@ fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty() {
         return Ok(String::new());
     }
-    let bad = |why: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid-prefix", format!("prefix {raw:?}: {why}"));
+    let bad = |why: &str| ApiError::new(Code::InvalidPrefix, format!("prefix {raw:?}: {why}"));
     if raw.len() > MAX_PREFIX_BYTES {
         return Err(bad("longer than 200 bytes"));
     }
@@ -325,8 +315,7 @@ async fn read_limited(mut field: Field<'_>, limit: u64, label: &str) -> Result<B
         len += chunk.len();
         if len as u64 > limit {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "image-too-large",
+                Code::ImageTooLarge,
                 format!("{label} is larger than the limit of {limit} bytes"),
             ));
         }
@@ -345,23 +334,13 @@ async fn read_limited(mut field: Field<'_>, limit: u64, label: &str) -> Result<B
 /// The header-only checks every image passes before it is stored.
 fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError> {
     let header = imaging::probe(bytes).map_err(|e| match e {
-        imaging::HeaderError::UnknownFormat => {
-            ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-format", format!("{label}: {e}"))
-        }
+        imaging::HeaderError::UnknownFormat => ApiError::new(Code::UnsupportedFormat, format!("{label}: {e}")),
         e => {
             tracing::info!("{label}: {e}");
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unreadable-image",
-                format!("{label}: {}", e.public_reason()),
-            )
+            ApiError::new(Code::UnreadableImage, format!("{label}: {}", e.public_reason()))
         }
     })?;
-    state
-        .limits
-        .pixels()
-        .check(&header)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "too-many-pixels", format!("{label}: {e}")))?;
+    state.limits.pixels().check(&header).map_err(|e| ApiError::new(Code::TooManyPixels, format!("{label}: {e}")))?;
     if !imaging::is_complete(bytes, header.format) {
         let kind = match header.format {
             Format::Jpeg => "JPEG",
@@ -371,8 +350,7 @@ fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError
             Format::Avif => "AVIF",
         };
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "truncated-image",
+            Code::TruncatedImage,
             format!("{label}: the {kind} file is cut off (its end is missing)"),
         ));
     }
@@ -382,28 +360,15 @@ fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError
 fn multipart_error(e: MultipartError) -> ApiError {
     if caused_by::<PartHeadersTooLong>(&e) {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "part-header-too-large",
+            Code::PartHeaderTooLarge,
             format!("a part's headers run past the limit of {MAX_PART_HEADER_BYTES} bytes"),
         )
     } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body-timeout",
-            "the request body stopped arriving (see limits.body_idle_timeout_secs)",
-        )
+        ApiError::new(Code::BodyTimeout, "the request body stopped arriving (see limits.body_idle_timeout_secs)")
     } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            format!("the request body is too large: {}", e.body_text()),
-        )
+        ApiError::new(Code::BodyTooLarge, format!("the request body is too large: {}", e.body_text()))
     } else {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-multipart",
-            format!("not a valid multipart/form-data body: {}", e.body_text()),
-        )
+        ApiError::new(Code::BadMultipart, format!("not a valid multipart/form-data body: {}", e.body_text()))
     }
 }
 
