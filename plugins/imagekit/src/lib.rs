@@ -269,7 +269,6 @@ pub fn renditions_with_placeholder(
     let image = decode_at_least(input, &limits, |w, h| {
         requests.iter().map(|o| needed(w, h, o)).fold((1, 1), |(a, b), (c, d)| (a.max(c), b.max(d)))
     })?;
-    let image = normalise(image);
     let encoded = requests.iter().map(|options| fit_and_encode(input, &image, options)).collect::<Result<_, _>>()?;
     let placeholder = if placeholder { Some(self::placeholder(&image)?) } else { None };
     Ok((encoded, placeholder))
@@ -524,22 +523,10 @@ pub fn fit(width: u32, height: u32, options: &Options) -> (u32, u32) {
     (w.min(options.width), h.min(options.height))
 }
 
-/// Brings exotic pixel layouts (16-bit, float) to 8 bits per channel, which every encoder takes.
-fn normalise(image: DynamicImage) -> DynamicImage {
-    match image {
-        DynamicImage::ImageLuma8(_)
-        | DynamicImage::ImageLumaA8(_)
-        | DynamicImage::ImageRgb8(_)
-        | DynamicImage::ImageRgba8(_) => image,
-        other if other.color().has_alpha() => DynamicImage::ImageRgba8(other.to_rgba8()),
-        other => DynamicImage::ImageRgb8(other.to_rgb8()),
-    }
-}
-
 /// Encodes pixels only (no metadata) in `format`; `Same` means PNG here.
 pub fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<Encoded, Error> {
     let mut bytes = Vec::new();
-    let image = normalise(image);
+    let image = pixbox_kit::eight_bit(image);
     let (result, media_type) = match format {
         OutputFormat::Jpeg => {
             // JPEG has no alpha channel; `jpeg::encode` drops it.

@@ -118,7 +118,7 @@ pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encode
 }
 
 /// 16-bit and float layouts brought to 8 bits per channel, which every encoder takes.
-pub(crate) fn eight_bit(image: DynamicImage) -> DynamicImage {
+pub fn eight_bit(image: DynamicImage) -> DynamicImage {
     match image {
         DynamicImage::ImageLuma8(_)
         | DynamicImage::ImageLumaA8(_)

@@ -36,7 +36,7 @@ mod options;
 mod png;
 pub mod testing;
 
-pub use codec::{Format, PixelLimits, encode};
+pub use codec::{Format, PixelLimits, eight_bit, encode};
 pub use decode::{decode, decode_at_least};
 pub use image::{self, DynamicImage};
 pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
