@@ -128,117 +128,8 @@ async fn receive(
     let _slot = state.guards.upload_slot(caller)?;
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
-        let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
-        let mut focus = query.focus.as_deref().map(parse_focus).transpose()?;
-        let mut parts = 0usize;
-        while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-            parts += 1;
-            // Images are counted below; this bounds the parts that are not images (prefixes, empty
-            // or unnamed fields), which would otherwise cost a loop turn each up to the body limit.
-            if parts > state.limits.max_images as usize + MAX_OTHER_PARTS {
-                return Err(ApiError::new(
-                    Code::TooManyParts,
-                    format!("at most {} images and {MAX_OTHER_PARTS} other fields per upload", state.limits.max_images),
-                ));
-            }
-            let header_bytes: usize =
-                field.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
-            if header_bytes > MAX_PART_HEADER_BYTES {
-                return Err(ApiError::new(
-                    Code::PartHeaderTooLarge,
-                    format!("a part's headers take {header_bytes} bytes, over the limit of {MAX_PART_HEADER_BYTES}"),
-                ));
-            }
-            if field.name() == Some("prefix") && field.file_name().is_none() {
-                if !stored.is_empty() {
-                    return Err(ApiError::new(
-                        Code::PrefixAfterImages,
-                        "the prefix field must come before the images it applies to (with curl: -F prefix=... \
-                         before -F images=@...), or be given as ?prefix= in the URL",
-                    ));
-                }
-                let bytes = read_limited(field, MAX_PREFIX_BYTES as u64, "the prefix field").await.map_err(|e| {
-                    if e.code == Code::ImageTooLarge {
-                        ApiError::new(Code::InvalidPrefix, "prefix: longer than 200 bytes")
-                    } else {
-                        e
-                    }
-                })?;
-                let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| ApiError::new(Code::InvalidPrefix, "prefix: not UTF-8 text"))?;
-                prefix = Some(normalise_prefix(text)?);
-                continue;
-            }
-            if field.name() == Some("focus") && field.file_name().is_none() {
-                // Applies to the images after it, so each image of an upload can have its own.
-                let bytes = read_limited(field, MAX_FOCUS_BYTES, "the focus field").await.map_err(|e| {
-                    if e.code == Code::ImageTooLarge { parse_focus("(too long)").unwrap_err() } else { e }
-                })?;
-                focus = Some(parse_focus(&String::from_utf8_lossy(&bytes))?);
-                continue;
-            }
-            let index = stored.len() + 1;
-            if index > state.limits.max_images as usize {
-                return Err(ApiError::new(
-                    Code::TooManyImages,
-                    format!("at most {} images per upload", state.limits.max_images),
-                ));
-            }
-            let label = match field.file_name() {
-                Some(name) => format!("image {index} ({name})"),
-                None => format!("image {index}"),
-            };
-            let bytes = read_limited(field, state.limits.max_image_bytes, &label).await?;
-            let header = check(&bytes, &state, &label)?;
-            // The extension names what will be served (a route may turn a JPEG into a PNG).
-            let stem = format!("{}{}", prefix.as_deref().unwrap_or(""), new_image_id());
-            let key =
-                format!("{stem}.{}", crate::sandbox::result_format(&state.routes, &stem, header.format).extension());
-            let mut meta = ObjectMeta {
-                content_type: header.format.media_type().into(),
-                metadata: [("width", header.width), ("height", header.height)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            };
-            if let Some(focus) = &focus {
-                meta.metadata.insert(jobs::FOCUS_META.into(), focus.clone());
-            }
-            let size = bytes.len();
-            state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
-            stored.push(Uploaded {
-                status_url: read_url(&state.auth, "status", &key),
-                download_url: read_url(&state.auth, "download", &key),
-                renditions: super::rendition_urls(&state, &key),
-                key,
-                media_type: header.format.media_type(),
-                width: header.width,
-                height: header.height,
-                bytes: size,
-            });
-        }
-        if stored.is_empty() {
-            return Err(ApiError::new(
-                Code::NoImages,
-                "the upload holds no images: send multipart/form-data with one or more file parts",
-            ));
-        }
-        // One image is one message: sent or not. Several go out in more than one send, so
-        // their jobs wait for a commit record written after the last send: if a send fails, the
-        // jobs already sent find no commit (and no original) and are dropped without a trace.
-        let upload = (stored.len() > 1).then(UploadRef::new);
-        for chunk in stored.chunks(MAX_BATCH) {
-            let bodies: Vec<String> = chunk
-                .iter()
-                .map(|u| Job { key: u.key.clone(), upload: upload.clone(), retry: false }.to_body())
-                .collect();
-            state.queue.send_batch(&bodies).await.map_err(|e| ApiError::unavailable("queue", e))?;
-        }
-        if let Some(upload) = &upload {
-            let keys: Vec<String> = stored.iter().map(|u| u.key.clone()).collect();
-            jobs::commit_upload(&*state.store, &upload.id, &keys).await?;
-        }
-        Ok(())
+        read_images(&state, &query, &mut multipart, &mut stored).await?;
+        enqueue(&state, &stored).await
     }
     .await;
 
@@ -267,6 +158,155 @@ async fn receive(
             Err(e)
         }
     }
+}
+
+/// Reads the form: `prefix` and `focus` fields, and every image, each checked from its header and
+/// stored in the temporary bucket as it arrives (added to `stored`, so that a later refusal can
+/// remove it). Refuses a form with no image.
+async fn read_images(
+    state: &ApiState,
+    query: &UploadQuery,
+    multipart: &mut Multipart,
+    stored: &mut Vec<Uploaded>,
+) -> Result<(), ApiError> {
+    let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
+    let mut focus = query.focus.as_deref().map(parse_focus).transpose()?;
+    let mut parts = 0usize;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        parts += 1;
+        check_part(state, &field, parts)?;
+        let text = |name: &str| field.name() == Some(name) && field.file_name().is_none();
+        if text("prefix") {
+            if !stored.is_empty() {
+                return Err(ApiError::new(
+                    Code::PrefixAfterImages,
+                    "the prefix field must come before the images it applies to (with curl: -F prefix=... \
+                     before -F images=@...), or be given as ?prefix= in the URL",
+                ));
+            }
+            prefix = Some(read_prefix(field).await?);
+        } else if text("focus") {
+            // Applies to the images after it, so each image of an upload can have its own.
+            focus = Some(read_focus(field).await?);
+        } else {
+            let image = store_image(state, field, stored.len() + 1, prefix.as_deref(), focus.as_deref()).await?;
+            stored.push(image);
+        }
+    }
+    if stored.is_empty() {
+        return Err(ApiError::new(
+            Code::NoImages,
+            "the upload holds no images: send multipart/form-data with one or more file parts",
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds the parts of one form: their number, and each one's headers.
+fn check_part(state: &ApiState, field: &Field<'_>, parts: usize) -> Result<(), ApiError> {
+    // Images are counted when stored; this bounds the parts that are not images (prefixes, empty
+    // or unnamed fields), which would otherwise cost a loop turn each up to the body limit.
+    if parts > state.limits.max_images as usize + MAX_OTHER_PARTS {
+        return Err(ApiError::new(
+            Code::TooManyParts,
+            format!("at most {} images and {MAX_OTHER_PARTS} other fields per upload", state.limits.max_images),
+        ));
+    }
+    let header_bytes: usize = field.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if header_bytes > MAX_PART_HEADER_BYTES {
+        return Err(ApiError::new(
+            Code::PartHeaderTooLarge,
+            format!("a part's headers take {header_bytes} bytes, over the limit of {MAX_PART_HEADER_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The `prefix` field's value, checked.
+async fn read_prefix(field: Field<'_>) -> Result<String, ApiError> {
+    let bytes = read_limited(field, MAX_PREFIX_BYTES as u64, "the prefix field").await.map_err(|e| {
+        if e.code == Code::ImageTooLarge {
+            ApiError::new(Code::InvalidPrefix, "prefix: longer than 200 bytes")
+        } else {
+            e
+        }
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::new(Code::InvalidPrefix, "prefix: not UTF-8 text"))?;
+    normalise_prefix(text)
+}
+
+/// The `focus` field's value, checked.
+async fn read_focus(field: Field<'_>) -> Result<String, ApiError> {
+    let bytes = read_limited(field, MAX_FOCUS_BYTES, "the focus field")
+        .await
+        .map_err(|e| if e.code == Code::ImageTooLarge { parse_focus("(too long)").unwrap_err() } else { e })?;
+    parse_focus(&String::from_utf8_lossy(&bytes))
+}
+
+/// Reads image number `index` (within the image size limit), checks it from its header and
+/// stores it in the temporary bucket under a new key.
+async fn store_image(
+    state: &ApiState,
+    field: Field<'_>,
+    index: usize,
+    prefix: Option<&str>,
+    focus: Option<&str>,
+) -> Result<Uploaded, ApiError> {
+    if index > state.limits.max_images as usize {
+        return Err(ApiError::new(
+            Code::TooManyImages,
+            format!("at most {} images per upload", state.limits.max_images),
+        ));
+    }
+    let label = match field.file_name() {
+        Some(name) => format!("image {index} ({name})"),
+        None => format!("image {index}"),
+    };
+    let bytes = read_limited(field, state.limits.max_image_bytes, &label).await?;
+    let header = check(&bytes, state, &label)?;
+    // The extension names what will be served (a route may turn a JPEG into a PNG).
+    let stem = format!("{}{}", prefix.unwrap_or(""), new_image_id());
+    let key = format!("{stem}.{}", crate::sandbox::result_format(&state.routes, &stem, header.format).extension());
+    let mut meta = ObjectMeta {
+        content_type: header.format.media_type().into(),
+        metadata: [("width", header.width), ("height", header.height)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    if let Some(focus) = focus {
+        meta.metadata.insert(jobs::FOCUS_META.into(), focus.to_string());
+    }
+    let size = bytes.len();
+    state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
+    Ok(Uploaded {
+        status_url: read_url(&state.auth, "status", &key),
+        download_url: read_url(&state.auth, "download", &key),
+        renditions: super::rendition_urls(state, &key),
+        key,
+        media_type: header.format.media_type(),
+        width: header.width,
+        height: header.height,
+        bytes: size,
+    })
+}
+
+/// Queues one job per stored image. One image is one message: sent or not. Several go out in
+/// more than one send, so their jobs wait for a commit record written after the last send: if a
+/// send fails, the jobs already sent find no commit (and no original) and are dropped without a
+/// trace.
+async fn enqueue(state: &ApiState, stored: &[Uploaded]) -> Result<(), ApiError> {
+    let upload = (stored.len() > 1).then(UploadRef::new);
+    for chunk in stored.chunks(MAX_BATCH) {
+        let bodies: Vec<String> =
+            chunk.iter().map(|u| Job { key: u.key.clone(), upload: upload.clone(), retry: false }.to_body()).collect();
+        state.queue.send_batch(&bodies).await.map_err(|e| ApiError::unavailable("queue", e))?;
+    }
+    if let Some(upload) = &upload {
+        let keys: Vec<String> = stored.iter().map(|u| u.key.clone()).collect();
+        jobs::commit_upload(&*state.store, &upload.id, &keys).await?;
+    }
+    Ok(())
 }
 
 /// `x,y` with both in 0..=1, returned in a canonical form (what the plugin's `gravity` takes).

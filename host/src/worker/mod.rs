@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::config::WorkerSettings;
-use crate::imaging::{self, PixelLimits};
+use crate::imaging::{self, Header, PixelLimits};
 use crate::jobs::{self, Failure, GAVE_UP, Job};
 use crate::queue::{Delivery, JobQueue};
 use crate::sandbox::{Route, Routes, Sandbox, TransformError};
@@ -195,71 +195,13 @@ impl Worker {
         turn: Option<fair::Slot>,
     ) -> Result<Outcome, StoreError> {
         let key = job.key.as_str();
-        let done = |key: &str| Outcome::AlreadyDone { key: key.into() };
-        if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
-            // Finished before (maybe the original's delete was interrupted): tidy up.
-            self.store.delete(Bucket::Temp, key).await?;
-            return Ok(done(key));
+        if let Some(outcome) = self.settled_before(job).await? {
+            return Ok(outcome);
         }
-        // A retry's message: the failure record it was sent for goes now (the message, in flight,
-        // keeps the original from the orphan sweep), and the job runs again.
-        if job.retry {
-            self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
-        }
-        // A `gave-up` record is the queue's verdict, not the image's: a delivery that still comes
-        // (a redrive from the dead-letter queue) tries again.
-        if let Some(failure) = jobs::failure(&*self.store, key).await?
-            && failure.code != GAVE_UP
-            && failure.code != jobs::RETRYING
-        {
-            return Ok(Outcome::Failed { key: key.into(), failure });
-        }
-        if let Some(upload) = &job.upload
-            && jobs::committed_keys(&*self.store, &upload.id).await?.is_none()
-        {
-            let original = jobs::found(self.store.head(Bucket::Temp, key).await)?;
-            if original.is_some() && upload.age() < COMMIT_GRACE {
-                return Ok(Outcome::Deferred { key: key.into() });
-            }
-            // The upload failed: the client was told so, and nothing of it may be processed.
-            self.store.delete(Bucket::Temp, key).await?;
-            return Ok(Outcome::Discarded { reason: format!("{key}: its upload was not completed") });
-        }
-        let mut focus = None;
-        let original = match jobs::found(self.store.get(Bucket::Temp, key).await)? {
-            Some(object) => {
-                focus = object.info.meta.metadata.get(jobs::FOCUS_META).cloned();
-                object.bytes(self.max_input_bytes).await
-            }
-            None => Err(StoreError::NotFound { key: key.into() }),
+        let (original, header, focus) = match self.read_original(key, delivery).await? {
+            Ok(read) => read,
+            Err(outcome) => return Ok(outcome),
         };
-        let original = match original {
-            Ok(bytes) => bytes,
-            Err(StoreError::NotFound { .. }) => {
-                // Another worker may have finished between our reads.
-                if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
-                    return Ok(done(key));
-                }
-                return self.fail(key, "missing-original", "the original image is gone".into(), None, delivery).await;
-            }
-            Err(StoreError::TooLarge { limit }) => {
-                let message = format!("the original is larger than {limit} bytes");
-                return self.fail(key, "image-too-large", message, None, delivery).await;
-            }
-            Err(e) => return Err(e),
-        };
-
-        // The same header checks as at upload: the limits may have changed since.
-        let header = match imaging::probe(&original) {
-            Ok(header) => header,
-            Err(e) => {
-                tracing::info!(key, "unreadable original: {e}");
-                return self.fail(key, "unreadable-image", e.public_reason(), None, delivery).await;
-            }
-        };
-        if let Err(e) = self.limits.check(&header) {
-            return self.fail(key, "too-many-pixels", e.to_string(), None, delivery).await;
-        }
 
         let route = self.routes.resolve(key);
         let plugin = route.plugin.info.name.clone();
@@ -296,6 +238,102 @@ impl Worker {
                 return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
             }
         };
+        self.store_results(key, route, output, plugin, started).await
+    }
+
+    /// The outcome when the job needs no transform: finished before, failed for good before, or
+    /// part of an upload that is not (or never will be) committed. A retry's failure record goes.
+    async fn settled_before(&self, job: &Job) -> Result<Option<Outcome>, StoreError> {
+        let key = job.key.as_str();
+        if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
+            // Finished before (maybe the original's delete was interrupted): tidy up.
+            self.store.delete(Bucket::Temp, key).await?;
+            return Ok(Some(Outcome::AlreadyDone { key: key.into() }));
+        }
+        // A retry's message: the failure record it was sent for goes now (the message, in flight,
+        // keeps the original from the orphan sweep), and the job runs again.
+        if job.retry {
+            self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
+        }
+        // A `gave-up` record is the queue's verdict, not the image's: a delivery that still comes
+        // (a redrive from the dead-letter queue) tries again.
+        if let Some(failure) = jobs::failure(&*self.store, key).await?
+            && failure.code != GAVE_UP
+            && failure.code != jobs::RETRYING
+        {
+            return Ok(Some(Outcome::Failed { key: key.into(), failure }));
+        }
+        if let Some(upload) = &job.upload
+            && jobs::committed_keys(&*self.store, &upload.id).await?.is_none()
+        {
+            let original = jobs::found(self.store.head(Bucket::Temp, key).await)?;
+            if original.is_some() && upload.age() < COMMIT_GRACE {
+                return Ok(Some(Outcome::Deferred { key: key.into() }));
+            }
+            // The upload failed: the client was told so, and nothing of it may be processed.
+            self.store.delete(Bucket::Temp, key).await?;
+            return Ok(Some(Outcome::Discarded { reason: format!("{key}: its upload was not completed") }));
+        }
+        Ok(None)
+    }
+
+    /// The original, its header (checked against today's limits) and its focus; or the outcome
+    /// when there is nothing to transform.
+    async fn read_original(
+        &self,
+        key: &str,
+        delivery: &Delivery,
+    ) -> Result<Result<(Bytes, Header, Option<String>), Outcome>, StoreError> {
+        let mut focus = None;
+        let original = match jobs::found(self.store.get(Bucket::Temp, key).await)? {
+            Some(object) => {
+                focus = object.info.meta.metadata.get(jobs::FOCUS_META).cloned();
+                object.bytes(self.max_input_bytes).await
+            }
+            None => Err(StoreError::NotFound { key: key.into() }),
+        };
+        let original = match original {
+            Ok(bytes) => bytes,
+            Err(StoreError::NotFound { .. }) => {
+                // Another worker may have finished between our reads.
+                if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
+                    return Ok(Err(Outcome::AlreadyDone { key: key.into() }));
+                }
+                return self
+                    .fail(key, "missing-original", "the original image is gone".into(), None, delivery)
+                    .await
+                    .map(Err);
+            }
+            Err(StoreError::TooLarge { limit }) => {
+                let message = format!("the original is larger than {limit} bytes");
+                return self.fail(key, "image-too-large", message, None, delivery).await.map(Err);
+            }
+            Err(e) => return Err(e),
+        };
+
+        // The same header checks as at upload: the limits may have changed since.
+        let header = match imaging::probe(&original) {
+            Ok(header) => header,
+            Err(e) => {
+                tracing::info!(key, "unreadable original: {e}");
+                return self.fail(key, "unreadable-image", e.public_reason(), None, delivery).await.map(Err);
+            }
+        };
+        if let Err(e) = self.limits.check(&header) {
+            return self.fail(key, "too-many-pixels", e.to_string(), None, delivery).await.map(Err);
+        }
+        Ok(Ok((original, header, focus)))
+    }
+
+    /// Stores the renditions of a successful call, the default one last, and removes the original.
+    async fn store_results(
+        &self,
+        key: &str,
+        route: &Route,
+        output: crate::sandbox::Rendered,
+        plugin: String,
+        started: Instant,
+    ) -> Result<Outcome, StoreError> {
         // Every other rendition first, at `{key}/{name}`; the default one last, under the key
         // itself: its presence means the job is done (and all renditions are there). Each is
         // written once: a duplicate delivery that finished first keeps its (served, immutable)
@@ -340,7 +378,7 @@ impl Worker {
         // A `gave-up` record from an earlier round is obsolete now.
         self.store.delete(Bucket::Permanent, &jobs::failure_key(key)).await?;
         if !created {
-            return Ok(done(key));
+            return Ok(Outcome::AlreadyDone { key: key.into() });
         }
         tracing::info!(
             key,
