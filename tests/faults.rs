@@ -12,7 +12,7 @@ use pixbox::api::ApiState;
 use pixbox::config::{Config, UploadLimits};
 use pixbox::jobs;
 use pixbox::queue::JobQueue;
-use pixbox::sandbox::{Routes, Sandbox, SandboxSettings};
+use pixbox::sandbox::SandboxSettings;
 use pixbox::storage::{BlobStore, Bucket};
 use pixbox::worker::{Outcome, Worker};
 use reqwest::multipart::{Form, Part};
@@ -29,20 +29,8 @@ struct Rig {
 async fn rig() -> Rig {
     let store = Arc::new(Faulty::new(MemoryStore::default()));
     let queue = Arc::new(Faulty::new(MemoryQueue::new(5)));
-    let sandbox =
-        Sandbox::new(SandboxSettings { cache_dir: Some(common::plugin_cache()), ..SandboxSettings::default() })
-            .unwrap();
-    let routes = Routes::load(&sandbox, &[]).await.unwrap();
-    let config = Config::default();
-    let worker = Worker {
-        store: store.clone(),
-        queue: queue.clone(),
-        sandbox: Arc::new(sandbox),
-        routes: Arc::new(routes),
-        settings: config.worker.clone(),
-        limits: config.limits.pixels(),
-        max_input_bytes: 1 << 20,
-    };
+    let sandbox = common::sandbox(SandboxSettings::default());
+    let worker = common::worker(store.clone(), queue.clone(), sandbox, &[], &Config::default()).await;
     Rig { store, queue, worker }
 }
 
@@ -282,27 +270,14 @@ async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
     let store = Arc::new(Faulty::new(MemoryStore::default()));
     let queue = Arc::new(Faulty::new(MemoryQueue::new(2)));
     let budget = Duration::from_millis(500);
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxSettings {
-            max_instances: 1,
-            time_budget_ms: budget.as_millis() as u64,
-            cache_dir: Some(common::plugin_cache()),
-            ..SandboxSettings::default()
-        })
-        .unwrap(),
-    );
-    let routes = Routes::load(&sandbox, &[]).await.unwrap();
+    let sandbox = common::sandbox(SandboxSettings {
+        max_instances: 1,
+        time_budget_ms: budget.as_millis() as u64,
+        ..SandboxSettings::default()
+    });
     let mut config = Config::default();
     config.worker.max_receives = 2;
-    let worker = Worker {
-        store: store.clone(),
-        queue: queue.clone(),
-        sandbox: sandbox.clone(),
-        routes: Arc::new(routes),
-        settings: config.worker.clone(),
-        limits: config.limits.pixels(),
-        max_input_bytes: 1 << 20,
-    };
+    let worker = common::worker(store.clone(), queue.clone(), sandbox.clone(), &[], &config).await;
     let keys = ["p1.png", "p2.png", "p3.png"];
     let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
     for key in keys {

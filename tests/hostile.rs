@@ -6,8 +6,6 @@
 mod common;
 
 use std::io::Cursor;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use image::codecs::gif::GifEncoder;
@@ -412,13 +410,6 @@ fn check(row: &Row, status: u16, body: &Value) {
     }
 }
 
-/// Resident memory of this process (the in-process service's included).
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-    line.trim().trim_end_matches("kB").trim().parse::<usize>().unwrap() << 10
-}
-
 async fn config(aws: bool, dir: &std::path::Path) -> Option<Config> {
     let mut config = Config {
         listen: "127.0.0.1:0".into(),
@@ -448,17 +439,8 @@ async fn run(aws: bool) {
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
 
-    let before = rss_bytes();
-    let (peak, stop) = (Arc::new(AtomicUsize::new(before)), Arc::new(AtomicBool::new(false)));
-    let watcher = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let before = common::rss_bytes();
+    let watch = common::RssWatch::start(Duration::from_millis(5));
 
     let mut accepted = Vec::new();
     for row in catalogue() {
@@ -582,9 +564,7 @@ async fn run(aws: bool) {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    watcher.join().unwrap();
-    let grew = peak.load(Ordering::Relaxed).saturating_sub(before);
+    let grew = watch.peak().saturating_sub(before);
     eprintln!("resident memory grew by at most {} MiB over the catalogue", grew >> 20);
     // One sandboxed call (256 MiB at most) and one request body (4 MiB) at a time, plus slack.
     assert!(grew < 384 << 20, "resident memory grew by {} MiB", grew >> 20);

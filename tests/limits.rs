@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use common::wat::{Shape, component};
-use common::{built_plugin, photo, png};
+use common::{RssWatch, built_plugin, photo, png};
 use pixbox::sandbox::{Contract, LoadedPlugin, Param, Sandbox, SandboxSettings, TransformError};
 
 const MEMORY_MIB: u64 = 64;
@@ -93,43 +92,10 @@ fn input() -> Vec<u8> {
     png(&photo(8, 8))
 }
 
-/// Samples the process's resident set every millisecond while a call runs.
-struct RssWatch {
-    peak: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux)");
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-impl RssWatch {
-    fn start() -> Self {
-        let (peak, stop) = (Arc::new(AtomicUsize::new(rss_bytes())), Arc::new(AtomicBool::new(false)));
-        let (p, s) = (peak.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_bytes(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        });
-        RssWatch { peak, stop, thread: Some(thread) }
-    }
-
-    fn peak(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.peak.load(Ordering::Relaxed).max(rss_bytes())
-    }
-}
-
 /// Runs a call that must be stopped, checks how fast and with how much memory, then checks the
 /// engine still works; returns the error.
 async fn violated(plugin: &LoadedPlugin, options: &[(&str, &str)], within: Duration) -> TransformError {
-    let watch = RssWatch::start();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let started = Instant::now();
     let result = SANDBOX.transform(plugin, &input(), "image/png", &params(options)).await;
     let elapsed = started.elapsed();
@@ -190,7 +156,7 @@ async fn several_memories_share_one_budget() {
     assert!(out.stats.memory_peak >= 48 << 20, "both memories counted: {}", out.stats.memory_peak);
     // 2 x 40 MiB does not, although each memory alone would.
     let over = SANDBOX.load_bytes("two-memories-40", component(shape(640))).await.unwrap();
-    let watch = RssWatch::start();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let started = Instant::now();
     let err = SANDBOX.transform(&over, &input(), "image/png", &[]).await.unwrap_err();
     let (elapsed, peak) = (started.elapsed(), watch.peak());
@@ -240,7 +206,7 @@ async fn log_floods_are_cut_off(plugin: Arc<LoadedPlugin>) {
         .unwrap();
     assert_eq!(out.stats.logs_dropped, 0);
     // 1000 messages of 16 MiB: the host copies 4 KiB of each it keeps and drops the rest.
-    let watch = RssWatch::start();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let started = Instant::now();
     let out = SANDBOX
         .transform(&plugin, &input(), "image/png", &params(&[("mode", "log"), ("mib", "16"), ("count", "1000")]))
@@ -263,8 +229,8 @@ async fn output_over_the_cap_is_refused_before_it_is_copied(plugin: Arc<LoadedPl
     let err =
         SANDBOX.transform(&plugin, &input(), "image/png", &params(&[("mode", "big"), ("mib", "8")])).await.unwrap_err();
     assert!(matches!(err, TransformError::InvalidOutput(_)), "{err:?}");
-    let before = rss_bytes();
-    let watch = RssWatch::start();
+    let before = common::rss_bytes();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let err = violated(&plugin, &[("mode", "big"), ("mib", "40")], Duration::from_millis(500)).await;
     assert!(matches!(err, TransformError::OutputTooLarge { size, limit } if size == 40 << 20 && limit == 16 << 20));
     // The plugin's 40 MiB, but no host copy of them (that would be 40 MiB more).
@@ -292,8 +258,8 @@ async fn renditions_share_the_output_cap() {
     };
     let err = SANDBOX.render(&plugin, &input(), "image/png", &[big("one")]).await.unwrap_err();
     assert!(matches!(err, TransformError::InvalidOutput(_)), "copied and checked: {err:?}");
-    let before = rss_bytes();
-    let watch = RssWatch::start();
+    let before = common::rss_bytes();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let started = Instant::now();
     let err = SANDBOX.render(&plugin, &input(), "image/png", &[big("one"), big("two")]).await.unwrap_err();
     let (elapsed, grew) = (started.elapsed(), watch.peak().saturating_sub(before));
@@ -314,8 +280,8 @@ async fn utf16_strings_are_read_only_up_to_their_bounds() {
     let _serial = SERIAL.lock().await;
     let units = 8 << 20;
     let plugin = SANDBOX.load_bytes("utf16-chatter", common::wat::utf16_chatter(units, 4)).await.unwrap();
-    let before = rss_bytes();
-    let watch = RssWatch::start();
+    let before = common::rss_bytes();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let started = Instant::now();
     let err = SANDBOX.transform(&plugin, &input(), "image/png", &[]).await.unwrap_err();
     let (elapsed, grew) = (started.elapsed(), watch.peak().saturating_sub(before));
@@ -344,8 +310,8 @@ async fn renditions_of_a_0_1_plugin_share_one_output_budget() {
         options: params(&[("mode", "big"), ("mib", "10")]),
     };
     let requests: Vec<_> = (0..16).map(big).collect();
-    let before = rss_bytes();
-    let watch = RssWatch::start();
+    let before = common::rss_bytes();
+    let watch = RssWatch::start(Duration::from_millis(1));
     let started = Instant::now();
     let err = SANDBOX.render(&plugin, &input(), "image/png", &requests).await.unwrap_err();
     let (elapsed, grew) = (started.elapsed(), watch.peak().saturating_sub(before));

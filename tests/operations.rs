@@ -590,21 +590,8 @@ async fn a_retry_racing_the_orphan_sweep_keeps_the_original() {
     let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
     std::fs::File::options().write(true).open(&path).unwrap().set_modified(long_ago).unwrap();
 
-    let sandbox = pixbox::sandbox::Sandbox::new(pixbox::sandbox::SandboxSettings {
-        cache_dir: Some(common::plugin_cache()),
-        ..Default::default()
-    })
-    .unwrap();
-    let routes = pixbox::sandbox::Routes::load(&sandbox, &[]).await.unwrap();
-    let worker = pixbox::worker::Worker {
-        store: store.clone(),
-        queue: queue.clone(),
-        sandbox: Arc::new(sandbox),
-        routes: Arc::new(routes),
-        settings: config.worker.clone(),
-        limits: config.limits.pixels(),
-        max_input_bytes: 1 << 20,
-    };
+    let sandbox = common::sandbox(Default::default());
+    let worker = common::worker(store.clone(), queue.clone(), sandbox, &[], &config).await;
     let swept = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sweep_before = |op: Op| {
         let (worker, swept) = (worker.clone(), swept.clone());

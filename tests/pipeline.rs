@@ -449,7 +449,7 @@ async fn crashes_retry_then_give_up(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_jobs_extend_their_visibility() {
     let h = Harness::new(Backend::Embedded, "long_jobs_extend_their_visibility").await.unwrap();
-    let sandbox = pixbox::sandbox::Sandbox::new(pixbox::sandbox::SandboxSettings::default()).unwrap();
+    let sandbox = common::sandbox(Default::default());
     let slow = RouteConfig {
         prefix: String::new(),
         plugin: common::built_plugin("misbehave").display().to_string(),
@@ -461,18 +461,8 @@ async fn long_jobs_extend_their_visibility() {
         default_rendition: None,
         formats: Vec::new(),
     };
-    let routes = pixbox::sandbox::Routes::load(&sandbox, &[slow]).await.unwrap();
-    let mut settings = h.config.worker.clone();
-    settings.visibility_timeout_secs = 2;
-    let worker = pixbox::worker::Worker {
-        store: h.store.clone(),
-        queue: h.queue.clone(),
-        sandbox: Arc::new(sandbox),
-        routes: Arc::new(routes),
-        settings,
-        limits: h.config.limits.pixels(),
-        max_input_bytes: 1 << 20,
-    };
+    let mut worker = common::worker(h.store.clone(), h.queue.clone(), sandbox, &[slow], &h.config).await;
+    worker.settings.visibility_timeout_secs = 2;
     let key = "long.png";
     let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
     h.store.put(Bucket::Temp, key, common::png(&common::photo(8, 8)).into(), &meta).await.unwrap();

@@ -208,14 +208,6 @@ async fn an_open_service_off_loopback_refuses_to_start() {
     app.running.stop().await;
 }
 
-/// Resident memory of this process (the in-process app's included), from /proc.
-fn rss_bytes() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-    let kib: usize = line.trim().trim_end_matches("kB").trim().parse().unwrap();
-    kib << 10
-}
-
 /// Reads until the server closes the connection; returns what it sent and when it closed.
 async fn until_closed(stream: &mut TcpStream, started: Instant, limit: Duration) -> (String, Duration) {
     let mut seen = Vec::new();
@@ -235,7 +227,7 @@ async fn until_closed(stream: &mut TcpStream, started: Instant, limit: Duration)
 async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
     let app = App::start_with(&[], Reads::Public, |c| c.limits.header_read_timeout_secs = 1).await;
     let addr = app.addr();
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let started = Instant::now();
     let mut slow = Vec::new();
     for _ in 0..50 {
@@ -266,7 +258,7 @@ async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
     let asked = Instant::now();
     assert_eq!(app.get("/health", None).await.status(), StatusCode::OK);
     assert!(asked.elapsed() < Duration::from_millis(500), "a normal client waited {:?}", asked.elapsed());
-    let peak = rss_bytes();
+    let peak = common::rss_bytes();
 
     for (answer, after) in trickle.await.unwrap() {
         assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "cut off after {after:?}");
@@ -295,7 +287,7 @@ async fn one_byte_connections_and_idle_http2_prefaces_never_starve_another_clien
     })
     .await;
     let addr = app.addr();
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let mut stalled = Vec::new();
     for i in 0..MAX + 100 {
         let mut stream = TcpStream::connect(&addr).await.unwrap();
@@ -324,7 +316,7 @@ async fn one_byte_connections_and_idle_http2_prefaces_never_starve_another_clien
         assert_eq!(upload.status(), StatusCode::ACCEPTED);
         assert!(asked.elapsed() < Duration::from_secs(1), "another client waited {:?}", asked.elapsed());
     }
-    let peak = rss_bytes();
+    let peak = common::rss_bytes();
 
     let ended = closing.await.unwrap();
     let held = ended.iter().filter(|after| **after >= header_timeout - Duration::from_millis(100)).count();
@@ -431,7 +423,7 @@ async fn a_part_header_trickled_past_8_kib_is_refused_at_once() {
     writer.write_all(head.as_bytes()).await.unwrap();
     let start = b"--XyZ\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\nX-Pad: ";
     writer.write_all(start).await.unwrap();
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let answer = tokio::spawn(async move {
         let mut seen = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut seen)).await;
@@ -455,7 +447,7 @@ async fn a_part_header_trickled_past_8_kib_is_refused_at_once() {
     assert!(answer.contains("part-header-too-large"), "{answer}");
     let after = answered.saturating_duration_since(past_limit);
     assert!(after < Duration::from_secs(1), "refused {after:?} after the 8 KiB-th byte ({header_bytes} bytes sent)");
-    let grown = rss_bytes().saturating_sub(before);
+    let grown = common::rss_bytes().saturating_sub(before);
     assert!(grown < 16 << 20, "the trickled header cost {} MiB", grown >> 20);
     app.running.stop().await;
 }
@@ -507,7 +499,7 @@ async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
     })
     .await;
     let addr = app.addr();
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let started = Instant::now();
     let mut stalled = stalled_upload(&addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -521,7 +513,7 @@ async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body-timeout"), "{answer}");
     assert!(after >= Duration::from_millis(900) && after < Duration::from_millis(2500), "ended after {after:?}");
-    let grew = rss_bytes().saturating_sub(before);
+    let grew = common::rss_bytes().saturating_sub(before);
     assert!(grew < 16 << 20, "a stalled upload and a refused one cost {} MiB", grew >> 20);
     assert_eq!(app.upload(None).await.status(), StatusCode::ACCEPTED);
     assert_eq!(app.originals().await, 1, "the stalled upload stored nothing");
@@ -558,14 +550,14 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
     assert!(asked.elapsed() < Duration::from_millis(500), "below the cap: waited {:?}", asked.elapsed());
     drop(one_idle);
 
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     let idle = [TcpStream::connect(&addr).await.unwrap(), TcpStream::connect(&addr).await.unwrap()];
     tokio::time::sleep(Duration::from_millis(100)).await;
     let asked = Instant::now();
     assert_eq!(fresh().get(format!("{}/health", app.base)).send().await.unwrap().status(), StatusCode::OK);
     let waited = asked.elapsed();
     assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4), "at the cap: waited {waited:?}");
-    let grew = rss_bytes().saturating_sub(before);
+    let grew = common::rss_bytes().saturating_sub(before);
     assert!(grew < 16 << 20, "connections at the cap cost {} MiB", grew >> 20);
     drop(idle);
     app.running.stop().await;
@@ -625,7 +617,7 @@ async fn refused_uploads_are_drained_within_a_bound() {
     let (_, entry) = pixbox::auth::new_key(&[Scope::Upload]);
     let app = App::start(&[&entry], Reads::Public).await;
     let addr = app.addr();
-    let before = rss_bytes();
+    let before = common::rss_bytes();
 
     // Obeyed: a body under the bound is read to its end and the 401 arrives.
     let (answer, closed, sent) = refused_upload(&addr, 512 << 10, 64 << 10, Duration::ZERO).await;
@@ -646,7 +638,7 @@ async fn refused_uploads_are_drained_within_a_bound() {
     assert!(closed >= Duration::from_millis(1_900) && closed < Duration::from_millis(3_000), "closed after {closed:?}");
     assert!(sent < 64 << 10, "{sent} bytes trickled");
 
-    let grew = rss_bytes().saturating_sub(before);
+    let grew = common::rss_bytes().saturating_sub(before);
     eprintln!("refused uploads: resident memory grew by {} KiB", grew >> 10);
     assert!(grew < 16 << 20, "refused uploads cost {} MiB", grew >> 20);
     assert_eq!(app.originals().await, 0, "nothing stored");
@@ -677,7 +669,7 @@ async fn watchers_over_the_cap_are_refused_at_once() {
     let app = App::start_with(&[], Reads::Public, |c| c.limits.max_watchers = 1).await;
     let uploaded: Value = app.upload(None).await.json().await.unwrap();
     let key = uploaded["images"][0]["key"].as_str().unwrap().to_string();
-    let before = rss_bytes();
+    let before = common::rss_bytes();
     // Obeyed: the only slot, held by a 2 s wait on a job no worker will run.
     let holder = tokio::spawn({
         let (client, url) = (app.client.clone(), format!("{}/status/{key}?wait=2", app.base));
@@ -694,7 +686,7 @@ async fn watchers_over_the_cap_are_refused_at_once() {
         assert_eq!(error_code(refused).await.1, "too-busy");
         assert!(took < Duration::from_millis(200), "{url} refused only after {took:?}");
     }
-    let grew = rss_bytes().saturating_sub(before);
+    let grew = common::rss_bytes().saturating_sub(before);
     assert!(grew < 8 << 20, "refused watchers cost {} MiB", grew >> 20);
     assert_eq!(holder.await.unwrap()["state"], "pending");
     // The slot is free again.

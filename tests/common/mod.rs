@@ -218,3 +218,71 @@ impl Drop for CpuHogs {
         }
     }
 }
+
+/// Resident memory of this process (an in-process app or sandbox included), from /proc (Linux):
+/// cheap enough to sample every millisecond.
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux)");
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Samples [`rss_bytes`] on a thread of its own until [`RssWatch::peak`]: the high-water mark of
+/// a call or a run, for the limit tests' "with how much memory" side.
+pub struct RssWatch {
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    pub fn start(every: std::time::Duration) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (peak, stop) =
+            (std::sync::Arc::new(AtomicUsize::new(rss_bytes())), std::sync::Arc::new(AtomicBool::new(false)));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(every);
+            }
+        });
+        RssWatch { peak, stop, thread: Some(thread) }
+    }
+
+    /// The highest resident set seen since [`RssWatch::start`] (now included).
+    pub fn peak(mut self) -> usize {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.peak.load(Ordering::Relaxed).max(rss_bytes())
+    }
+}
+
+/// A sandbox with `settings` and the tests' shared compiled-plugin cache.
+pub fn sandbox(settings: pixbox::sandbox::SandboxSettings) -> std::sync::Arc<pixbox::sandbox::Sandbox> {
+    let settings = pixbox::sandbox::SandboxSettings { cache_dir: Some(plugin_cache()), ..settings };
+    std::sync::Arc::new(pixbox::sandbox::Sandbox::new(settings).expect("sandbox"))
+}
+
+/// A worker over these adapters, as `pixbox serve` builds one from `config`: its `routes` (the
+/// default `resize` one added) in `sandbox`, the worker settings and pixel limits of `config`, and
+/// originals read up to 1 MiB.
+pub async fn worker(
+    store: std::sync::Arc<dyn pixbox::storage::BlobStore>,
+    queue: std::sync::Arc<dyn pixbox::queue::JobQueue>,
+    sandbox: std::sync::Arc<pixbox::sandbox::Sandbox>,
+    routes: &[pixbox::sandbox::RouteConfig],
+    config: &pixbox::config::Config,
+) -> pixbox::worker::Worker {
+    let routes = pixbox::sandbox::Routes::load(&sandbox, routes).await.expect("routes");
+    pixbox::worker::Worker {
+        store,
+        queue,
+        sandbox,
+        routes: std::sync::Arc::new(routes),
+        settings: config.worker.clone(),
+        limits: config.limits.pixels(),
+        max_input_bytes: 1 << 20,
+    }
+}
