@@ -1,6 +1,7 @@
 //! The job queue port: at-least-once delivery with visibility timeouts, receive counts and a
 //! dead-letter queue. An embedded durable adapter (SQLite) and an SQS adapter implement it.
 
+#[cfg(feature = "conformance-suites")]
 pub mod conformance;
 mod embedded;
 #[cfg(feature = "aws")]

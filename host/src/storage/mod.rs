@@ -1,6 +1,7 @@
 //! The blob store port: the "temp" and "permanent" buckets, with a filesystem adapter (the embedded
 //! default) and an S3 adapter. Handlers and the worker only ever see `Arc<dyn BlobStore>`.
 
+#[cfg(feature = "conformance-suites")]
 pub mod conformance;
 mod fs;
 #[cfg(feature = "aws")]
