@@ -191,3 +191,44 @@ impl PixelLimits {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Format, Header, PixelLimits};
+
+    /// The host refuses an upload from its header; the plugins' decode (the kit's, which the
+    /// default plugin uses too) refuses it again before decoding. Both must draw the line at the
+    /// same place, with the same defaults, or an image passes one and fails the other.
+    #[test]
+    fn the_host_and_the_plugins_refuse_the_same_sizes() {
+        let defaults = PixelLimits::default();
+        let kit = pixbox_kit::PixelLimits::default();
+        assert_eq!((defaults.max_pixels, defaults.max_side), (kit.max_pixels, kit.max_side));
+        let plugin = imagekit::Options::default().limits();
+        assert_eq!((defaults.max_pixels, defaults.max_side), (plugin.max_pixels, plugin.max_side));
+        let limits =
+            [defaults, PixelLimits { max_pixels: 100, max_side: 20 }, PixelLimits { max_pixels: 1, max_side: 1 }];
+        let sizes = [
+            (1, 1),
+            (10, 10),
+            (10, 11),
+            (20, 5),
+            (21, 1),
+            (5, 20),
+            (6_000, 4_000),
+            (12_000, 600),
+            (65_535, 610),
+            (65_536, 1),
+            (6_325, 6_325),
+            (6_325, 6_324),
+        ];
+        for limits in limits {
+            let kit = pixbox_kit::PixelLimits { max_pixels: limits.max_pixels, max_side: limits.max_side };
+            for (width, height) in sizes {
+                let host = limits.check(&Header { format: Format::Png, width, height }).is_ok();
+                let guest = kit.check(width, height).is_ok();
+                assert_eq!(host, guest, "{width}x{height} under {limits:?}: host {host}, plugins {guest}");
+            }
+        }
+    }
+}
