@@ -95,12 +95,33 @@ pub fn upload_of_commit_key(key: &str) -> Option<&str> {
     key.strip_prefix(RESERVED_PREFIX)?.strip_prefix("uploads/")
 }
 
-/// The code of the failure recorded when the queue gives up on a job (it is dead-lettered).
-pub const GAVE_UP: &str = "gave-up";
-/// The code of a failure record that `pixbox jobs retry` has queued again: the job reads as
-/// pending, and the record keeps the original from the orphan sweep until a worker takes the
-/// retry (and removes the record).
-pub const RETRYING: &str = "retrying";
+/// The codes a job's failure (or a retry of it) is recorded and logged with by the worker itself,
+/// one table; the plugin's and the sandbox's are `sandbox::TransformError::code`'s.
+pub mod codes {
+    /// The queue gave up on the job (it is dead-lettered).
+    pub const GAVE_UP: &str = "gave-up";
+    /// A failure record that `pixbox jobs retry` has queued again: the job reads as pending, and
+    /// the record keeps the original from the orphan sweep until a worker takes the retry (and
+    /// removes the record).
+    pub const RETRYING: &str = "retrying";
+    /// The original is not in the temporary bucket (and no result is there).
+    pub const MISSING_ORIGINAL: &str = "missing-original";
+    /// The original is larger than the worker reads.
+    pub const IMAGE_TOO_LARGE: &str = "image-too-large";
+    /// The original's header cannot be read.
+    pub const UNREADABLE_IMAGE: &str = "unreadable-image";
+    /// The original is over today's pixel limits.
+    pub const TOO_MANY_PIXELS: &str = "too-many-pixels";
+    /// A store call failed: retried.
+    pub const STORE_UNAVAILABLE: &str = "store-unavailable";
+    /// No sandbox slot in time: retried.
+    pub const SANDBOX_BUSY: &str = "sandbox-busy";
+    /// The result's write was refused, yet no result is there: retried.
+    pub const RESULT_NOT_CONFIRMED: &str = "result-not-confirmed";
+    /// A failure record that cannot be read (written by something else).
+    pub const FAILED: &str = "failed";
+}
+pub use codes::{GAVE_UP, RETRYING};
 
 /// Why a job failed for good, as stored and as reported by `/status` and `/download`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -174,7 +195,7 @@ pub async fn failure(store: &dyn BlobStore, key: &str) -> Result<Option<Failure>
     let bytes = object.bytes(64 * 1024).await?;
     Ok(Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         tracing::warn!(key, "unreadable failure record: {e}");
-        Failure { code: "failed".into(), message: "the job failed".into(), plugin: None, attempts: 0 }
+        Failure { code: codes::FAILED.into(), message: "the job failed".into(), plugin: None, attempts: 0 }
     })))
 }
 

@@ -113,7 +113,7 @@ impl TransformError {
             TransformError::InvalidOutput(_) => "invalid-output",
             TransformError::OutputTooLarge { .. } => "output-too-large",
             TransformError::Unavailable(_) => "unavailable",
-            TransformError::PoolBusy { .. } => "sandbox-busy",
+            TransformError::PoolBusy { .. } => crate::jobs::codes::SANDBOX_BUSY,
         }
     }
 }

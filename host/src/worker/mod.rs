@@ -90,7 +90,7 @@ impl Worker {
             Outcome::Retry { code, .. } => ("retry", *code, "none"),
             Outcome::Deferred { .. } => ("deferred", "not-committed", "none"),
             Outcome::Discarded { .. } => ("discarded", "dropped", "none"),
-            Outcome::Requeued { .. } => ("requeued", "sandbox-busy", "none"),
+            Outcome::Requeued { .. } => ("requeued", jobs::codes::SANDBOX_BUSY, "none"),
             Outcome::Interrupted { .. } => ("interrupted", "shutdown", "none"),
         };
         crate::telemetry::job(name, code, plugin);
@@ -118,9 +118,12 @@ impl Worker {
         };
         let outcome = match self.settle(&job, delivery, gates, turn).await {
             Ok(outcome) => outcome,
-            Err(e) => {
-                Outcome::Retry { key: job.key.clone(), code: "store-unavailable", reason: e.to_string(), after: None }
-            }
+            Err(e) => Outcome::Retry {
+                key: job.key.clone(),
+                code: jobs::codes::STORE_UNAVAILABLE,
+                reason: e.to_string(),
+                after: None,
+            },
         };
         let outcome = match outcome {
             // A passing failure on the last allowed delivery: report it failed; the queue moves
@@ -144,7 +147,7 @@ impl Worker {
                 Ok(()) => Outcome::Requeued { key },
                 Err(e) => Outcome::Retry {
                     key,
-                    code: "sandbox-busy",
+                    code: jobs::codes::SANDBOX_BUSY,
                     reason: format!("the sandbox was busy, and sending the job again failed: {e}"),
                     after: None,
                 },
@@ -300,13 +303,13 @@ impl Worker {
                     return Ok(Err(Outcome::AlreadyDone { key: key.into() }));
                 }
                 return self
-                    .fail(key, "missing-original", "the original image is gone".into(), None, delivery)
+                    .fail(key, jobs::codes::MISSING_ORIGINAL, "the original image is gone".into(), None, delivery)
                     .await
                     .map(Err);
             }
             Err(StoreError::TooLarge { limit }) => {
                 let message = format!("the original is larger than {limit} bytes");
-                return self.fail(key, "image-too-large", message, None, delivery).await.map(Err);
+                return self.fail(key, jobs::codes::IMAGE_TOO_LARGE, message, None, delivery).await.map(Err);
             }
             Err(e) => return Err(e),
         };
@@ -316,11 +319,11 @@ impl Worker {
             Ok(header) => header,
             Err(e) => {
                 tracing::info!(key, "unreadable original: {e}");
-                return self.fail(key, "unreadable-image", e.public_reason(), None, delivery).await.map(Err);
+                return self.fail(key, jobs::codes::UNREADABLE_IMAGE, e.public_reason(), None, delivery).await.map(Err);
             }
         };
         if let Err(e) = self.limits.check(&header) {
-            return self.fail(key, "too-many-pixels", e.to_string(), None, delivery).await.map(Err);
+            return self.fail(key, jobs::codes::TOO_MANY_PIXELS, e.to_string(), None, delivery).await.map(Err);
         }
         Ok(Ok((original, header, focus)))
     }
@@ -369,7 +372,7 @@ impl Worker {
         if !created && jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_none() {
             return Ok(Outcome::Retry {
                 key: key.into(),
-                code: "result-not-confirmed",
+                code: jobs::codes::RESULT_NOT_CONFIRMED,
                 reason: "the result's write was refused, yet no result is there".into(),
                 after: Some(RESULT_RECHECK),
             });
