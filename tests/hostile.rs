@@ -411,15 +411,8 @@ fn check(row: &Row, status: u16, body: &Value) {
 }
 
 async fn config(aws: bool, dir: &std::path::Path) -> Option<Config> {
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_path_buf(),
-        role: Role::All,
-        ..Config::default()
-    };
-    config.sandbox.cache_dir = Some(common::plugin_cache());
-    config.worker.schedule = "* * * * * *".into();
+    let mut config = common::config(dir);
+    config.role = Role::All;
     config.worker.concurrency = 1;
     config.limits.max_request_bytes = 4 << 20;
     config.limits.header_read_timeout_secs = 1;

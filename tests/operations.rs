@@ -28,30 +28,18 @@ enum Backend {
 /// Routes: everything resized to 64x64, except `bad/`, whose plugin answers garbage (a permanent
 /// failure); a worker ticking every second.
 fn config(dir: &Path) -> Config {
-    let route = |prefix: &str, plugin: String, options: Vec<(&str, OptionValue)>| RouteConfig {
-        prefix: prefix.into(),
-        plugin,
-        options: options.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
+    let route = |prefix: &str, plugin: &str, options: Vec<(&str, OptionValue)>| {
+        RouteConfig::new(prefix, plugin, options.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     };
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        admin_listen: "127.0.0.1:0".into(),
-        data_dir: dir.to_path_buf(),
-        routes: vec![
-            route("", "resize".into(), vec![("width", OptionValue::Integer(64)), ("height", OptionValue::Integer(64))]),
-            route(
-                "bad/",
-                common::built_plugin("misbehave").display().to_string(),
-                vec![("mode", OptionValue::Text("garbage".into()))],
-            ),
-        ],
-        ..Config::default()
-    };
-    config.sandbox.cache_dir = Some(common::plugin_cache());
-    config.worker.schedule = "* * * * * *".into();
+    let mut config = common::config(dir);
+    config.routes = vec![
+        route("", "resize", vec![("width", OptionValue::Integer(64)), ("height", OptionValue::Integer(64))]),
+        route(
+            "bad/",
+            &common::built_plugin("misbehave").display().to_string(),
+            vec![("mode", OptionValue::Text("garbage".into()))],
+        ),
+    ];
     config.worker.visibility_timeout_secs = 2;
     config.worker.max_receives = 3;
     config

@@ -33,32 +33,18 @@ struct Harness {
 }
 
 fn route(prefix: &str, plugin: &str, options: &[(&str, i64)]) -> RouteConfig {
-    RouteConfig {
-        prefix: prefix.into(),
-        plugin: plugin.into(),
-        options: options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    }
+    RouteConfig::new(prefix, plugin, options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect())
 }
 
 impl Harness {
     async fn new(backend: Backend, test: &str) -> Option<Harness> {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().to_path_buf(),
-            routes: vec![
-                route("", "resize", &[("width", 200), ("height", 200)]),
-                route("avatars/", "thumbnail", &[("size", 64)]),
-                route("strict/", "resize", &[("max-pixels", 100)]),
-            ],
-            ..Config::default()
-        };
-        config.sandbox.cache_dir = Some(common::plugin_cache());
-        config.worker.schedule = "* * * * * *".into();
+        let mut config = common::config(dir.path());
+        config.routes = vec![
+            route("", "resize", &[("width", 200), ("height", 200)]),
+            route("avatars/", "thumbnail", &[("size", 64)]),
+            route("strict/", "resize", &[("max-pixels", 100)]),
+        ];
         config.worker.visibility_timeout_secs = 3;
         config.worker.max_receives = 3;
         config.limits.max_images = 4;

@@ -36,20 +36,10 @@ impl App {
 
     async fn start_with(keys: &[&str], reads: Reads, adjust: impl FnOnce(&mut Config)) -> App {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            admin_listen: "127.0.0.1:0".into(),
-            data_dir: dir.path().to_path_buf(),
-            role: Role::Api,
-            auth: AuthSettings {
-                keys: keys.join(" "),
-                reads,
-                signing_secret: SECRET.into(),
-                ..AuthSettings::default()
-            },
-            ..Config::default()
-        };
-        config.sandbox.cache_dir = Some(common::plugin_cache());
+        let mut config = common::config(dir.path());
+        config.role = Role::Api;
+        config.auth =
+            AuthSettings { keys: keys.join(" "), reads, signing_secret: SECRET.into(), ..AuthSettings::default() };
         adjust(&mut config);
         let (store, _) = pixbox::backends::connect(&config).await.unwrap();
         let running = pixbox::server::start(&config).await.unwrap();

@@ -286,3 +286,18 @@ pub async fn worker(
         max_input_bytes: 1 << 20,
     }
 }
+
+/// The configuration of a pixbox under test: the api and admin addresses on loopback, port 0;
+/// data in `dir`; the tests' shared plugin cache; a worker ticking every second. Everything else
+/// is the default; each test sets what it is about.
+pub fn config(dir: &std::path::Path) -> pixbox::config::Config {
+    let mut config = pixbox::config::Config {
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        ..pixbox::config::Config::default()
+    };
+    config.sandbox.cache_dir = Some(plugin_cache());
+    config.worker.schedule = "* * * * * *".into();
+    config
+}
