@@ -40,17 +40,18 @@ pub fn webp_lossy(image: &DynamicImage, quality: u8, out: &mut Vec<u8>) -> Resul
     let (w, h) = (image.width(), image.height());
     picture.width = i32::try_from(w).map_err(|_| failed("image too wide"))?;
     picture.height = i32::try_from(h).map_err(|_| failed("image too tall"))?;
-    let pixels = if image.color().has_alpha() {
-        DynamicImage::ImageRgba8(image.to_rgba8())
-    } else {
-        DynamicImage::ImageRgb8(image.to_rgb8())
+    // The resized image is already 8-bit RGB(A) as a rule: borrowed, not copied.
+    let pixels = match image {
+        DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => std::borrow::Cow::Borrowed(image),
+        other if other.color().has_alpha() => std::borrow::Cow::Owned(DynamicImage::ImageRgba8(other.to_rgba8())),
+        other => std::borrow::Cow::Owned(DynamicImage::ImageRgb8(other.to_rgb8())),
     };
     let stride = i32::try_from(w as usize * usize::from(pixels.color().bytes_per_pixel()))
         .map_err(|_| failed("row too long"))?;
     // SAFETY: `picture` was initialised by libwebp and sized above; `pixels` holds `h` rows of
     // `stride` bytes and outlives the import, which copies them into the picture's own planes.
     let imported = unsafe {
-        match &pixels {
+        match &*pixels {
             DynamicImage::ImageRgba8(p) => webp::WebPPictureImportRGBA(&mut picture, p.as_ptr(), stride),
             _ => webp::WebPPictureImportRGB(&mut picture, pixels.as_bytes().as_ptr(), stride),
         }

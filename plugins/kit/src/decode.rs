@@ -16,7 +16,12 @@ use crate::{Error, PixelLimits, colour, jpeg, png};
 /// claiming 100000x100000 costs nothing). Returns the image in display orientation, 8 bits per
 /// channel, in sRGB, and the input's format.
 pub fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format), Error> {
-    decode_at_least(input, limits, |w, h| (w, h))
+    // Straight to the full-size decoder: asking the scaled one first would only read the
+    // header twice to learn there is nothing to shrink.
+    match sniff(input)? {
+        Format::Jpeg => Ok((jpeg::decode_full(input, limits)?, Format::Jpeg)),
+        format => Ok((decode_other(input, limits, format)?, format)),
+    }
 }
 
 /// [`decode`], at the smallest size that still covers `need(width, height)` (given and returned in
@@ -29,14 +34,23 @@ pub fn decode_at_least(
     limits: PixelLimits,
     need: impl Fn(u32, u32) -> (u32, u32),
 ) -> Result<(DynamicImage, Format), Error> {
-    let format = Format::sniff(input)
-        .ok_or_else(|| Error::BadInput("not an image pixbox can read (expected JPEG, PNG, WebP or GIF)".into()))?;
-    if format == Format::Jpeg {
-        if let Some(image) = jpeg::decode_for(input, limits, need)? {
-            return Ok((image, format));
-        }
-        return Ok((jpeg::decode_full(input, limits)?, format));
+    let format = sniff(input)?;
+    if format == Format::Jpeg
+        && let Some(image) = jpeg::decode_for(input, limits, need)?
+    {
+        return Ok((image, format));
     }
+    decode(input, limits)
+}
+
+/// The format, or `bad-input` for anything pixbox does not read.
+fn sniff(input: &[u8]) -> Result<Format, Error> {
+    Format::sniff(input)
+        .ok_or_else(|| Error::BadInput("not an image pixbox can read (expected JPEG, PNG, WebP or GIF)".into()))
+}
+
+/// PNG, WebP and GIF, through the image crate's decoders.
+fn decode_other(input: &[u8], limits: PixelLimits, format: Format) -> Result<DynamicImage, Error> {
     let input = png::mask_grey_key(input);
     let mut reader = ImageReader::new(Cursor::new(&input[..]));
     reader.set_format(format.image_format());
@@ -52,7 +66,7 @@ pub fn decode_at_least(
     let icc = decoder.icc_profile().ok().flatten();
     let mut image = eight_bit(DynamicImage::from_decoder(decoder)?);
     image.apply_orientation(orientation);
-    Ok((colour::to_srgb(image, icc.as_deref())?, format))
+    colour::to_srgb(image, icc.as_deref())
 }
 
 /// The orientation in the file's EXIF; none when the block is missing or broken. A WebP EXIF chunk
