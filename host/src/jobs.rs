@@ -79,47 +79,127 @@ pub fn rendition_key(key: &str, name: &str) -> String {
     format!("{key}/{name}")
 }
 
-/// The metadata entry of a result that lists every rendition its job made (comma-separated).
-pub const RENDITIONS_META: &str = "renditions";
-/// The metadata entry of an original with the focal point given at upload (`x,y` fractions).
-pub const FOCUS_META: &str = "focus";
+/// What pixbox keeps with an image in its object's string metadata: on an original, its size and
+/// the focal point given at upload; on a result, its size, the plugin and the rendition; on a
+/// job's default rendition also every rendition the job made, its plugin calls and placeholder.
+/// The metadata keys are named here only ([`ImageMeta::KEYS`]); an entry that is missing or does
+/// not parse reads as `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageMeta {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// The focal point given at upload (`x,y` fractions of the width and height).
+    pub focus: Option<String>,
+    /// The plugin that made a result (`name version`).
+    pub plugin: Option<String>,
+    /// Which rendition a result is.
+    pub rendition: Option<String>,
+    /// Every rendition the job made (stored comma-separated).
+    pub renditions: Option<Vec<String>>,
+    /// How many plugin calls the job took.
+    pub plugin_calls: Option<u32>,
+    /// The input's dominant colour (`#rrggbb`), when the plugin computed a placeholder.
+    pub dominant_color: Option<String>,
+    /// The input's ThumbHash (standard base64), with the dominant colour.
+    pub thumbhash: Option<String>,
+}
 
-/// The metadata entry of a result with the input's dominant colour (`#rrggbb`), when the plugin
-/// computed a placeholder.
-pub const DOMINANT_COLOR_META: &str = "dominant-color";
-/// The metadata entry of a result with the input's ThumbHash (standard base64).
-pub const THUMBHASH_META: &str = "thumbhash";
+impl ImageMeta {
+    /// The metadata keys, in the order of the fields.
+    pub const KEYS: [&str; 9] = [
+        "width",
+        "height",
+        "focus",
+        "plugin",
+        "rendition",
+        "renditions",
+        "plugin-calls",
+        "dominant-color",
+        "thumbhash",
+    ];
+
+    /// The object metadata that stores this record.
+    pub fn object(&self, content_type: &str) -> ObjectMeta {
+        let number = |n: Option<u32>| n.map(|n| n.to_string());
+        let values = [
+            number(self.width),
+            number(self.height),
+            self.focus.clone(),
+            self.plugin.clone(),
+            self.rendition.clone(),
+            self.renditions.as_ref().map(|names| names.join(",")),
+            number(self.plugin_calls),
+            self.dominant_color.clone(),
+            self.thumbhash.clone(),
+        ];
+        let metadata =
+            Self::KEYS.iter().zip(values).filter_map(|(key, value)| Some((key.to_string(), value?))).collect();
+        ObjectMeta { content_type: content_type.into(), metadata }
+    }
+
+    /// The record stored in `meta`.
+    pub fn of(meta: &ObjectMeta) -> Self {
+        let [width, height, focus, plugin, rendition, renditions, plugin_calls, dominant_color, thumbhash] =
+            Self::KEYS.map(|key| meta.metadata.get(key).cloned());
+        let number = |text: Option<String>| text?.parse().ok();
+        ImageMeta {
+            width: number(width),
+            height: number(height),
+            focus,
+            plugin,
+            rendition,
+            renditions: renditions.map(|list| list.split(',').map(str::to_string).collect()),
+            plugin_calls: number(plugin_calls),
+            dominant_color,
+            thumbhash,
+        }
+    }
+}
 
 /// The upload id of a commit record's key, or `None` for any other key.
 pub fn upload_of_commit_key(key: &str) -> Option<&str> {
     key.strip_prefix(RESERVED_PREFIX)?.strip_prefix("uploads/")
 }
 
-/// The codes a job's failure (or a retry of it) is recorded and logged with by the worker itself,
-/// one table; the plugin's and the sandbox's are `sandbox::TransformError::code`'s.
+/// Every code a job's outcome carries, and what it means: the `code` of a failure record (what
+/// `/status` and `/download` report) and the `code` label of the `pixbox_jobs_total` metric. The
+/// one list: the sandbox's errors, the worker and `pixbox jobs` name their codes from it, and the
+/// README's table is checked against it.
+macro_rules! job_codes {
+    ($($name:ident = $code:literal, $meaning:literal;)*) => {
+        $(#[doc = $meaning] pub const $name: &str = $code;)*
+
+        /// Every code with its meaning, in the order of the README's table.
+        pub const ALL: &[(&str, &str)] = &[$(($code, $meaning),)*];
+    };
+}
+
 pub mod codes {
-    /// The queue gave up on the job (it is dead-lettered).
-    pub const GAVE_UP: &str = "gave-up";
-    /// A failure record that `pixbox jobs retry` has queued again: the job reads as pending, and
-    /// the record keeps the original from the orphan sweep until a worker takes the retry (and
-    /// removes the record).
-    pub const RETRYING: &str = "retrying";
-    /// The original is not in the temporary bucket (and no result is there).
-    pub const MISSING_ORIGINAL: &str = "missing-original";
-    /// The original is larger than the worker reads.
-    pub const IMAGE_TOO_LARGE: &str = "image-too-large";
-    /// The original's header cannot be read.
-    pub const UNREADABLE_IMAGE: &str = "unreadable-image";
-    /// The original is over today's pixel limits.
-    pub const TOO_MANY_PIXELS: &str = "too-many-pixels";
-    /// A store call failed: retried.
-    pub const STORE_UNAVAILABLE: &str = "store-unavailable";
-    /// No sandbox slot in time: retried.
-    pub const SANDBOX_BUSY: &str = "sandbox-busy";
-    /// The result's write was refused, yet no result is there: retried.
-    pub const RESULT_NOT_CONFIRMED: &str = "result-not-confirmed";
-    /// A failure record that cannot be read (written by something else).
-    pub const FAILED: &str = "failed";
+    job_codes! {
+        BAD_INPUT = "bad-input", "The plugin found the image's data damaged: failed for good.";
+        UNSUPPORTED = "unsupported", "The plugin does not support an option, value or format of the job: failed for good.";
+        INVALID_OUTPUT = "invalid-output", "The plugin returned something that is not the image it claims: failed for good.";
+        OUTPUT_TOO_LARGE = "output-too-large", "The plugin's output is over `sandbox.max_output_mib`: failed for good.";
+        PLUGIN_FAILED = "plugin-failed", "The plugin reported a failure of its own: retried until the queue gives up.";
+        TIMEOUT = "timeout", "The plugin ran past `sandbox.time_budget_ms`: tried once more, then failed.";
+        OUT_OF_MEMORY = "out-of-memory", "The plugin needed more than `sandbox.memory_limit_mib`: tried once more, then failed.";
+        TRAP = "trap", "The plugin crashed: retried until the queue gives up.";
+        UNAVAILABLE = "unavailable", "The sandbox could not start the plugin: retried until the queue gives up.";
+        MISSING_ORIGINAL = "missing-original", "The original is not in the temporary bucket (and no result is there).";
+        IMAGE_TOO_LARGE = "image-too-large", "The original is larger than the worker reads.";
+        UNREADABLE_IMAGE = "unreadable-image", "The original's header cannot be read.";
+        TOO_MANY_PIXELS = "too-many-pixels", "The original is over the pixel limits in force.";
+        GAVE_UP = "gave-up", "The queue gave up on the job after its last attempt (it is dead-lettered).";
+        RETRYING = "retrying", "`pixbox jobs retry` queued the job again: it reads as pending until a worker takes it.";
+        FAILED = "failed", "A failure record pixbox cannot read (written by something else).";
+        STORE_UNAVAILABLE = "store-unavailable", "Metrics only: a store call failed; the job is retried.";
+        SANDBOX_BUSY = "sandbox-busy", "Metrics only: no sandbox slot in time; the job is queued again.";
+        RESULT_NOT_CONFIRMED = "result-not-confirmed", "Metrics only: the result's write was refused, yet no result is there; retried.";
+        NOT_COMMITTED = "not-committed", "Metrics only: the job's upload is not committed yet; the job waits.";
+        DROPPED = "dropped", "Metrics only: a queue message that is not a job was dropped.";
+        SHUTDOWN = "shutdown", "Metrics only: the worker stopped during the job; it runs again.";
+        OK = "ok", "Metrics only: the job is done (or was done already).";
+    }
 }
 pub use codes::{GAVE_UP, RETRYING};
 
@@ -205,5 +285,56 @@ pub fn found<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> 
         Ok(v) => Ok(Some(v)),
         Err(StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field is written under its own key and read back as it was.
+    #[test]
+    fn image_meta_round_trips_through_object_metadata() {
+        let full = ImageMeta {
+            width: Some(640),
+            height: Some(480),
+            focus: Some("0.25,0.75".into()),
+            plugin: Some("resize 0.2.0".into()),
+            rendition: Some("thumb".into()),
+            renditions: Some(vec!["large".into(), "thumb".into()]),
+            plugin_calls: Some(2),
+            dominant_color: Some("#a0b0c0".into()),
+            thumbhash: Some("3OcRJYB4d3h/iIeHeEh3eIhw+j3A".into()),
+        };
+        let stored = full.object("image/png");
+        assert_eq!(stored.content_type, "image/png");
+        assert_eq!(stored.metadata.len(), ImageMeta::KEYS.len(), "{stored:?}");
+        assert_eq!(stored.metadata["plugin-calls"], "2");
+        assert_eq!(stored.metadata["renditions"], "large,thumb");
+        assert_eq!(ImageMeta::of(&stored), full);
+        assert!(ImageMeta::default().object("image/png").metadata.is_empty());
+    }
+
+    /// The table as the README shows it.
+    fn markdown() -> String {
+        let mut table = String::from("| code | meaning |\n|---|---|\n");
+        for (code, meaning) in codes::ALL {
+            table += &format!("| `{code}` | {meaning} |\n");
+        }
+        table
+    }
+
+    #[test]
+    fn job_codes_are_unique_and_the_readme_lists_every_one() {
+        for (i, (code, _)) in codes::ALL.iter().enumerate() {
+            assert!(code.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase())), "{code}");
+            assert!(!codes::ALL[..i].iter().any(|(other, _)| other == code), "{code} twice");
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md's job code table differs from jobs::codes::ALL; it should read:\n{table}"
+        );
     }
 }

@@ -113,18 +113,15 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
         JobState::Done(info) => {
             status.state = JobStatus::Done;
             // What the job made (the configuration may have changed since).
-            let made: Vec<String> = match info.meta.metadata.get(jobs::RENDITIONS_META) {
-                Some(list) => list.split(',').map(str::to_string).collect(),
-                None => vec![info.meta.metadata.get("rendition").cloned().unwrap_or(configured.default.clone())],
-            };
-            let default = info.meta.metadata.get("rendition").cloned().unwrap_or(configured.default.clone());
-            for name in made {
+            let record = jobs::ImageMeta::of(&info.meta);
+            let default = record.rendition.clone().unwrap_or(configured.default.clone());
+            for name in record.renditions.clone().unwrap_or_else(|| vec![default.clone()]) {
                 let info = if name == default {
                     Some(info.clone())
                 } else {
                     jobs::found(state.store.head(Bucket::Permanent, &jobs::rendition_key(key, &name)).await)?
                 };
-                let dimension = |d: &str| info.as_ref().and_then(|i| i.meta.metadata.get(d)?.parse().ok());
+                let made = info.as_ref().map(|i| jobs::ImageMeta::of(&i.meta)).unwrap_or_default();
                 status.renditions.push(RenditionStatus {
                     download_url: if name == default {
                         status.download_url.clone()
@@ -132,17 +129,15 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
                         read_url(&state.auth, "download", &jobs::rendition_key(key, &name))
                     },
                     default: name == default,
-                    width: dimension("width"),
-                    height: dimension("height"),
+                    width: made.width,
+                    height: made.height,
                     media_type: info.as_ref().map(|i| i.meta.content_type.clone()),
                     size: info.as_ref().map(|i| i.size),
                     name,
                 });
             }
-            let meta = &info.meta.metadata;
-            if let (Some(colour), Some(hash)) = (meta.get(jobs::DOMINANT_COLOR_META), meta.get(jobs::THUMBHASH_META)) {
-                status.placeholder =
-                    Some(PlaceholderStatus { dominant_color: colour.clone(), thumbhash: hash.clone() });
+            if let (Some(dominant_color), Some(thumbhash)) = (record.dominant_color, record.thumbhash) {
+                status.placeholder = Some(PlaceholderStatus { dominant_color, thumbhash });
             }
             status.media_type = Some(info.meta.content_type);
             status.size = Some(info.size);

@@ -16,7 +16,7 @@ use super::{ApiError, ApiState, CallerKey, Code, read_url};
 use crate::imaging::{self, Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::queue::MAX_BATCH;
-use crate::storage::{Bucket, ObjectMeta};
+use crate::storage::Bucket;
 
 /// Longest prefix accepted.
 const MAX_PREFIX_BYTES: usize = 200;
@@ -267,16 +267,13 @@ async fn store_image(
     // The extension names what will be served (a route may turn a JPEG into a PNG).
     let stem = format!("{}{}", prefix.unwrap_or(""), new_image_id());
     let key = format!("{stem}.{}", crate::sandbox::result_format(&state.routes, &stem, header.format).extension());
-    let mut meta = ObjectMeta {
-        content_type: header.format.media_type().into(),
-        metadata: [("width", header.width), ("height", header.height)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+    let record = jobs::ImageMeta {
+        width: Some(header.width),
+        height: Some(header.height),
+        focus: focus.map(|f| f.to_string()),
+        ..Default::default()
     };
-    if let Some(focus) = focus {
-        meta.metadata.insert(jobs::FOCUS_META.into(), focus.to_string());
-    }
+    let meta = record.object(header.format.media_type());
     let size = bytes.len();
     state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
     Ok(Uploaded {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::jobs::codes;
+
 /// A plugin could not be loaded (bad file, not a pixbox component, compile failure).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -104,16 +106,16 @@ impl TransformError {
     /// A stable kebab-case name for logs, metrics and API error bodies.
     pub fn code(&self) -> &'static str {
         match self {
-            TransformError::BadInput(_) => "bad-input",
-            TransformError::Unsupported(_) => "unsupported",
-            TransformError::PluginFailed(_) => "plugin-failed",
-            TransformError::Timeout { .. } => "timeout",
-            TransformError::OutOfMemory { .. } => "out-of-memory",
-            TransformError::Trap(_) => "trap",
-            TransformError::InvalidOutput(_) => "invalid-output",
-            TransformError::OutputTooLarge { .. } => "output-too-large",
-            TransformError::Unavailable(_) => "unavailable",
-            TransformError::PoolBusy { .. } => crate::jobs::codes::SANDBOX_BUSY,
+            TransformError::BadInput(_) => codes::BAD_INPUT,
+            TransformError::Unsupported(_) => codes::UNSUPPORTED,
+            TransformError::PluginFailed(_) => codes::PLUGIN_FAILED,
+            TransformError::Timeout { .. } => codes::TIMEOUT,
+            TransformError::OutOfMemory { .. } => codes::OUT_OF_MEMORY,
+            TransformError::Trap(_) => codes::TRAP,
+            TransformError::InvalidOutput(_) => codes::INVALID_OUTPUT,
+            TransformError::OutputTooLarge { .. } => codes::OUTPUT_TOO_LARGE,
+            TransformError::Unavailable(_) => codes::UNAVAILABLE,
+            TransformError::PoolBusy { .. } => codes::SANDBOX_BUSY,
         }
     }
 }

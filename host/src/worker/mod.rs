@@ -14,10 +14,11 @@ use bytes::Bytes;
 
 use crate::config::WorkerSettings;
 use crate::imaging::{self, Header, PixelLimits};
-use crate::jobs::{self, Failure, GAVE_UP, Job};
+use crate::jobs::codes::{self, GAVE_UP};
+use crate::jobs::{self, Failure, Job};
 use crate::queue::{Delivery, JobQueue};
 use crate::sandbox::{Route, Routes, Sandbox, TransformError};
-use crate::storage::{BlobStore, Bucket, ObjectMeta, StoreError};
+use crate::storage::{BlobStore, Bucket, StoreError};
 
 /// Attempts after which a timeout or out-of-memory on the same input is a permanent failure: the
 /// first may be bad luck under load, a second one is the image.
@@ -82,16 +83,16 @@ impl Worker {
     pub(crate) async fn process_in(&self, delivery: &Delivery, gates: Option<&fair::Gates>) -> Outcome {
         let outcome = self.process_unobserved(delivery, gates).await;
         let (name, code, plugin) = match &outcome {
-            Outcome::Done { plugin, .. } => ("done", "ok", plugin.as_str()),
-            Outcome::AlreadyDone { .. } => ("already-done", "ok", "none"),
+            Outcome::Done { plugin, .. } => ("done", codes::OK, plugin.as_str()),
+            Outcome::AlreadyDone { .. } => ("already-done", codes::OK, "none"),
             Outcome::Failed { failure, .. } => {
                 ("failed", failure.code.as_str(), failure.plugin.as_deref().unwrap_or("none"))
             }
             Outcome::Retry { code, .. } => ("retry", *code, "none"),
-            Outcome::Deferred { .. } => ("deferred", "not-committed", "none"),
-            Outcome::Discarded { .. } => ("discarded", "dropped", "none"),
-            Outcome::Requeued { .. } => ("requeued", jobs::codes::SANDBOX_BUSY, "none"),
-            Outcome::Interrupted { .. } => ("interrupted", "shutdown", "none"),
+            Outcome::Deferred { .. } => ("deferred", codes::NOT_COMMITTED, "none"),
+            Outcome::Discarded { .. } => ("discarded", codes::DROPPED, "none"),
+            Outcome::Requeued { .. } => ("requeued", codes::SANDBOX_BUSY, "none"),
+            Outcome::Interrupted { .. } => ("interrupted", codes::SHUTDOWN, "none"),
         };
         crate::telemetry::job(name, code, plugin);
         outcome
@@ -120,7 +121,7 @@ impl Worker {
             Ok(outcome) => outcome,
             Err(e) => Outcome::Retry {
                 key: job.key.clone(),
-                code: jobs::codes::STORE_UNAVAILABLE,
+                code: codes::STORE_UNAVAILABLE,
                 reason: e.to_string(),
                 after: None,
             },
@@ -147,7 +148,7 @@ impl Worker {
                 Ok(()) => Outcome::Requeued { key },
                 Err(e) => Outcome::Retry {
                     key,
-                    code: jobs::codes::SANDBOX_BUSY,
+                    code: codes::SANDBOX_BUSY,
                     reason: format!("the sandbox was busy, and sending the job again failed: {e}"),
                     after: None,
                 },
@@ -262,7 +263,7 @@ impl Worker {
         // (a redrive from the dead-letter queue) tries again.
         if let Some(failure) = jobs::failure(&*self.store, key).await?
             && failure.code != GAVE_UP
-            && failure.code != jobs::RETRYING
+            && failure.code != codes::RETRYING
         {
             return Ok(Some(Outcome::Failed { key: key.into(), failure }));
         }
@@ -290,7 +291,7 @@ impl Worker {
         let mut focus = None;
         let original = match jobs::found(self.store.get(Bucket::Temp, key).await)? {
             Some(object) => {
-                focus = object.info.meta.metadata.get(jobs::FOCUS_META).cloned();
+                focus = jobs::ImageMeta::of(&object.info.meta).focus;
                 object.bytes(self.max_input_bytes).await
             }
             None => Err(StoreError::NotFound { key: key.into() }),
@@ -303,13 +304,13 @@ impl Worker {
                     return Ok(Err(Outcome::AlreadyDone { key: key.into() }));
                 }
                 return self
-                    .fail(key, jobs::codes::MISSING_ORIGINAL, "the original image is gone".into(), None, delivery)
+                    .fail(key, codes::MISSING_ORIGINAL, "the original image is gone".into(), None, delivery)
                     .await
                     .map(Err);
             }
             Err(StoreError::TooLarge { limit }) => {
                 let message = format!("the original is larger than {limit} bytes");
-                return self.fail(key, jobs::codes::IMAGE_TOO_LARGE, message, None, delivery).await.map(Err);
+                return self.fail(key, codes::IMAGE_TOO_LARGE, message, None, delivery).await.map(Err);
             }
             Err(e) => return Err(e),
         };
@@ -319,11 +320,11 @@ impl Worker {
             Ok(header) => header,
             Err(e) => {
                 tracing::info!(key, "unreadable original: {e}");
-                return self.fail(key, jobs::codes::UNREADABLE_IMAGE, e.public_reason(), None, delivery).await.map(Err);
+                return self.fail(key, codes::UNREADABLE_IMAGE, e.public_reason(), None, delivery).await.map(Err);
             }
         };
         if let Err(e) = self.limits.check(&header) {
-            return self.fail(key, jobs::codes::TOO_MANY_PIXELS, e.to_string(), None, delivery).await.map(Err);
+            return self.fail(key, codes::TOO_MANY_PIXELS, e.to_string(), None, delivery).await.map(Err);
         }
         Ok(Ok((original, header, focus)))
     }
@@ -350,29 +351,30 @@ impl Worker {
                 default_image = Some(image);
                 continue;
             }
-            let meta = result_meta(&image, &plugin_version, names[i], None);
+            let meta = result_meta(&image, &plugin_version, names[i]).object(image.header.format.media_type());
             let rendition_key = jobs::rendition_key(key, names[i]);
             self.store.put_if_absent(Bucket::Permanent, &rendition_key, Bytes::from(image.bytes), &meta).await?;
         }
         let image = default_image.expect("the default rendition is one of the route's");
         // The renditions (not their format variants, which `/download` finds from the route).
-        let renditions: Vec<&str> = names.iter().copied().filter(|n| !crate::sandbox::is_variant(n)).collect();
-        let mut meta = result_meta(&image, &plugin_version, names[route.default_rendition], Some(&renditions));
-        meta.metadata.insert("plugin-calls".into(), calls.to_string());
+        let renditions = names.iter().filter(|n| !crate::sandbox::is_variant(n)).map(|n| n.to_string()).collect();
+        let mut record = result_meta(&image, &plugin_version, names[route.default_rendition]);
+        record.renditions = Some(renditions);
+        record.plugin_calls = Some(calls);
         if let Some(p) = placeholder {
             let (r, g, b) = p.dominant_color;
-            meta.metadata.insert(jobs::DOMINANT_COLOR_META.into(), format!("#{r:02x}{g:02x}{b:02x}"));
+            record.dominant_color = Some(format!("#{r:02x}{g:02x}{b:02x}"));
             use base64::Engine;
-            let hash = base64::engine::general_purpose::STANDARD.encode(&p.thumbhash);
-            meta.metadata.insert(jobs::THUMBHASH_META.into(), hash);
+            record.thumbhash = Some(base64::engine::general_purpose::STANDARD.encode(&p.thumbhash));
         }
+        let meta = record.object(image.header.format.media_type());
         let created = self.store.put_if_absent(Bucket::Permanent, key, Bytes::from(image.bytes), &meta).await?;
         // Refused: another writer's result is there, or so the store said. The original goes
         // only once a result is seen to exist; otherwise this job tries again.
         if !created && jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_none() {
             return Ok(Outcome::Retry {
                 key: key.into(),
-                code: jobs::codes::RESULT_NOT_CONFIRMED,
+                code: codes::RESULT_NOT_CONFIRMED,
                 reason: "the result's write was refused, yet no result is there".into(),
                 after: Some(RESULT_RECHECK),
             });
@@ -478,22 +480,15 @@ fn with_focus(route: &Route, focus: Option<&str>) -> Vec<crate::sandbox::Renditi
     requests
 }
 
-/// What is stored with a result: its type, size, the plugin that made it, which rendition it is
-/// and, on the default one, every rendition the job made.
-fn result_meta(image: &crate::sandbox::Image, plugin: &str, rendition: &str, all: Option<&[&str]>) -> ObjectMeta {
-    let mut metadata: std::collections::BTreeMap<String, String> = [
-        ("width", image.header.width.to_string()),
-        ("height", image.header.height.to_string()),
-        ("plugin", plugin.to_string()),
-        ("rendition", rendition.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    if let Some(all) = all {
-        metadata.insert(jobs::RENDITIONS_META.into(), all.join(","));
+/// What is stored with a result: its size, the plugin that made it and which rendition it is.
+fn result_meta(image: &crate::sandbox::Image, plugin: &str, rendition: &str) -> jobs::ImageMeta {
+    jobs::ImageMeta {
+        width: Some(image.header.width),
+        height: Some(image.header.height),
+        plugin: Some(plugin.into()),
+        rendition: Some(rendition.into()),
+        ..Default::default()
     }
-    ObjectMeta { content_type: image.header.format.media_type().into(), metadata }
 }
 
 /// The failure recorded when the queue gives up on a job; the reason names the last error's code

@@ -20,7 +20,8 @@ use tracing::Instrument;
 
 use super::fair::Gates;
 use super::{Outcome, Worker};
-use crate::jobs::{self, Failure, GAVE_UP};
+use crate::jobs::codes::GAVE_UP;
+use crate::jobs::{self, Failure};
 use crate::storage::Bucket;
 
 /// How long a receive waits for messages before the tick decides the queue is empty.
