@@ -18,6 +18,36 @@ use crate::jobs;
 use crate::sandbox::{configured_route, rendition_names, variant_name};
 use crate::storage::{Bucket, StoreError};
 
+/// The refusals every read (`/download`, `/status`) documents alike: OpenAPI rows only.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: the OpenAPI document reads its variants
+enum ReadRefused {
+    /// `unauthorized`: reads need a key with the `read` scope (or a signed URL)
+    #[response(status = 401)]
+    Unauthorized(ApiError),
+    /// `forbidden`, `invalid-signature`, `signature-expired`
+    #[response(status = 403)]
+    Forbidden(ApiError),
+    /// `not-found`
+    #[response(status = 404)]
+    NotFound(ApiError),
+}
+
+/// `/download`'s 503: an OpenAPI row only.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "`unavailable`")]
+#[allow(dead_code)] // never built: the OpenAPI document reads it
+struct Unavailable(ApiError);
+
+/// `/status`'s 503 (it may wait): an OpenAPI row only.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open (or the caller's `max_watchers_per_caller`)"
+)]
+#[allow(dead_code)] // never built: the OpenAPI document reads it
+struct UnavailableOrBusy(ApiError);
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct KeyQuery {
@@ -84,11 +114,9 @@ pub struct FailedDownload {
         (status = 202, description = "Still pending (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "`invalid-key`", body = ApiError),
-        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
-        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
-        (status = 404, description = "`not-found`", body = ApiError),
+        ReadRefused,
         (status = 422, description = "Processing failed for good", body = FailedDownload),
-        (status = 503, description = "`unavailable`", body = ApiError),
+        Unavailable,
     )
 )]
 pub async fn download_by_path(
@@ -115,11 +143,9 @@ pub async fn download_by_path(
         (status = 202, description = "Still pending (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified"),
         (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
-        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
-        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
-        (status = 404, description = "`not-found`", body = ApiError),
+        ReadRefused,
         (status = 422, description = "Processing failed for good", body = FailedDownload),
-        (status = 503, description = "`unavailable`", body = ApiError),
+        Unavailable,
     )
 )]
 pub async fn download_by_query(
@@ -140,10 +166,8 @@ pub async fn download_by_query(
     responses(
         (status = 200, description = "Where the job stands; with `?wait=`, as soon as it is no longer pending (or when the wait is over)", body = Status),
         (status = 400, description = "`invalid-key`, `invalid-wait`", body = ApiError),
-        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
-        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
-        (status = 404, description = "`not-found`", body = ApiError),
-        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open (or the caller's `max_watchers_per_caller`)", body = ApiError),
+        ReadRefused,
+        UnavailableOrBusy,
     )
 )]
 pub async fn status_by_path(
@@ -167,10 +191,8 @@ pub async fn status_by_path(
     responses(
         (status = 200, description = "Where the job stands (`?wait=` as for `/status/{key}`)", body = Status),
         (status = 400, description = "`missing-key`, `invalid-key`, `invalid-wait`", body = ApiError),
-        (status = 401, description = "`unauthorized`: reads need a key with the `read` scope (or a signed URL)", body = ApiError),
-        (status = 403, description = "`forbidden`, `invalid-signature`, `signature-expired`", body = ApiError),
-        (status = 404, description = "`not-found`", body = ApiError),
-        (status = 503, description = "`unavailable`; `too-busy` when `limits.max_watchers` waits are open (or the caller's `max_watchers_per_caller`)", body = ApiError),
+        ReadRefused,
+        UnavailableOrBusy,
     )
 )]
 pub async fn status_by_query(
