@@ -83,23 +83,35 @@ impl OutputBytes {
     }
 }
 
-// SAFETY: the lowered form and ABI are those of `list<u8>` (a pointer pair), checked by
-// `typecheck`; lifting reads only within the guest memory's bounds.
-unsafe impl Lift for OutputBytes {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        _ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
-        let (ptr, len) = pointer_pair_from_flat(src);
-        Self::take(cx, ptr, len)
-    }
+/// `Lift` for a pointer-pair type read by its own `take(cx, ptr, len)`.
+macro_rules! lift_by_take {
+    ([$($generics:tt)*] $ty:ty) => {
+        // SAFETY: the type's lowered form and ABI are a pointer pair, checked by its
+        // `typecheck`; `take` reads only within the guest memory's bounds.
+        unsafe impl<$($generics)*> Lift for $ty {
+            fn linear_lift_from_flat(
+                cx: &mut LiftContext<'_>,
+                _ty: InterfaceType,
+                src: &Self::Lower,
+            ) -> wasmtime::Result<Self> {
+                let (ptr, len) = pointer_pair_from_flat(src);
+                Self::take(cx, ptr, len)
+            }
 
-    fn linear_lift_from_memory(cx: &mut LiftContext<'_>, _ty: InterfaceType, bytes: &[u8]) -> wasmtime::Result<Self> {
-        let (ptr, len) = pointer_pair_from_memory(bytes);
-        Self::take(cx, ptr, len)
-    }
+            fn linear_lift_from_memory(
+                cx: &mut LiftContext<'_>,
+                _ty: InterfaceType,
+                bytes: &[u8],
+            ) -> wasmtime::Result<Self> {
+                let (ptr, len) = pointer_pair_from_memory(bytes);
+                Self::take(cx, ptr, len)
+            }
+        }
+    };
 }
+
+// `list<u8>`: copied whole while the output budget lasts.
+lift_by_take!([] OutputBytes);
 
 unsafe impl<const MAX: usize> ComponentType for BoundedText<MAX> {
     type Lower = [ValRaw; 2];
@@ -160,24 +172,8 @@ impl<const MAX: usize> BoundedText<MAX> {
     }
 }
 
-// SAFETY: the lowered form and ABI are those of `string` (a pointer pair), checked by
-// `typecheck`; strings are read only within the guest memory's bounds, at most `MAX` bytes of
-// UTF-8 (or the code units that make them).
-unsafe impl<const MAX: usize> Lift for BoundedText<MAX> {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        _ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
-        let (ptr, len) = pointer_pair_from_flat(src);
-        Self::take(cx, ptr, len)
-    }
-
-    fn linear_lift_from_memory(cx: &mut LiftContext<'_>, _ty: InterfaceType, bytes: &[u8]) -> wasmtime::Result<Self> {
-        let (ptr, len) = pointer_pair_from_memory(bytes);
-        Self::take(cx, ptr, len)
-    }
-}
+// `string`: at most `MAX` bytes of UTF-8 (or the code units that make them) are read.
+lift_by_take!([const MAX: usize] BoundedText<MAX>);
 
 /// A returned list of at most `MAX` elements: a longer one fails the lift before anything is
 /// allocated for it (wasmtime's own `Vec` lift allocates what the guest's length says).

@@ -355,55 +355,48 @@ impl Sandbox {
         requests: &[RenditionRequest],
     ) -> Result<Rendered, TransformError> {
         let started = Instant::now();
-        let result = self.render_unobserved(plugin, input, media_type, requests).await;
+        let result = async {
+            if requests.is_empty() || requests.len() > MAX_RENDITIONS {
+                return Err(TransformError::Unsupported(format!(
+                    "{} renditions asked for; one call makes 1 to {MAX_RENDITIONS}",
+                    requests.len()
+                )));
+            }
+            let limit = self.settings.max_output_bytes();
+            // One output budget for the job, whichever contract: a 0.1.0 plugin's renditions (one
+            // call each) share it as a 0.2.0 plugin's (one call) do.
+            let budget = std::cell::Cell::new(limit);
+            let lifted = bounded::OUTPUT_LIMIT.scope(budget, self.calls(plugin, input, media_type, requests));
+            let (raw, placeholder, stats, calls) = lifted.await?;
+            // Sizes first: an image over the cap fails the call whatever comes before it.
+            let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
+            if raw.len() != requests.len() {
+                return Err(TransformError::InvalidOutput(format!(
+                    "asked for {} renditions, the plugin returned {}",
+                    requests.len(),
+                    raw.len()
+                )));
+            }
+            let mut images = Vec::with_capacity(raw.len());
+            for (bytes, out_type) in raw {
+                let header = imaging::probe_output(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
+                if header.format.media_type() != out_type {
+                    return Err(TransformError::InvalidOutput(format!(
+                        "plugin says {out_type} but the bytes are {}",
+                        header.format.media_type()
+                    )));
+                }
+                images.push(Image { bytes, header });
+            }
+            Ok(Rendered { images, placeholder, stats, calls })
+        }
+        .await;
         let (label, peak) = match &result {
-            Ok(rendered) => ("ok", Some(rendered.stats.memory_peak)),
+            Ok(rendered) => (crate::jobs::codes::OK, Some(rendered.stats.memory_peak)),
             Err(e) => (e.code(), None),
         };
         crate::telemetry::sandbox_call(&plugin.info.name, label, started.elapsed(), peak);
         result
-    }
-
-    async fn render_unobserved(
-        &self,
-        plugin: &LoadedPlugin,
-        input: &[u8],
-        media_type: &str,
-        requests: &[RenditionRequest],
-    ) -> Result<Rendered, TransformError> {
-        if requests.is_empty() || requests.len() > MAX_RENDITIONS {
-            return Err(TransformError::Unsupported(format!(
-                "{} renditions asked for; one call makes 1 to {MAX_RENDITIONS}",
-                requests.len()
-            )));
-        }
-        let limit = self.settings.max_output_bytes();
-        // One output budget for the job, whichever contract: a 0.1.0 plugin's renditions (one
-        // call each) share it as a 0.2.0 plugin's (one call) do.
-        let budget = std::cell::Cell::new(limit);
-        let lifted = bounded::OUTPUT_LIMIT.scope(budget, self.calls(plugin, input, media_type, requests));
-        let (raw, placeholder, stats, calls) = lifted.await?;
-        // Sizes first: an image over the cap fails the call whatever comes before it.
-        let raw = raw.into_iter().map(|image| bindings::take_image(image, limit)).collect::<Result<Vec<_>, _>>()?;
-        if raw.len() != requests.len() {
-            return Err(TransformError::InvalidOutput(format!(
-                "asked for {} renditions, the plugin returned {}",
-                requests.len(),
-                raw.len()
-            )));
-        }
-        let mut images = Vec::with_capacity(raw.len());
-        for (bytes, out_type) in raw {
-            let header = imaging::probe_output(&bytes).map_err(|e| TransformError::InvalidOutput(e.to_string()))?;
-            if header.format.media_type() != out_type {
-                return Err(TransformError::InvalidOutput(format!(
-                    "plugin says {out_type} but the bytes are {}",
-                    header.format.media_type()
-                )));
-            }
-            images.push(Image { bytes, header });
-        }
-        Ok(Rendered { images, placeholder, stats, calls })
     }
 
     /// The plugin calls of one job, within an [`bounded::OUTPUT_LIMIT`] scope: the images as
