@@ -1,7 +1,7 @@
 //! The `pixbox` binary as a user runs it: `transform` and `plugin info` (the plugin author's
 //! commands are in plugin_author.rs).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

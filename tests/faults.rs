@@ -2,7 +2,7 @@
 //! worker step on an in-memory store and queue that fail the Nth call or deliver twice. In every
 //! case nothing acknowledged is lost and no served result is overwritten.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,10 +3,10 @@
 //! the sandbox. Every outcome must be an image or a typed error; the host must never panic, and no
 //! small input may run a call to its time budget. Counts are printed.
 //!
-//! CI runs a short pass; a long one: `PIXBOX_FUZZ_CASES=20000 cargo test --release --test fuzz
+//! CI runs a short pass; a long one: `PIXBOX_FUZZ_CASES=20000 cargo test --release --test suite fuzz::
 //! -- --nocapture` (`PIXBOX_FUZZ_SEED` replays a run). TESTING.md records the counts.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! the job's end (done, or failed with a code), and after it that the service is healthy; the
 //! process's resident memory is watched over the whole table. README.md lists the same rows.
 
-mod common;
+use crate::common;
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
@@ -425,6 +425,7 @@ async fn config(aws: bool, dir: &std::path::Path) -> Option<Config> {
 }
 
 async fn run(aws: bool) {
+    let _serial = common::RSS_SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(config) = config(aws, dir.path()).await else { return };
     let running = pixbox::server::start(&config).await.unwrap();

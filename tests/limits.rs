@@ -1,7 +1,8 @@
 //! Every sandbox limit as a pair, with real components: obeyed, and violated. A violated case
 //! asserts how fast the call was stopped (within the budget + 100 ms, or far less), that the
 //! process's resident memory stayed under the memory limit + 64 MiB while it ran, and that the
-//! next call on the same engine works. The tests run one at a time (RSS is per process).
+//! next call on the same engine works. The tests run one at a time (RSS is per process), in a
+//! test binary of their own: their bound is on the whole process.
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use common::wat::{Shape, component};
-use common::{RssWatch, built_plugin, photo, png};
-use pixbox::sandbox::{Contract, LoadedPlugin, Param, Sandbox, SandboxSettings, TransformError};
+use common::{RssWatch, built_plugin, params, photo, png};
+use pixbox::sandbox::{Contract, LoadedPlugin, Sandbox, SandboxSettings, TransformError};
 
 const MEMORY_MIB: u64 = 64;
 const BUDGET: Duration = Duration::from_millis(1_000);
@@ -18,9 +19,6 @@ const BUDGET: Duration = Duration::from_millis(1_000);
 const SLACK: Duration = Duration::from_millis(100);
 /// Resident memory the whole test process may reach during a violated call.
 const RSS_BOUND: usize = ((MEMORY_MIB + 64) << 20) as usize;
-
-/// One test at a time: resident memory is the process's, not the test's.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
     Sandbox::new(SandboxSettings {
@@ -32,10 +30,6 @@ static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
     })
     .unwrap()
 });
-
-fn params(pairs: &[(&str, &str)]) -> Vec<Param> {
-    pairs.iter().map(|(n, v)| Param { name: n.to_string(), value: v.to_string() }).collect()
-}
 
 /// The misbehaving test plugin as built now (contract 0.2.0).
 async fn misbehave() -> Arc<LoadedPlugin> {
@@ -59,7 +53,7 @@ macro_rules! for_both_contracts {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     // Loading (compiling) counts towards resident memory too: one test at a time.
-                    let _serial = super::SERIAL.lock().await;
+                    let _serial = crate::common::RSS_SERIAL.lock().await;
                     super::$name(super::misbehave().await).await;
                 }
             )*
@@ -68,7 +62,7 @@ macro_rules! for_both_contracts {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let _serial = super::SERIAL.lock().await;
+                    let _serial = crate::common::RSS_SERIAL.lock().await;
                     super::$name(super::misbehave_0_1().await).await;
                 }
             )*
@@ -146,7 +140,7 @@ async fn linear_memory_budget(plugin: Arc<LoadedPlugin>) {
 
 #[tokio::test]
 async fn several_memories_share_one_budget() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::RSS_SERIAL.lock().await;
     let shape = |grow_pages| Shape { memories: 2, grow_pages, tables: 1, grow_elements: 10 };
     // 2 x 24 MiB fits in 64 MiB.
     let fits = SANDBOX.load_bytes("two-memories-24", component(shape(384))).await.unwrap();
@@ -168,7 +162,7 @@ async fn several_memories_share_one_budget() {
 
 #[tokio::test]
 async fn components_larger_than_a_plugin_may_be_are_refused_at_load() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::RSS_SERIAL.lock().await;
     let allowed = pixbox::sandbox::ComponentShape::ALLOWED;
     // At the limits: loads and runs, every table grown to its element cap.
     let at = Shape {
@@ -250,7 +244,7 @@ async fn panics_are_contained(plugin: Arc<LoadedPlugin>) {
 /// are refused before the second is copied.
 #[tokio::test]
 async fn renditions_share_the_output_cap() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::RSS_SERIAL.lock().await;
     let plugin = misbehave().await;
     let big = |name: &str| pixbox::sandbox::RenditionRequest {
         name: name.into(),
@@ -277,7 +271,7 @@ async fn renditions_share_the_output_cap() {
 /// decode would hold 48 MiB (three UTF-8 bytes per code unit) for each string.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utf16_strings_are_read_only_up_to_their_bounds() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::RSS_SERIAL.lock().await;
     let units = 8 << 20;
     let plugin = SANDBOX.load_bytes("utf16-chatter", common::wat::utf16_chatter(units, 4)).await.unwrap();
     let before = common::rss_bytes();
@@ -303,7 +297,7 @@ async fn utf16_strings_are_read_only_up_to_their_bounds() {
 /// 16 x the cap held by the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renditions_of_a_0_1_plugin_share_one_output_budget() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::RSS_SERIAL.lock().await;
     let plugin = misbehave_0_1().await;
     let big = |i: usize| pixbox::sandbox::RenditionRequest {
         name: format!("r{i}"),

@@ -2,7 +2,7 @@
 //! role (the container health check), request ids and JSON logs, CORS, `pixbox jobs` (list, stats,
 //! retry, on both backends) and the orphan sweep. Real servers on port 0, real `pixbox` processes.
 
-mod common;
+use crate::common::{self, Backend, int, route, text};
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use pixbox::config::{Config, Role};
 use pixbox::jobs::{self, Failure, Job};
-use pixbox::sandbox::{OptionValue, RouteConfig};
 use pixbox::server::Running;
 use pixbox::storage::{Bucket, ObjectMeta};
 use reqwest::multipart::{Form, Part};
@@ -19,37 +18,17 @@ use serde_json::Value;
 /// Gauges are per process and every scrape sets them: tests that read one take turns.
 static SCRAPES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Backend {
-    Embedded,
-    Aws,
-}
-
 /// Routes: everything resized to 64x64, except `bad/`, whose plugin answers garbage (a permanent
 /// failure); a worker ticking every second.
 fn config(dir: &Path) -> Config {
-    let route = |prefix: &str, plugin: &str, options: Vec<(&str, OptionValue)>| {
-        RouteConfig::new(prefix, plugin, options.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-    };
     let mut config = common::config(dir);
     config.routes = vec![
-        route("", "resize", vec![("width", OptionValue::Integer(64)), ("height", OptionValue::Integer(64))]),
-        route(
-            "bad/",
-            &common::built_plugin("misbehave").display().to_string(),
-            vec![("mode", OptionValue::Text("garbage".into()))],
-        ),
+        route("", "resize", &[("width", int(64)), ("height", int(64))]),
+        route("bad/", &common::misbehave(), &[("mode", text("garbage"))]),
     ];
     config.worker.visibility_timeout_secs = 2;
     config.worker.max_receives = 3;
     config
-}
-
-async fn with_backend(backend: Backend, config: &mut Config, test: &str) -> Option<()> {
-    match backend {
-        Backend::Embedded => Some(()),
-        Backend::Aws => common::use_aws(config, test),
-    }
 }
 
 async fn start(config: &Config, role: Role) -> Running {
@@ -245,7 +224,7 @@ async fn container_health_check_works_for_every_role() {
     for role in ["api", "worker"] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config(dir.path());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = common::free_port();
         config.admin_listen = format!("127.0.0.1:{port}");
         let env = common::process_env(&config, role);
         let health = || {
@@ -298,26 +277,15 @@ async fn container_health_check_works_for_every_role() {
 async fn request_ids_reach_answers_and_json_logs() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     config.listen = format!("127.0.0.1:{port}");
     let log = dir.path().join("pixbox.log");
-    let mut server = Command::new(common::pixbox_bin())
-        .arg("serve")
-        .current_dir(dir.path())
-        .env_clear()
-        .envs(common::process_env(&config, "api"))
-        .env("PIXBOX_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(common::pixbox_bin());
+    command.arg("serve").current_dir(dir.path()).env_clear().envs(common::process_env(&config, "api"));
+    let mut server =
+        common::Served::start(command.env("PIXBOX_LOG_FORMAT", "json"), port, &log, Duration::from_secs(30)).await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "pixbox did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let id_of = |response: &reqwest::Response| response.headers()["x-request-id"].to_str().unwrap().to_string();
     let mine =
@@ -334,8 +302,7 @@ async fn request_ids_reach_answers_and_json_logs() {
     assert_eq!(unknown.status(), 404);
     assert_eq!(id_of(&unknown).len(), 32);
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<Value> = text
         .lines()
@@ -404,7 +371,7 @@ async fn cors_is_off_by_default_and_answers_only_configured_origins() {
 async fn failed_job_is_retried_after_its_cause_is_fixed(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    let Some(()) = with_backend(backend, &mut config, "failed_job_is_retried_after_its_cause_is_fixed").await else {
+    let Some(()) = backend.configure(&mut config, "failed_job_is_retried_after_its_cause_is_fixed") else {
         return;
     };
     let api = start(&config, Role::Api).await;
@@ -453,7 +420,7 @@ async fn dead_lettered_job_is_redriven(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
     config.worker.max_receives = 1;
-    let Some(()) = with_backend(backend, &mut config, "dead_lettered_job_is_redriven").await else { return };
+    let Some(()) = backend.configure(&mut config, "dead_lettered_job_is_redriven") else { return };
     let (_, queue) = pixbox::backends::connect(&config).await.unwrap();
     let api = start(&config, Role::Api).await;
     let base = url(api.addr);

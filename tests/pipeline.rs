@@ -1,7 +1,7 @@
 //! End to end: the real app on port 0 (in-process, and as real `pixbox` processes), driven over
 //! HTTP, on each backend: embedded (filesystem + SQLite queue) and S3 + SQS on the emulator.
 
-mod common;
+use crate::common::{self, Backend, int, route, text};
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,12 +17,6 @@ use pixbox::storage::{BlobStore, Bucket};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Backend {
-    Embedded,
-    Aws,
-}
-
 /// A test's configuration, store and queue (the same the app uses), and its running parts.
 struct Harness {
     config: Config,
@@ -32,26 +26,20 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn route(prefix: &str, plugin: &str, options: &[(&str, i64)]) -> RouteConfig {
-    RouteConfig::new(prefix, plugin, options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect())
-}
-
 impl Harness {
     async fn new(backend: Backend, test: &str) -> Option<Harness> {
         let dir = tempfile::tempdir().unwrap();
         let mut config = common::config(dir.path());
         config.routes = vec![
-            route("", "resize", &[("width", 200), ("height", 200)]),
-            route("avatars/", "thumbnail", &[("size", 64)]),
-            route("strict/", "resize", &[("max-pixels", 100)]),
+            route("", "resize", &[("width", int(200)), ("height", int(200))]),
+            route("avatars/", "thumbnail", &[("size", int(64))]),
+            route("strict/", "resize", &[("max-pixels", int(100))]),
         ];
         config.worker.visibility_timeout_secs = 3;
         config.worker.max_receives = 3;
         config.limits.max_images = 4;
         config.limits.max_request_bytes = 1 << 20;
-        if backend == Backend::Aws {
-            common::use_aws(&mut config, test)?;
-        }
+        backend.configure(&mut config, test)?;
         let (store, queue) = pixbox::backends::connect(&config).await.unwrap();
         Some(Harness { config, store, queue, client: reqwest::Client::new(), _dir: dir })
     }
@@ -344,16 +332,12 @@ async fn killed_worker_restarts_and_finishes(backend: Backend) {
 async fn separate_api_and_worker_processes(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "separate_api_and_worker_processes").await else { return };
     // A fixed free port for the api process, so the test knows where to send requests.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     h.config.listen = format!("127.0.0.1:{port}");
     let mut api = h.spawn("api");
     let mut worker = h.spawn("worker");
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while h.client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "the api process did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ready(&base, Duration::from_secs(30), None).await;
     let files = (0..3).map(|_| ("p.png", common::png(&common::photo(1600, 1200)))).collect();
     let (status, body) = h.upload(&base, "", files).await;
     assert_eq!(status, 202, "{body}");
@@ -374,14 +358,7 @@ async fn separate_api_and_worker_processes(backend: Backend) {
 async fn timeouts_fail_for_good_on_the_second_attempt(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "timeouts_fail_for_good_on_the_second_attempt").await else { return };
     h.config.sandbox.time_budget_ms = 300;
-    h.config.routes.push(RouteConfig {
-        prefix: "slow/".into(),
-        plugin: common::built_plugin("misbehave").display().to_string(),
-        options: [("mode".to_string(), OptionValue::Text("spin".into()))].into_iter().collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    });
+    h.config.routes.push(route("slow/", &common::misbehave(), &[("mode", text("spin"))]));
     let app = h.start(Role::All).await;
     let base = base(&app);
     let (_, body) = h.upload(&base, "?prefix=slow", vec![("s.png", common::png(&common::photo(8, 8)))]).await;
@@ -401,14 +378,7 @@ async fn timeouts_fail_for_good_on_the_second_attempt(backend: Backend) {
 async fn crashes_retry_then_give_up(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "crashes_retry_then_give_up").await else { return };
     h.config.worker.visibility_timeout_secs = 1;
-    h.config.routes.push(RouteConfig {
-        prefix: "crash/".into(),
-        plugin: common::built_plugin("misbehave").display().to_string(),
-        options: [("mode".to_string(), OptionValue::Text("panic".into()))].into_iter().collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    });
+    h.config.routes.push(route("crash/", &common::misbehave(), &[("mode", text("panic"))]));
     let app = h.start(Role::All).await;
     let base = base(&app);
     let (_, body) = h.upload(&base, "?prefix=crash", vec![("s.png", common::png(&common::photo(8, 8)))]).await;
@@ -436,17 +406,7 @@ async fn crashes_retry_then_give_up(backend: Backend) {
 async fn long_jobs_extend_their_visibility() {
     let h = Harness::new(Backend::Embedded, "long_jobs_extend_their_visibility").await.unwrap();
     let sandbox = common::sandbox(Default::default());
-    let slow = RouteConfig {
-        prefix: String::new(),
-        plugin: common::built_plugin("misbehave").display().to_string(),
-        options: [("mode", "spin"), ("ms", "3500")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), OptionValue::Text(v.into())))
-            .collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    };
+    let slow = route("", &common::misbehave(), &[("mode", text("spin")), ("ms", text("3500"))]);
     let mut worker = common::worker(h.store.clone(), h.queue.clone(), sandbox, &[slow], &h.config).await;
     worker.settings.visibility_timeout_secs = 2;
     let key = "long.png";
@@ -475,7 +435,7 @@ async fn long_jobs_extend_their_visibility() {
 /// job in flight exits within the shutdown grace, releasing that job's message at once.
 async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "a_sleeping_plugin_never_stalls_the_worker").await else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     h.config.listen = format!("127.0.0.1:{port}");
     let budget = Duration::from_millis(3_000);
     let config = h.config.data_dir.join("pixbox.toml");
@@ -505,11 +465,7 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     };
     let app = spawn();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while h.client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "pixbox did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_ready(&base, Duration::from_secs(30), Some(&log)).await;
 
     let tick = Duration::from_secs(10);
     let started = Instant::now();
@@ -593,14 +549,7 @@ async fn a_slow_route_does_not_hold_up_the_others(backend: Backend) {
     let concurrency = 2;
     h.config.worker.concurrency = concurrency;
     h.config.sandbox.time_budget_ms = 5_000;
-    h.config.routes.push(RouteConfig {
-        prefix: "sleepy/".into(),
-        plugin: common::built_plugin("misbehave").display().to_string(),
-        options: [("mode".to_string(), OptionValue::Text("sleep".into()))].into_iter().collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    });
+    h.config.routes.push(route("sleepy/", &common::misbehave(), &[("mode", text("sleep"))]));
     let app = h.start(Role::All).await;
     let base = base(&app);
     let tick = Duration::from_secs(1);
@@ -786,18 +735,11 @@ async fn renditions_from_one_call(backend: Backend) {
 /// where a cropping rendition keeps the image.
 async fn focal_point_from_the_upload(backend: Backend) {
     let Some(mut h) = Harness::new(backend, "focal_point_from_the_upload").await else { return };
-    let text = |v: &str| OptionValue::Text(v.into());
-    h.config.routes.push(RouteConfig {
-        prefix: "banners/".into(),
-        plugin: "resize".into(),
-        options: [("width", OptionValue::Integer(100)), ("height", OptionValue::Integer(100)), ("mode", text("cover"))]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    });
+    h.config.routes.push(route(
+        "banners/",
+        "resize",
+        &[("width", int(100)), ("height", int(100)), ("mode", text("cover"))],
+    ));
     let app = h.start(Role::All).await;
     let base = base(&app);
     // Left half red, right half blue.
@@ -924,10 +866,10 @@ async fn live_status(backend: Backend) {
 macro_rules! on_each_backend {
     ($($name:ident),* $(,)?) => {
         mod embedded {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Embedded).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Embedded).await } )*
         }
         mod s3_sqs {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Aws).await } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Aws).await } )*
         }
     };
 }

@@ -4,7 +4,7 @@
 //! JPEG (within the default memory; over a smaller cap, stopped fast), a route to it in a served
 //! config, `pixbox plugin watch`, and each trap a first-time author met.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -47,6 +47,16 @@ fn cargo(dir: &Path, args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `pixbox transform --plugin <plugin> <input> <output>` run in `cwd` with its cache in `cache`,
+/// `memory_mib` the sandbox's memory limit when given.
+fn transform(cwd: &Path, cache: &Path, plugin: &Path, input: &Path, output: &Path, memory_mib: Option<u32>) -> Output {
+    let mut command = pixbox(cwd, cache);
+    if let Some(mib) = memory_mib {
+        command.env("PIXBOX_SANDBOX_MEMORY_LIMIT_MIB", mib.to_string());
+    }
+    command.args(["transform", "--plugin"]).arg(plugin).arg(input).arg(output).output().unwrap()
 }
 
 fn ok(output: &Output, what: &str) -> String {
@@ -148,13 +158,7 @@ fn transform_runs_every_format_and_shows_the_plugins_logs() {
     let cache = tempfile::tempdir().unwrap();
     let out = demo.root.join("out");
 
-    let run = pixbox(&dir, cache.path())
-        .args(["transform", "--plugin"])
-        .arg(&demo.wasm)
-        .arg(&inputs)
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = transform(&dir, cache.path(), &demo.wasm, &inputs, &out, None);
     let table = ok(&run, "pixbox transform");
     let log = text(&run.stderr);
     std::fs::remove_file(dir.join("pixbox.toml")).unwrap();
@@ -194,13 +198,7 @@ fn a_39_megapixel_photo_fits_the_default_memory() {
     let out = demo.root.join("big-out.jpg");
     let cache = demo.root.join("cache");
 
-    let run = pixbox(&demo.root, &cache)
-        .args(["transform", "--plugin"])
-        .arg(&demo.wasm)
-        .arg(&big)
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = transform(&demo.root, &cache, &demo.wasm, &big, &out, None);
     let table = ok(&run, "transform 39.5 MP");
     let row = table.lines().find(|l| l.starts_with("big.jpg")).unwrap();
     let mib: f64 = row.split("MiB").next().unwrap().split_whitespace().last().unwrap().parse().unwrap();
@@ -209,14 +207,7 @@ fn a_39_megapixel_photo_fits_the_default_memory() {
     assert_eq!(common::decode(&std::fs::read(&out).unwrap()).dimensions(), (7680, 5144));
 
     let started = Instant::now();
-    let run = pixbox(&demo.root, &cache)
-        .env("PIXBOX_SANDBOX_MEMORY_LIMIT_MIB", "96")
-        .args(["transform", "--plugin"])
-        .arg(&demo.wasm)
-        .arg(&big)
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = transform(&demo.root, &cache, &demo.wasm, &big, &out, Some(96));
     let took = started.elapsed();
     let table = text(&run.stdout);
     assert!(!run.status.success(), "{table}");
@@ -280,25 +271,18 @@ async fn a_route_serves_the_new_plugin() {
     )
     .unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let log = data.path().join("serve.log");
-    let mut server = pixbox(elsewhere.path(), elsewhere.path())
+    let mut command = pixbox(elsewhere.path(), elsewhere.path());
+    command
         .env("PIXBOX_DATA_DIR", data.path())
         .env("PIXBOX_LISTEN", format!("127.0.0.1:{port}"))
         .env("PIXBOX_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PIXBOX_WORKER_SCHEDULE", "*/1 * * * * *")
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+        .arg("serve");
+    let server = common::Served::start(&mut command, port, &log, Duration::from_secs(60)).await;
+    let base = server.base.clone();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "not up: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let said = std::fs::read_to_string(&log).unwrap();
     let file = data.path().join("pixbox.toml");
     assert!(said.contains(&format!("config: {}", file.display())), "{said}");
@@ -334,8 +318,6 @@ async fn a_route_serves_the_new_plugin() {
     let image = common::decode(&served.bytes().await.unwrap());
     assert_eq!(image.dimensions(), (200, 150));
     assert!(image.to_rgb8().get_pixel(3, 3)[2] >= photo.get_pixel(3, 3)[2].saturating_add(40));
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// `pixbox plugin watch` builds and runs on the samples, then again after a source change.

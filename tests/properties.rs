@@ -1,6 +1,6 @@
 //! Property tests (proptest) of the code that reads untrusted input before any sandbox: the header
 //! probe, the completeness check, key and prefix validation, and the filesystem store's key
-//! encoding. Run longer with `PROPTEST_CASES=100000 cargo test --release --test properties`.
+//! encoding. Run longer with `PROPTEST_CASES=100000 cargo test --release --test suite properties::`.
 
 use bytes::Bytes;
 use image::{DynamicImage, ImageFormat, RgbImage};

@@ -1,7 +1,7 @@
 //! The job queue conformance suite, run against the embedded queue and against the SQS adapter on
 //! the S3/SQS emulator that scripts/test starts; plus restart safety of the embedded queue.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,31 +29,8 @@ async fn sqs(test: &str) -> Option<Arc<dyn JobQueue>> {
     Some(Arc::new(SqsQueue::connect(&sdk, &settings).await.unwrap()))
 }
 
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let dir = tempfile::tempdir().unwrap();
-                    super::conformance::$name(&*super::embedded(&dir)).await;
-                }
-            )*
-        }
-        mod sqs {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    if let Some(queue) = super::sqs(concat!("sqs::", stringify!($name))).await {
-                        super::conformance::$name(&*queue).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance_tests!(
+common::conformance_tests!(
+    embedded: embedded, sqs: sqs;
     batch_send_receive,
     batch_limits,
     visibility_timeout_redelivers,

@@ -1,14 +1,14 @@
 //! The sandbox with real plugin components: results, orientation, typed errors, routing. The
 //! limits (time, memory, output, host resources) are tested in pairs in `limits.rs`.
 
-mod common;
+use crate::common::{self, int, params, route};
 
 use std::collections::BTreeMap;
 
 use common::{decode, jpeg, photo, png, red_left_blue_right, with_exif_orientation};
 use image::GenericImageView;
 use pixbox::sandbox::{
-    Contract, MAX_RENDITIONS, OptionValue, Param, RenditionRequest, RouteConfig, Routes, Sandbox, SandboxSettings,
+    Contract, MAX_RENDITIONS, OptionValue, RenditionRequest, RouteConfig, Routes, Sandbox, SandboxSettings,
     TransformError,
 };
 
@@ -20,10 +20,6 @@ fn sandbox() -> Sandbox {
         ..SandboxSettings::default()
     })
     .unwrap()
-}
-
-fn params(pairs: &[(&str, &str)]) -> Vec<Param> {
-    pairs.iter().map(|(n, v)| Param { name: n.to_string(), value: v.to_string() }).collect()
 }
 
 #[tokio::test]
@@ -132,20 +128,12 @@ async fn bad_input_and_bad_options_are_typed_errors() {
 #[tokio::test]
 async fn longest_prefix_wins() {
     let sandbox = sandbox();
-    let route = |prefix: &str, plugin: &str, options: &[(&str, i64)]| RouteConfig {
-        prefix: prefix.into(),
-        plugin: plugin.into(),
-        options: options.iter().map(|(k, v)| (k.to_string(), OptionValue::Integer(*v))).collect::<BTreeMap<_, _>>(),
-        renditions: Default::default(),
-        default_rendition: None,
-        formats: Vec::new(),
-    };
     let routes = Routes::load(
         &sandbox,
         &[
-            route("avatars/", "thumbnail", &[("size", 32)]),
-            route("avatars/large/", "resize", &[("width", 300)]),
-            route("", "resize", &[("width", 100), ("height", 100)]),
+            route("avatars/", "thumbnail", &[("size", int(32))]),
+            route("avatars/large/", "resize", &[("width", int(300))]),
+            route("", "resize", &[("width", int(100)), ("height", int(100))]),
         ],
     )
     .await
@@ -163,7 +151,7 @@ async fn longest_prefix_wins() {
     }
 
     // A route naming an option its plugin does not have is refused at load time.
-    let err = Routes::load(&sandbox, &[route("x/", "thumbnail", &[("width", 3)])]).await.unwrap_err();
+    let err = Routes::load(&sandbox, &[route("x/", "thumbnail", &[("width", int(3))])]).await.unwrap_err();
     assert!(err.to_string().contains("no option \"width\""), "{err}");
     // Without a default route, the built-in resize is the default.
     let routes = Routes::load(&sandbox, &[route("a/", "thumbnail", &[])]).await.unwrap();

@@ -1,7 +1,7 @@
 //! Safe on an open network: API keys and scopes, signed read URLs and the refusal to start open
 //! off loopback, against the real app on port 0 and the real `pixbox` binary.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -215,6 +215,7 @@ async fn until_closed(stream: &mut TcpStream, started: Instant, limit: Duration)
 /// next to no memory, while a normal client is served at once.
 #[tokio::test]
 async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
+    let _serial = common::RSS_SERIAL.lock().await;
     let app = App::start_with(&[], Reads::Public, |c| c.limits.header_read_timeout_secs = 1).await;
     let addr = app.addr();
     let before = common::rss_bytes();
@@ -265,6 +266,7 @@ async fn clients_trickling_headers_are_cut_off_at_the_header_timeout() {
 /// throughout (`/health`, an upload, both over HTTP/1.1 and HTTP/2), with next to no memory.
 #[tokio::test]
 async fn one_byte_connections_and_idle_http2_prefaces_never_starve_another_client() {
+    let _serial = common::RSS_SERIAL.lock().await;
     const MAX: u32 = 48;
     const PER_ADDRESS: u32 = 16;
     // Long enough that all the connections are made before the first share is released.
@@ -402,6 +404,7 @@ async fn image_keys_carry_128_random_bits_and_no_time() {
 /// 8 KiB-th byte, with next to no memory: the guard in front of the parser counts as it goes.
 #[tokio::test]
 async fn a_part_header_trickled_past_8_kib_is_refused_at_once() {
+    let _serial = common::RSS_SERIAL.lock().await;
     let app = App::start(&[], Reads::Public).await;
     let stream = TcpStream::connect(app.addr()).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
@@ -483,6 +486,7 @@ async fn stalled_upload(addr: &str) -> TcpStream {
 
 #[tokio::test]
 async fn uploads_over_the_cap_are_refused_and_stalled_bodies_time_out() {
+    let _serial = common::RSS_SERIAL.lock().await;
     let app = App::start_with(&[], Reads::Public, |c| {
         c.limits.max_concurrent_uploads = 1;
         c.limits.body_idle_timeout_secs = 1;
@@ -524,6 +528,7 @@ async fn a_wrong_method_is_a_json_405() {
 /// timeout frees a slot; one below the cap, it is served at once.
 #[tokio::test]
 async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let _serial = common::RSS_SERIAL.lock().await;
     let app = App::start_with(&[], Reads::Public, |c| {
         c.limits.max_connections = 2;
         c.limits.header_read_timeout_secs = 2;
@@ -604,6 +609,7 @@ async fn refused_upload(addr: &str, len: usize, chunk: usize, pause: Duration) -
 /// memory.
 #[tokio::test]
 async fn refused_uploads_are_drained_within_a_bound() {
+    let _serial = common::RSS_SERIAL.lock().await;
     let (_, entry) = pixbox::auth::new_key(&[Scope::Upload]);
     let app = App::start(&[&entry], Reads::Public).await;
     let addr = app.addr();
@@ -656,6 +662,7 @@ async fn the_page_is_public_and_the_api_behind_it_is_not() {
 /// memory; once the first wait ends its slot is free again.
 #[tokio::test]
 async fn watchers_over_the_cap_are_refused_at_once() {
+    let _serial = common::RSS_SERIAL.lock().await;
     let app = App::start_with(&[], Reads::Public, |c| c.limits.max_watchers = 1).await;
     let uploaded: Value = app.upload(None).await.json().await.unwrap();
     let key = uploaded["images"][0]["key"].as_str().unwrap().to_string();

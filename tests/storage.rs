@@ -1,7 +1,7 @@
 //! The blob store conformance suite, run against the filesystem adapter and against the S3 adapter
 //! on the S3/SQS emulator that scripts/test starts.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -18,31 +18,8 @@ async fn s3_store(test: &str) -> Option<Arc<dyn BlobStore>> {
     Some(Arc::new(store))
 }
 
-macro_rules! conformance_tests {
-    ($($name:ident),* $(,)?) => {
-        mod fs {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let dir = tempfile::tempdir().unwrap();
-                    super::conformance::$name(&*super::fs_store(&dir)).await;
-                }
-            )*
-        }
-        mod s3 {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    if let Some(store) = super::s3_store(concat!("s3::", stringify!($name))).await {
-                        super::conformance::$name(&*store).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-conformance_tests!(
+common::conformance_tests!(
+    fs: fs_store, s3: s3_store;
     round_trip,
     large_body,
     not_found,

@@ -1,10 +1,40 @@
 //! Shared by pixbox's integration tests: generated images (no binary files in the repository)
 //! and where the built plugins and the `pixbox` binary are.
 
-#![allow(dead_code)] // every test file uses a different part of this module
+#![allow(dead_code, unused_macros, unused_imports)] // each test binary uses a different part of this module
 
 pub mod memory;
 pub mod wat;
+
+/// A port's conformance suite as tests: each named check of `conformance` (in scope where this is
+/// used) against a local adapter, `$open(&tempdir)`, in module `$local`, and against an adapter on
+/// the S3/SQS emulator, `$connect(test_name).await` (`None`: skipped, and it said so), in module
+/// `$remote`.
+macro_rules! conformance_tests {
+    ($local:ident: $open:ident, $remote:ident: $connect:ident; $($name:ident),* $(,)?) => {
+        mod $local {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::conformance::$name(&*super::$open(&dir)).await;
+                }
+            )*
+        }
+        mod $remote {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let test = concat!(stringify!($remote), "::", stringify!($name));
+                    if let Some(port) = super::$connect(test).await {
+                        super::conformance::$name(&*port).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use conformance_tests;
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -172,6 +202,107 @@ pub fn process_env(c: &pixbox::config::Config, role: &str) -> Vec<(String, Strin
     env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+/// Which backend a test runs on: the embedded default, or S3 + SQS on the emulator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Embedded,
+    Aws,
+}
+
+impl Backend {
+    /// Points `config` at this backend; `None` when the S3/SQS half is skipped (and said so).
+    pub fn configure(self, config: &mut pixbox::config::Config, test: &str) -> Option<()> {
+        match self {
+            Backend::Embedded => Some(()),
+            Backend::Aws => use_aws(config, test),
+        }
+    }
+}
+
+/// A route of `plugin` (a built-in's name or a path) for `prefix`, with these options and one output.
+pub fn route(
+    prefix: &str,
+    plugin: &str,
+    options: &[(&str, pixbox::sandbox::OptionValue)],
+) -> pixbox::sandbox::RouteConfig {
+    pixbox::sandbox::RouteConfig::new(prefix, plugin, options.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+}
+
+/// An integer option of a route.
+pub fn int(value: i64) -> pixbox::sandbox::OptionValue {
+    pixbox::sandbox::OptionValue::Integer(value)
+}
+
+/// A text option of a route.
+pub fn text(value: &str) -> pixbox::sandbox::OptionValue {
+    pixbox::sandbox::OptionValue::Text(value.into())
+}
+
+/// The misbehaving test plugin, as a route names it.
+pub fn misbehave() -> String {
+    built_plugin("misbehave").display().to_string()
+}
+
+/// The options of one plugin call.
+pub fn params(pairs: &[(&str, &str)]) -> Vec<pixbox::sandbox::Param> {
+    pairs.iter().map(|(n, v)| pixbox::sandbox::Param { name: n.to_string(), value: v.to_string() }).collect()
+}
+
+/// A free port on 127.0.0.1, for a process that must be told where to listen: bound, read and
+/// released, so the process started next can take it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until the pixbox at `base` answers `/ready` with 200; fails the test after `within`,
+/// with the process's `log` when there is one.
+pub async fn wait_ready(base: &str, within: std::time::Duration, log: Option<&std::path::Path>) {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + within;
+    while client.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        if std::time::Instant::now() >= deadline {
+            let log = log.map(|path| std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default();
+            panic!("pixbox at {base} was not ready within {within:?}; its log:\n{log}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A `pixbox serve` process, killed when dropped (so also when its test fails half-way).
+pub struct Served {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Served {
+    /// Starts `command`, a `pixbox serve` told to listen on 127.0.0.1:`port`, with its stderr in
+    /// `log`, and waits (up to `within`) until it is ready.
+    pub async fn start(
+        command: &mut std::process::Command,
+        port: u16,
+        log: &std::path::Path,
+        within: std::time::Duration,
+    ) -> Served {
+        let child =
+            command.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(log).unwrap()).spawn().unwrap();
+        let served = Served { child, base: format!("http://127.0.0.1:{port}") };
+        wait_ready(&served.base, within, Some(log)).await;
+        served
+    }
+
+    /// Stops the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The compiled-plugin cache the tests share (in cargo's per-target temporary directory): the
 /// built-in plugins take seconds to compile, and every test starts a fresh data directory.
 /// Artifacts are named after the plugin's bytes and the engine's settings, so sharing is safe.
@@ -226,6 +357,11 @@ pub fn rss_bytes() -> usize {
     let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
 }
+
+/// Held by every test that asserts on the process's resident memory (those are also the tests
+/// that allocate the most), so that no two of them run at once: resident memory is the process's,
+/// not the test's.
+pub static RSS_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Samples [`rss_bytes`] on a thread of its own until [`RssWatch::peak`]: the high-water mark of
 /// a call or a run, for the limit tests' "with how much memory" side.
