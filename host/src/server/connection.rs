@@ -89,6 +89,12 @@ pub async fn serve(
                 }
             },
         };
+        // A response goes out in several writes (head, body chunks): with Nagle's algorithm the
+        // last small one waits for the client's delayed ACK, 40 ms on Linux, on every keep-alive
+        // request after the first.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
         let Some(held) = per_address.hold(&client_key(peer.ip()), limits.max_connections_per_address) else {
             tracing::debug!(%peer, "closed a connection over the per-address limit");
             crate::telemetry::connection_refused("per-address");
