@@ -46,6 +46,7 @@ impl Rig {
             cors: None,
             routes: Vec::new().into(),
             probes: Default::default(),
+            renderer: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -615,6 +615,7 @@ async fn renditions_from_one_call(backend: Backend) {
         .collect(),
         default_rendition: Some("large".into()),
         formats: vec!["avif".into(), "webp".into()],
+        keep_originals: false,
     });
     h.config.routes.push(RouteConfig {
         prefix: "legacy/".into(),
@@ -626,6 +627,7 @@ async fn renditions_from_one_call(backend: Backend) {
             .collect(),
         default_rendition: Some("a".into()),
         formats: Vec::new(),
+        keep_originals: false,
     });
     let api = h.start(Role::Api).await;
     let base = base(&api);
@@ -863,18 +865,7 @@ async fn live_status(backend: Backend) {
     api.stop().await;
 }
 
-macro_rules! on_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Embedded).await } )*
-        }
-        mod s3_sqs {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Aws).await } )*
-        }
-    };
-}
-
-on_each_backend!(
+common::on_each_backend!(
     multi_image_upload,
     prefix_routes_to_thumbnail,
     pending_then_done_and_duplicates_converge,

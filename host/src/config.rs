@@ -4,12 +4,15 @@
 //! repository root. Environment names are `PIXBOX_` + the key in upper case, with the section
 //! name in front for keys inside a section (`PIXBOX_WORKER_SCHEDULE` is `[worker] schedule`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthSettings;
 use crate::imaging::PixelLimits;
+use crate::render::urls::TransformUrlSettings;
+use crate::render::{PresetConfig, RenderSettings};
 use crate::sandbox::{RouteConfig, SandboxSettings};
 pub use crate::telemetry::LogFormat;
 
@@ -78,6 +81,11 @@ pub struct Config {
     pub worker: WorkerSettings,
     pub sandbox: SandboxSettings,
     pub routes: Vec<RouteConfig>,
+    /// Named transforms served at `/img/{preset}/{key}`, rendered on the first request.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub presets: BTreeMap<String, PresetConfig>,
+    pub renders: RenderSettings,
+    pub transform_urls: TransformUrlSettings,
 }
 
 impl Default for Config {
@@ -105,6 +113,9 @@ impl Default for Config {
             worker: WorkerSettings::default(),
             sandbox: SandboxSettings::default(),
             routes: Vec::new(),
+            presets: BTreeMap::new(),
+            renders: RenderSettings::default(),
+            transform_urls: TransformUrlSettings::default(),
         }
     }
 }
@@ -274,9 +285,16 @@ pub enum ConfigError {
 /// A route's plugin given as a relative path (`plugins/blur.wasm`) means relative to the file
 /// that names it, wherever pixbox is started from; built-in names and absolute paths stay.
 fn resolve_plugin_paths(file: &mut toml::Table, dir: &Path) {
-    let Some(toml::Value::Array(routes)) = file.get_mut("routes") else { return };
-    for route in routes {
-        let Some(toml::Value::String(plugin)) = route.get_mut("plugin") else { continue };
+    let mut entries: Vec<&mut toml::Value> = Vec::new();
+    for (name, value) in file.iter_mut() {
+        match (name.as_str(), value) {
+            ("routes", toml::Value::Array(routes)) => entries.extend(routes.iter_mut()),
+            ("presets", toml::Value::Table(presets)) => entries.extend(presets.iter_mut().map(|(_, preset)| preset)),
+            _ => {}
+        }
+    }
+    for entry in entries {
+        let Some(toml::Value::String(plugin)) = entry.get_mut("plugin") else { continue };
         let is_path = plugin.contains(['/', '\\']) || plugin.ends_with(".wasm");
         if is_path && Path::new(plugin.as_str()).is_relative() {
             *plugin = dir.join(plugin.as_str()).display().to_string();
@@ -285,7 +303,7 @@ fn resolve_plugin_paths(file: &mut toml::Table, dir: &Path) {
 }
 
 /// Sections whose keys are reachable as `PIXBOX_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox"];
+const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox", "renders", "transform_urls"];
 /// `PIXBOX_*` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
 

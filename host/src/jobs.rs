@@ -79,6 +79,38 @@ pub fn rendition_key(key: &str, name: &str) -> String {
     format!("{key}/{name}")
 }
 
+/// Where the original of `key` is kept (permanent bucket) when its route keeps originals: the
+/// source of later renders on request, never served itself.
+pub fn original_key(key: &str) -> String {
+    format!("{key}/original")
+}
+
+/// Where preset `preset` of `key` in `format` is stored (permanent bucket) once rendered.
+pub fn preset_key(key: &str, preset: &str, format: crate::imaging::Format) -> String {
+    format!("{key}/p/{preset}.{}", format.extension())
+}
+
+/// Where the variant `id` of a signed transform URL of `key` in `format` is stored.
+pub fn transform_key(key: &str, id: &str, format: crate::imaging::Format) -> String {
+    format!("{key}/t/{id}.{}", format.extension())
+}
+
+/// Whether `key` names what pixbox derives from an image's key, a kept original or a stored
+/// preset or transform, rather than an image: such keys are not read as images (an uploaded key
+/// always ends with an image's extension, so `{image}/original`, `{image}/p/{file}` and
+/// `{image}/t/{file}` are never uploads).
+pub fn is_derived(key: &str) -> bool {
+    let image_key =
+        |base: &str| base.rsplit_once('.').is_some_and(|(_, ext)| ["jpg", "png", "webp", "gif", "avif"].contains(&ext));
+    if let Some(base) = key.strip_suffix("/original") {
+        return image_key(base);
+    }
+    match key.rsplit_once('/') {
+        Some((rest, _)) => rest.strip_suffix("/p").or_else(|| rest.strip_suffix("/t")).is_some_and(image_key),
+        None => false,
+    }
+}
+
 /// What pixbox keeps with an image in its object's string metadata: on an original, its size and
 /// the focal point given at upload; on a result, its size, the plugin and the rendition; on a
 /// job's default rendition also every rendition the job made, its plugin calls and placeholder.
@@ -313,6 +345,17 @@ mod tests {
         assert_eq!(stored.metadata["renditions"], "large,thumb");
         assert_eq!(ImageMeta::of(&stored), full);
         assert!(ImageMeta::default().object("image/png").metadata.is_empty());
+    }
+
+    #[test]
+    fn derived_keys_are_told_from_image_keys() {
+        let key = "shop/0193.jpg";
+        assert!(is_derived(&original_key(key)));
+        assert!(is_derived(&preset_key(key, "card", crate::imaging::Format::Webp)));
+        assert!(is_derived(&transform_key(key, "0a1b", crate::imaging::Format::Png)));
+        for image in [key, "shop/p/0193.jpg", "original", "a/original", "p/x.png", "shop.v2/p/0193.jpg"] {
+            assert!(!is_derived(image), "{image}");
+        }
     }
 
     /// The table as the README shows it.

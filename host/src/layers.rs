@@ -13,6 +13,8 @@ const LAYERS: &[&[&str]] = &[
     &["jobs", "telemetry"],
     // The sandbox and its routes; operators' tools over the ports.
     &["sandbox", "operations"],
+    // Presets rendered on request, by the sandbox, into the store.
+    &["render"],
     // The one configuration tree, made of the lower layers' settings.
     &["config"],
     // What runs: the HTTP api, the worker, the plugin author's commands, the backends' wiring.

@@ -13,6 +13,7 @@ pub mod imaging;
 pub mod jobs;
 pub mod operations;
 pub mod queue;
+pub mod render;
 pub mod sandbox;
 pub mod server;
 pub mod storage;

@@ -45,6 +45,9 @@ pub const QUEUE_UP: &str = "pixbox_queue_up";
 /// Connections closed without a request, by `reason` (`per-address`: over the per-address limit
 /// at accept; `header-timeout`: no complete request head in time).
 pub const CONNECTIONS_REFUSED: &str = "pixbox_connections_refused_total";
+/// Preset requests by `preset` and `result`: `hit` (served from the store), `ok` (rendered),
+/// `busy` (no render slot), or the failed render's code.
+pub const RENDERS: &str = "pixbox_renders_total";
 
 /// Request and plugin times: 1 ms to 2 min.
 const SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
@@ -147,6 +150,11 @@ pub fn sandbox_call(plugin: &str, result: &'static str, elapsed: Duration, memor
     if let Some(peak) = memory_peak {
         histogram!(SANDBOX_MEMORY, "plugin" => plugin.to_string()).record(peak as f64);
     }
+}
+
+/// One preset request (see [`RENDERS`]).
+pub fn variant(preset: &str, result: &'static str) {
+    counter!(RENDERS, "preset" => preset.to_string(), "result" => result).increment(1);
 }
 
 /// A connection closed without a request (see [`CONNECTIONS_REFUSED`]).

@@ -36,6 +36,19 @@ macro_rules! conformance_tests {
 }
 pub(crate) use conformance_tests;
 
+/// Each named `async fn(Backend)` as two tests: `embedded::name` and `s3_sqs::name`.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Embedded).await } )*
+        }
+        mod s3_sqs {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(crate::common::Backend::Aws).await } )*
+        }
+    };
+}
+pub(crate) use on_each_backend;
+
 use std::io::Cursor;
 use std::path::PathBuf;
 

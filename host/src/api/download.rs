@@ -16,12 +16,12 @@ use crate::auth::Signed;
 use crate::imaging::Format;
 use crate::jobs;
 use crate::sandbox::{configured_route, rendition_names, variant_name};
-use crate::storage::{Bucket, StoreError};
+use crate::storage::{Bucket, GetObject, StoreError};
 
 /// The refusals every read (`/download`, `/status`) documents alike: OpenAPI rows only.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // never built: the OpenAPI document reads its variants
-enum ReadRefused {
+pub(super) enum ReadRefused {
     /// `unauthorized`: reads need a key with the `read` scope (or a signed URL)
     #[response(status = 401)]
     Unauthorized(ApiError),
@@ -37,7 +37,7 @@ enum ReadRefused {
 #[derive(utoipa::IntoResponses)]
 #[response(status = 503, description = "`unavailable`")]
 #[allow(dead_code)] // never built: the OpenAPI document reads it
-struct Unavailable(ApiError);
+pub(super) struct Unavailable(ApiError);
 
 /// `/status`'s 503 (it may wait): an OpenAPI row only.
 #[derive(utoipa::IntoResponses)]
@@ -84,7 +84,7 @@ impl KeyQuery {
 }
 
 impl SignedQuery {
-    fn split(self) -> (Signed, Option<String>) {
+    pub(super) fn split(self) -> (Signed, Option<String>) {
         (Signed { expires: self.expires, sig: self.sig }, self.rendition)
     }
 }
@@ -260,7 +260,7 @@ fn resolve(state: &ApiState, key: &str, rendition: Option<&str>) -> Result<Named
 /// The format variant of a rendition made with `format = "auto"` that the client takes, in the
 /// route's order of preference. Only media types the client names count: a browser that sends
 /// `*/*` or `image/*` may still not decode AVIF.
-fn negotiate(variants: &[Format], accept: Option<&str>) -> Option<Format> {
+pub(super) fn negotiate(variants: &[Format], accept: Option<&str>) -> Option<Format> {
     let accept = accept?;
     variants.iter().copied().find(|format| {
         accept.split(',').any(|entry| {
@@ -329,6 +329,13 @@ async fn download(
         }
         Err(e) => return Err(e.into()),
     };
+    Ok(serve(state, object, headers, !variants.is_empty()))
+}
+
+/// A stored result as every read answers it: its real type and length, `ETag` (and `304` when
+/// `If-None-Match` names it), immutable `Cache-Control` (private when reads need a key),
+/// `nosniff`, and `Vary: Accept` when the same URL answers in several formats (`negotiated`).
+pub(super) fn serve(state: &ApiState, object: GetObject, headers: &HeaderMap, negotiated: bool) -> Response {
     let etag = format!("\"{}\"", object.info.etag);
     let mut response = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         StatusCode::NOT_MODIFIED.into_response()
@@ -355,9 +362,9 @@ async fn download(
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if !variants.is_empty() {
+    if negotiated {
         // Caches must keep one copy per Accept: the same URL answers in several formats.
         h.insert(header::VARY, HeaderValue::from_static("Accept"));
     }
-    Ok(response)
+    response
 }

@@ -48,6 +48,7 @@ codes! {
     BadMultipart = "bad-multipart", BAD_REQUEST, "The upload body is not well-formed multipart.";
     InvalidFocus = "invalid-focus", BAD_REQUEST, "An image's `focus` field is not `x,y` with both in 0..=1.";
     InvalidKey = "invalid-key", BAD_REQUEST, "The key is empty, too long, or holds a character or segment keys may not have.";
+    InvalidTransform = "invalid-transform", BAD_REQUEST, "A transform URL asks for an option or value pixbox does not serve.";
     InvalidPrefix = "invalid-prefix", BAD_REQUEST, "The upload's `prefix` field is not a valid key prefix.";
     InvalidWait = "invalid-wait", BAD_REQUEST, "`wait` is not whole seconds within the limit.";
     MissingKey = "missing-key", BAD_REQUEST, "The query parameter `key` is required.";
@@ -61,6 +62,7 @@ codes! {
     SignatureExpired = "signature-expired", FORBIDDEN, "A signed URL past its expiry.";
     NotFound = "not-found", NOT_FOUND, "No image with this key.";
     NoSuchRendition = "no-such-rendition", NOT_FOUND, "The key's route has no rendition of this name, or it was not made.";
+    NoSuchPreset = "no-such-preset", NOT_FOUND, "No preset of this name is configured.";
     NoSuchRoute = "no-such-route", NOT_FOUND, "No such path.";
     MethodNotAllowed = "method-not-allowed", METHOD_NOT_ALLOWED, "The path does not take this method.";
     BodyTimeout = "body-timeout", REQUEST_TIMEOUT, "The request body stopped arriving for longer than the idle limit.";
@@ -72,6 +74,7 @@ codes! {
     NotMultipart = "not-multipart", UNSUPPORTED_MEDIA_TYPE, "The upload is not `multipart/form-data`.";
     UnsupportedFormat = "unsupported-format", UNSUPPORTED_MEDIA_TYPE, "Not a JPEG, PNG, WebP or GIF (judged from the bytes).";
     ProcessingFailed = "processing-failed", UNPROCESSABLE_ENTITY, "The job failed for good; the body's `status` says why.";
+    RenderFailed = "render-failed", UNPROCESSABLE_ENTITY, "A preset's render failed; the message says why (and is repeated for `renders.failure_ttl_secs`).";
     TooManyPixels = "too-many-pixels", UNPROCESSABLE_ENTITY, "The image's header claims more pixels than the limit.";
     TruncatedImage = "truncated-image", UNPROCESSABLE_ENTITY, "The image does not end as its format ends.";
     UnreadableImage = "unreadable-image", UNPROCESSABLE_ENTITY, "The image's header cannot be read.";

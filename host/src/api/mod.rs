@@ -6,6 +6,7 @@ mod download;
 mod error;
 mod guard;
 mod health;
+mod img;
 pub use health::Probes;
 mod live;
 pub mod observe;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub routes: Arc<[crate::sandbox::RouteConfig]>,
     /// What `/ready` and `/metrics` last found, shared by their callers.
     pub probes: Probes,
+    /// The presets, rendered on request (`None`: none is configured).
+    pub renderer: Option<Arc<crate::render::Renderer>>,
 }
 
 /// The two ports, for handlers that need nothing else (readiness, metrics).
@@ -166,6 +169,8 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
         .route(Method::GET, "/status", get(download::status_by_query))
         .route(Method::GET, "/status/{*key}", get(download::status_by_path))
         .route(Method::GET, "/events", get(live::events))
+        .route(Method::GET, "/img/{preset}/{*key}", get(img::preset))
+        .route(Method::GET, "/t/{signature}/{*path}", get(img::transform))
         .route(Method::GET, "/health", get(health::health))
         .route(Method::GET, "/ready", get(health::ready))
         .route(Method::GET, "/openapi.json", get(openapi::openapi_json))

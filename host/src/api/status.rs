@@ -83,7 +83,8 @@ pub struct RenditionStatus {
 /// Refuses a key that is not valid, or names pixbox's own records (as if it did not exist).
 pub(super) fn checked(key: &str) -> Result<(), ApiError> {
     validate_key(key)?;
-    if key.starts_with(RESERVED_PREFIX) {
+    // Bookkeeping, kept originals and stored presets are no images of their own.
+    if key.starts_with(RESERVED_PREFIX) || crate::jobs::is_derived(key) {
         return Err(not_found(key));
     }
     Ok(())

@@ -338,6 +338,10 @@ fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
         return Err(bad("prefixes starting with '.' are reserved"));
     }
     crate::storage::validate_prefix(&prefix).map_err(|_| bad("empty, '.' or '..' segments are not allowed"))?;
+    // `{image}/p/` and `{image}/t/` hold an image's stored presets and transforms.
+    if jobs::is_derived(&format!("{prefix}0.png")) {
+        return Err(bad("a segment named like an image followed by 'p/' or 't/' is reserved"));
+    }
     Ok(prefix)
 }
 

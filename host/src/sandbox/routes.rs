@@ -13,6 +13,9 @@ use crate::imaging::Format;
 pub const DEFAULT_RENDITION: &str = "default";
 /// Longest rendition name (names are part of stored keys and URLs).
 const MAX_RENDITION_NAME: usize = 32;
+/// Names a rendition may not have: `{key}/original` and `{key}/p/...` are taken
+/// ([`crate::jobs::original_key`], [`crate::jobs::preset_key`]).
+const RESERVED_RENDITION_NAMES: [&str; 2] = ["original", "p"];
 
 /// One `[[routes]]` entry of pixbox.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +40,11 @@ pub struct RouteConfig {
     /// preference: `avif`, `webp`. `/download` serves the first one the client's `Accept` names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub formats: Vec<String>,
+    /// Keep the original in the permanent store (`{key}/original`, never served) once the
+    /// renditions exist, so presets are rendered from it; off: the original is deleted, and
+    /// presets are rendered from the largest rendition.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_originals: bool,
 }
 
 /// The option value that asks for one output per format of the route's `formats`, plus the
@@ -79,6 +87,7 @@ impl RouteConfig {
             renditions: BTreeMap::new(),
             default_rendition: None,
             formats: Vec::new(),
+            keep_originals: false,
         }
     }
 
@@ -117,6 +126,11 @@ impl RouteConfig {
                 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
                 return Err(format!("rendition name {name:?} must be 1 to {MAX_RENDITION_NAME} of a-z, 0-9 and -"));
+            }
+            if RESERVED_RENDITION_NAMES.contains(&name.as_str()) {
+                return Err(format!(
+                    "rendition name {name:?} is reserved (kept originals and presets are stored there)"
+                ));
             }
         }
         match (&self.default_rendition, self.renditions.len()) {
@@ -219,6 +233,8 @@ pub struct Route {
     pub renditions: Vec<RenditionRequest>,
     /// Index in `renditions` of the one stored under the key itself.
     pub default_rendition: usize,
+    /// Whether the original is kept once the renditions exist.
+    pub keep_originals: bool,
 }
 
 /// All routes, longest prefix first. There is always a default (`""`) route: the built-in
@@ -299,6 +315,7 @@ impl Routes {
                 options: params(&config.options),
                 renditions,
                 default_rendition,
+                keep_originals: config.keep_originals,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

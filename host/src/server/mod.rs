@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::auth::Auth;
 use crate::config::{Config, QueueKind, Role};
+use crate::render::Renderer;
+use crate::render::urls::Signing;
 use crate::sandbox::{Routes, Sandbox};
+use crate::storage::BlobStore;
 use crate::worker::Worker;
 use crate::worker::runner::Runner;
 
@@ -172,6 +175,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let guards = api::Guards::new(&config.limits);
         let cors = api::cors(&config.cors().map_err(anyhow::Error::msg)?);
         let routes = config.routes.clone().into();
+        let renderer = renderer(config, &store).await?;
         let app = api::router(ApiState {
             store,
             queue,
@@ -181,6 +185,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             cors,
             routes,
             probes: api::Probes::default(),
+            renderer,
         });
         let api = Listener::start("api", listener, app, connection_limits, shutdown.clone());
         tracing::info!(%addr, "api listening");
@@ -190,6 +195,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
     let grace = Duration::from_secs(config.worker.shutdown_grace_secs);
     Ok(Running { addr, admin_addr, shutdown, api, admin, worker, grace })
+}
+
+/// The presets' renderer, when any is configured: a sandbox of the api's own for them.
+async fn renderer(config: &Config, store: &Arc<dyn BlobStore>) -> anyhow::Result<Option<Arc<Renderer>>> {
+    let signing = Signing::from_settings(&config.transform_urls).map_err(anyhow::Error::msg)?;
+    if config.presets.is_empty() && signing.is_none() {
+        return Ok(None);
+    }
+    let mut settings = config.sandbox.clone();
+    settings.cache_dir = Some(config.plugin_cache_dir());
+    let sandbox = Arc::new(Sandbox::new(settings)?);
+    let renderer = Renderer::load(store.clone(), sandbox, &config.presets, signing, config.renders.clone()).await?;
+    tracing::info!(presets = renderer.names().collect::<Vec<_>>().join(", "), "presets");
+    Ok(Some(Arc::new(renderer)))
 }
 
 impl Running {

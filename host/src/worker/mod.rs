@@ -214,6 +214,8 @@ impl Worker {
         let result = self
             .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, gates)
             .await;
+        // Freed now unless the route keeps it (for renders on request).
+        let kept = route.keep_originals.then(|| (original.clone(), header));
         drop(original);
         // Storing the results (fsynced writes, no plugin) goes on outside the job's turn, so the
         // next job reads its original meanwhile and is ready when a plugin slot frees. A store
@@ -242,7 +244,7 @@ impl Worker {
                 return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
             }
         };
-        self.store_results(key, route, output, plugin, started).await
+        self.store_results(key, route, output, kept, plugin, started).await
     }
 
     /// The outcome when the job needs no transform: finished before, failed for good before, or
@@ -329,15 +331,23 @@ impl Worker {
         Ok(Ok((original, header, focus)))
     }
 
-    /// Stores the renditions of a successful call, the default one last, and removes the original.
+    /// Stores the renditions of a successful call, the default one last, and removes the original
+    /// (moved to `{key}/original` first when the route keeps originals).
     async fn store_results(
         &self,
         key: &str,
         route: &Route,
         output: crate::sandbox::Rendered,
+        kept: Option<(Bytes, Header)>,
         plugin: String,
         started: Instant,
     ) -> Result<Outcome, StoreError> {
+        if let Some((original, header)) = kept {
+            let record =
+                jobs::ImageMeta { width: Some(header.width), height: Some(header.height), ..Default::default() };
+            let meta = record.object(header.format.media_type());
+            self.store.put_if_absent(Bucket::Permanent, &jobs::original_key(key), original, &meta).await?;
+        }
         // Every other rendition first, at `{key}/{name}`; the default one last, under the key
         // itself: its presence means the job is done (and all renditions are there). Each is
         // written once: a duplicate delivery that finished first keeps its (served, immutable)
