@@ -44,6 +44,54 @@ fn transform_resizes_a_photo_and_reports_its_cost() {
     assert!(!dir.path().join("plugin-cache").exists());
 }
 
+/// `pixbox transform` runs what the service runs: for a key whose route has renditions, every
+/// rendition from one call (a file and a row each); with `--preset`, the preset.
+#[test]
+fn transform_makes_a_routes_renditions_and_a_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pixbox.toml"),
+        "[[routes]]\nprefix = \"products/\"\nplugin = \"resize\"\ndefault_rendition = \"large\"\n\
+         [routes.renditions.thumb]\nwidth = 64\nheight = 64\nformat = \"webp\"\n\
+         [routes.renditions.large]\nwidth = 400\nheight = 400\n\
+         [presets.card]\nwidth = 200\nheight = 150\nmode = \"cover\"\nformat = \"auto\"\n",
+    )
+    .unwrap();
+    let input = dir.path().join("photo.jpg");
+    std::fs::write(&input, jpeg(&photo(1600, 1200))).unwrap();
+    let run = pixbox(dir.path())
+        .args(["transform", "--key", "products/x.jpg"])
+        .arg(&input)
+        .arg(dir.path().join("out.jpg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&run.stderr));
+    for (rendition, file, size) in [("large", "out.large.jpg", (400, 300)), ("thumb", "out.thumb.webp", (64, 48))] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("photo.jpg:{rendition} ")))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(row.contains(&format!("{}x{}", size.0, size.1)), "{row}");
+        assert_eq!(decode(&std::fs::read(dir.path().join(file)).unwrap()).dimensions(), size, "{file}");
+    }
+
+    let run = pixbox(dir.path())
+        .args(["transform", "--preset", "card"])
+        .arg(&input)
+        .arg(dir.path().join("card.jpg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.lines().any(|l| l.starts_with("photo.jpg ") && l.contains("200x150 jpg")), "{stdout}");
+    assert_eq!(decode(&std::fs::read(dir.path().join("card.jpg")).unwrap()).dimensions(), (200, 150));
+    let unknown =
+        pixbox(dir.path()).args(["transform", "--preset", "nope"]).arg(&input).arg(dir.path()).output().unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no preset \"nope\""), "{unknown:?}");
+}
+
 /// Settings that would lose work or only wait are refused at start, with the reason: more
 /// worker calls than sandbox slots, and an orphan sweep younger than an upload can take.
 #[test]

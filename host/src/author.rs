@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 
 use crate::config::Config;
 use crate::imaging;
-use crate::sandbox::{LoadedPlugin, Param, Sandbox};
+use crate::sandbox::{LoadedPlugin, Param, RenditionRequest, Sandbox};
 
 /// The contract plugins are built against, as this binary speaks it.
 pub const WIT: &str = include_str!("../../wit/transform.wit");
@@ -224,16 +224,21 @@ fn jobs(input: &Path, output: &Path) -> anyhow::Result<Vec<Job>> {
 
 /// Runs `plugin` on every input and prints a row per image (plugin log lines appear above the
 /// row of the image that wrote them). Returns how many failed.
+/// With `renditions`, each image gets them all from one call (as the worker makes a route's), a
+/// row and a file (`out.{name}.{ext}`) each.
 pub async fn run_table(
     sandbox: &Sandbox,
     config: &Config,
     plugin: &LoadedPlugin,
     params: &[Param],
+    renditions: Option<&[RenditionRequest]>,
     input: &Path,
     output: &Path,
 ) -> anyhow::Result<usize> {
     let jobs = jobs(input, output)?;
-    let width = jobs.iter().map(|j| j.input.file_name().unwrap_or_default().len()).max().unwrap_or(5).max(5);
+    let longest_rendition = renditions.into_iter().flatten().map(|r| r.name.len() + 1).max().unwrap_or(0);
+    let width = jobs.iter().map(|j| j.input.file_name().unwrap_or_default().len()).max().unwrap_or(5).max(5)
+        + longest_rendition;
     println!(
         "{} {} (pixbox:transform@{}); limits: {} MiB, {} ms",
         plugin.info.name,
@@ -249,8 +254,16 @@ pub async fn run_table(
     let mut failed = 0;
     for job in &jobs {
         let name = job.input.file_name().unwrap_or_default().to_string_lossy();
-        match transform_one(sandbox, config, plugin, params, job).await {
-            Ok(row) => println!("{name:<width$}  {row}"),
+        match transform_one(sandbox, config, plugin, params, renditions, job).await {
+            Ok(rows) => {
+                for (rendition, row) in rows {
+                    let label = match rendition {
+                        Some(rendition) => format!("{name}:{rendition}"),
+                        None => name.to_string(),
+                    };
+                    println!("{label:<width$}  {row}");
+                }
+            }
             Err(e) => {
                 failed += 1;
                 println!("{name:<width$}  failed: {e:#}");
@@ -260,43 +273,68 @@ pub async fn run_table(
     Ok(failed)
 }
 
+/// One input through the plugin: a row per output (the rendition's name, when there are several).
 async fn transform_one(
     sandbox: &Sandbox,
     config: &Config,
     plugin: &LoadedPlugin,
     params: &[Param],
+    renditions: Option<&[RenditionRequest]>,
     job: &Job,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<(Option<String>, String)>> {
     let bytes = std::fs::read(&job.input).with_context(|| format!("cannot read {}", job.input.display()))?;
     // The header check runs before any plugin, exactly as for uploads.
     let header = imaging::probe(&bytes).context("not a usable image")?;
     config.limits.pixels().check(&header).context("refused by [limits] in pixbox.toml")?;
-    let result = sandbox.transform(plugin, &bytes, header.format.media_type(), params).await?;
-    // Named after what the plugin wrote: `a.jpg` stays `a.jpg`, a GIF written as PNG becomes
-    // `d.gif.png` (never clashing with a `d.png` input); an output path whose extension already
-    // names the written format is used as given.
-    let written = result.header.format;
-    let named = job.output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    let fits = named.is_some_and(|e| e == written.extension() || (e == "jpeg" && written == imaging::Format::Jpeg));
-    let out_path = if fits {
-        job.output.clone()
-    } else {
-        let mut name = job.output.clone().into_os_string();
-        name.push(format!(".{}", written.extension()));
-        PathBuf::from(name)
+    let media_type = header.format.media_type();
+    let (images, stats) = match renditions {
+        None => {
+            let result = sandbox.transform(plugin, &bytes, media_type, params).await?;
+            let image = crate::sandbox::Image { bytes: result.bytes, header: result.header };
+            (vec![(None, image)], result.stats)
+        }
+        Some(requests) => {
+            let rendered = sandbox.render(plugin, &bytes, media_type, requests).await?;
+            let names = requests.iter().map(|r| Some(r.name.clone()));
+            (names.zip(rendered.images).collect(), rendered.stats)
+        }
     };
-    std::fs::write(&out_path, &result.bytes).with_context(|| format!("cannot write {}", out_path.display()))?;
     let describe = |h: &imaging::Header, size: usize| {
         format!("{}x{} {} {}", h.width, h.height, h.format.extension(), human_bytes(size))
     };
-    Ok(format!(
-        "{:<22}  {:<22}  {:>6.1} ms  {:>6.1} MiB  {:>12}",
-        describe(&header, bytes.len()),
-        describe(&result.header, result.bytes.len()),
-        result.stats.elapsed.as_secs_f64() * 1e3,
-        result.stats.memory_peak as f64 / f64::from(1 << 20),
-        result.stats.logs_dropped
-    ))
+    let mut rows = Vec::new();
+    for (rendition, image) in images {
+        let out_path = output_path(&job.output, rendition.as_deref(), image.header.format);
+        std::fs::write(&out_path, &image.bytes).with_context(|| format!("cannot write {}", out_path.display()))?;
+        let row = format!(
+            "{:<22}  {:<22}  {:>6.1} ms  {:>6.1} MiB  {:>12}",
+            describe(&header, bytes.len()),
+            describe(&image.header, image.bytes.len()),
+            stats.elapsed.as_secs_f64() * 1e3,
+            stats.memory_peak as f64 / f64::from(1 << 20),
+            stats.logs_dropped
+        );
+        rows.push((rendition, row));
+    }
+    Ok(rows)
+}
+
+/// Where an output goes, named after what the plugin wrote: `a.jpg` stays `a.jpg`, a GIF written
+/// as PNG becomes `d.gif.png` (never clashing with a `d.png` input); an output path whose
+/// extension already names the written format is used as given. A rendition's output is
+/// `a.{rendition}.{ext}`.
+fn output_path(output: &Path, rendition: Option<&str>, written: imaging::Format) -> PathBuf {
+    if let Some(rendition) = rendition {
+        return output.with_extension(format!("{rendition}.{}", written.extension()));
+    }
+    let named = output.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let fits = named.is_some_and(|e| e == written.extension() || (e == "jpeg" && written == imaging::Format::Jpeg));
+    if fits {
+        return output.to_path_buf();
+    }
+    let mut name = output.to_path_buf().into_os_string();
+    name.push(format!(".{}", written.extension()));
+    PathBuf::from(name)
 }
 
 fn human_bytes(n: usize) -> String {
@@ -324,7 +362,7 @@ pub fn watch(config: &Config, dir: &Path, samples: Option<&Path>, params: &[Para
                 Ok(wasm) => {
                     let run = async {
                         let plugin = sandbox.load(&wasm.display().to_string()).await?;
-                        run_table(&sandbox, config, &plugin, params, &samples, &out).await
+                        run_table(&sandbox, config, &plugin, params, None, &samples, &out).await
                     };
                     match runtime.block_on(run) {
                         Ok(failed) => println!(

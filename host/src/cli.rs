@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Role};
-use crate::sandbox::{Param, Routes, Sandbox};
+use crate::sandbox::{AUTO_FORMAT, OptionValue, Param, Routes, Sandbox};
 
 #[derive(Debug, Parser)]
 #[command(name = "pixbox", version, about = "Image upload-and-resize service with sandboxed WebAssembly transforms")]
@@ -40,9 +40,13 @@ pub enum Command {
     /// Run images through a plugin in the sandbox: time, memory and size per image, and the
     /// plugin's log messages.
     Transform {
-        /// A built-in plugin name or a path to a .wasm component. Default: the route for --key.
+        /// A built-in plugin name or a path to a .wasm component. Default: the route for --key,
+        /// every rendition of it (a file each, `out.{name}.{ext}`), as the worker makes them.
         #[arg(long)]
         plugin: Option<String>,
+        /// Run a preset of pixbox.toml (`[presets.NAME]`), as `/img/{NAME}/...` renders it.
+        #[arg(long, conflicts_with = "plugin")]
+        preset: Option<String>,
         /// A plugin option as name=value; repeatable. Overrides the route's options.
         #[arg(long = "option", value_name = "NAME=VALUE")]
         options: Vec<String>,
@@ -198,6 +202,7 @@ pub fn parse_options(options: &[String]) -> anyhow::Result<Vec<Param>> {
 pub fn transform(
     config: &Config,
     plugin: Option<&str>,
+    preset: Option<&str>,
     options: &[String],
     key: &str,
     input: &Path,
@@ -217,19 +222,44 @@ pub fn transform(
     }
     let sandbox = crate::author::tool_sandbox(config)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let (plugin, mut params) = match plugin {
-        Some(spec) => (runtime.block_on(sandbox.load(spec))?, Vec::new()),
-        None => {
+    let (plugin, mut params, mut renditions) = match (plugin, preset) {
+        (Some(spec), _) => (runtime.block_on(sandbox.load(spec))?, Vec::new(), None),
+        (None, Some(name)) => {
+            let Some(preset) = config.presets.get(name) else {
+                let known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
+                bail!("no preset {name:?} in pixbox.toml (configured: {})", known.join(", "));
+            };
+            let plugin = runtime.block_on(sandbox.load(preset.plugin.as_deref().unwrap_or("resize")))?;
+            // `auto` picks a format per request; here, as for a client that names none.
+            let value = |v: &OptionValue| match v.to_string() {
+                auto if auto.eq_ignore_ascii_case(AUTO_FORMAT) => "same".to_string(),
+                v => v,
+            };
+            let params = preset.options.iter().map(|(k, v)| Param { name: k.clone(), value: value(v) }).collect();
+            (plugin, params, None)
+        }
+        (None, None) => {
             let routes = runtime.block_on(Routes::load(&sandbox, &config.routes))?;
             let route = routes.resolve(key);
-            (route.plugin.clone(), route.options.clone())
+            let renditions = (route.renditions.len() > 1).then(|| route.renditions.clone());
+            (route.plugin.clone(), route.options.clone(), renditions)
         }
     };
     for param in parse_options(options)? {
-        params.retain(|p| p.name != param.name);
-        params.push(param);
+        for options in std::iter::once(&mut params).chain(renditions.iter_mut().flatten().map(|r| &mut r.options)) {
+            options.retain(|p| p.name != param.name);
+            options.push(param.clone());
+        }
     }
-    let failed = runtime.block_on(crate::author::run_table(&sandbox, config, &plugin, &params, input, output))?;
+    let failed = runtime.block_on(crate::author::run_table(
+        &sandbox,
+        config,
+        &plugin,
+        &params,
+        renditions.as_deref(),
+        input,
+        output,
+    ))?;
     if failed > 0 {
         bail!("{failed} image(s) failed");
     }

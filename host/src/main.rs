@@ -12,8 +12,9 @@ fn main() -> std::process::ExitCode {
         Command::Wit { version } => pixbox::author::wit(version.as_deref()),
         Command::Plugin { command: PluginCommand::New { name, dir } } => pixbox::cli::plugin_new(name, dir),
         Command::Serve { .. } => configured(&cli).and_then(pixbox::cli::serve),
-        Command::Transform { plugin, options, key, input, output } => configured(&cli)
-            .and_then(|config| pixbox::cli::transform(&config, plugin.as_deref(), options, key, input, output)),
+        Command::Transform { plugin, preset, options, key, input, output } => configured(&cli).and_then(|config| {
+            pixbox::cli::transform(&config, plugin.as_deref(), preset.as_deref(), options, key, input, output)
+        }),
         Command::Plugin { command: PluginCommand::Info { plugin } } => {
             configured(&cli).and_then(|config| pixbox::cli::plugin_info(&config, plugin))
         }
