@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiState;
 
-/// The page; `/*ROUTES*/[]` is replaced by the configured routes.
+/// The page; `/*ROUTES*/[]` is replaced by the configured routes, `/*PRESETS*/[]` by the presets'
+/// names.
 const PAGE: &str = include_str!("page/index.html");
 
 #[utoipa::path(
@@ -28,6 +29,8 @@ pub async fn page(State(state): State<ApiState>) -> Response {
     }
     // Inside a <script>: no `<` may reach the HTML parser (a `</script>` in a name would end it).
     let json = serde_json::Value::from(routes).to_string().replace('<', "\\u003c");
-    let html = PAGE.replacen("/*ROUTES*/[]", &json, 1);
+    let presets: Vec<&str> = state.renderer.iter().flat_map(|r| r.names()).collect();
+    let presets = serde_json::to_string(&presets).expect("names serialize").replace('<', "\\u003c");
+    let html = PAGE.replacen("/*ROUTES*/[]", &json, 1).replacen("/*PRESETS*/[]", &presets, 1);
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], html).into_response()
 }
