@@ -102,6 +102,16 @@ async fn a_miss_renders_once_and_a_hit_is_served_from_the_store(backend: Backend
     let again =
         p.client.get(format!("{}/img/{name}/{key}", p.base)).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    // Ranges of the stored variant.
+    let range = |spec: &'static str| p.client.get(format!("{}/img/{name}/{key}", p.base)).header("range", spec).send();
+    let head = range("bytes=0-9").await.unwrap();
+    assert_eq!(head.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(head.headers()["content-range"], format!("bytes 0-9/{}", bytes.len()).as_str());
+    assert_eq!(head.bytes().await.unwrap(), bytes[..10]);
+    let tail = range("bytes=-7").await.unwrap();
+    assert_eq!(tail.bytes().await.unwrap(), bytes[bytes.len() - 7..]);
+    let past = range("bytes=99999999-").await.unwrap();
+    assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     // Neither the kept variant nor an original is an image of its own.
     for derived in [stored, format!("{key}/original")] {
         let answer = p.client.get(format!("{}/download/{derived}", p.base)).send().await.unwrap();
@@ -179,6 +189,31 @@ async fn misses_past_the_render_limit_are_refused_at_once_while_hits_are_served(
     assert_eq!(renders(&fast, "busy"), 2);
     // The slot is free again.
     assert_eq!(p.get(&fast, &keys[1]).await.status(), StatusCode::OK);
+    p.running.stop().await;
+}
+
+/// A caller that starts renders faster than `rate_per_caller` is refused with 429 and when to
+/// come back, while its hits are served; a second later it may render again.
+async fn a_caller_over_its_render_rate_is_refused_while_hits_are_served(backend: Backend) {
+    let name = unique("rated", backend);
+    let presets = format!("[{name}]\nwidth = 32\nheight = 32\n");
+    let Some(p) =
+        Presets::start(backend, "a_caller_over_its_render_rate", &presets, |c| c.renders.rate_per_caller = 1).await
+    else {
+        return;
+    };
+    let first = p.done("", common::png(&common::photo(64, 48))).await;
+    let second = p.done("", common::png(&common::photo(64, 48))).await;
+    assert_eq!(p.get(&name, &first).await.status(), StatusCode::OK, "the first render");
+    let refused = p.get(&name, &second).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "rate-limited");
+    assert_eq!(p.get(&name, &first).await.status(), StatusCode::OK, "a hit is served");
+    assert!(p.store.head(Bucket::Permanent, &format!("{second}/p/{name}.png")).await.is_err(), "nothing rendered");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(p.get(&name, &second).await.status(), StatusCode::OK, "allowed again");
+    assert_eq!(renders(&name, "rate-limited"), 1);
     p.running.stop().await;
 }
 
@@ -301,6 +336,7 @@ common::on_each_backend!(
     a_miss_renders_once_and_a_hit_is_served_from_the_store,
     a_crowd_asking_for_one_missing_variant_causes_one_render,
     misses_past_the_render_limit_are_refused_at_once_while_hits_are_served,
+    a_caller_over_its_render_rate_is_refused_while_hits_are_served,
     a_failed_render_is_remembered,
     presets_render_from_the_kept_original_or_the_largest_rendition,
 );

@@ -33,6 +33,18 @@ pub(super) enum ReadRefused {
     NotFound(ApiError),
 }
 
+/// The answers to a `Range` request on every read of a stored image: OpenAPI rows only.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // never built: the OpenAPI document reads its variants
+pub(super) enum Ranges {
+    /// One byte range (`Range: bytes=first-last`, `bytes=first-`, `bytes=-suffix`), with `Content-Range`
+    #[response(status = 206)]
+    Partial,
+    /// The range starts past the end (`Content-Range: bytes */size`)
+    #[response(status = 416)]
+    NotSatisfiable,
+}
+
 /// `/download`'s 503: an OpenAPI row only.
 #[derive(utoipa::IntoResponses)]
 #[response(status = 503, description = "`unavailable`")]
@@ -113,6 +125,7 @@ pub struct FailedDownload {
         (status = 200, description = "The result, with its real Content-Type, ETag, Cache-Control and X-Content-Type-Options: nosniff; `Vary: Accept` when the rendition comes in several formats", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "Still pending (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
+        Ranges,
         (status = 400, description = "`invalid-key`", body = ApiError),
         ReadRefused,
         (status = 422, description = "Processing failed for good", body = FailedDownload),
@@ -142,6 +155,7 @@ pub async fn download_by_path(
         (status = 200, description = "The result (as `/download/{key}`, `Vary: Accept` included)", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "Still pending (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified"),
+        Ranges,
         (status = 400, description = "`missing-key`, `invalid-key`", body = ApiError),
         ReadRefused,
         (status = 422, description = "Processing failed for good", body = FailedDownload),
@@ -219,6 +233,54 @@ async fn status_waiting(
         Some(wait) => super::live::status_after(state, caller, key, wait).await,
         None => status(state, key).await,
     }
+}
+
+/// The one byte range `Range` asks for in an object of `size` bytes, first and last byte:
+/// `None` for no range pixbox serves (several ranges, another unit: the whole object is sent),
+/// `Err` when it starts past the end.
+fn byte_range(range: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = range.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = match (first.trim(), last.trim()) {
+        ("", suffix) => {
+            let suffix: u64 = suffix.parse().ok()?;
+            if suffix == 0 {
+                return Some(Err(()));
+            }
+            (size.saturating_sub(suffix), size.checked_sub(1)?)
+        }
+        (first, "") => (first.parse().ok()?, size.saturating_sub(1)),
+        (first, last) => (first.parse().ok()?, last.parse::<u64>().ok()?.min(size.saturating_sub(1))),
+    };
+    if first >= size || first > last {
+        return Some(Err(()));
+    }
+    Some(Ok((first, last)))
+}
+
+/// Bytes `first..=last` of a body, read in order; reading stops past `last`.
+fn slice(
+    body: crate::storage::ByteStream,
+    first: u64,
+    last: u64,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    use futures::StreamExt;
+    body.scan(0u64, move |at, chunk| {
+        let start = *at;
+        if start > last {
+            return futures::future::ready(None);
+        }
+        let chunk = chunk.map(|bytes| {
+            *at = start + bytes.len() as u64;
+            let from = first.max(start) - start;
+            let to = (last + 1).min(*at).saturating_sub(start);
+            if from < to { bytes.slice(from as usize..to as usize) } else { bytes::Bytes::new() }
+        });
+        futures::future::ready(Some(chunk))
+    })
 }
 
 fn required(key: Option<String>) -> Result<String, ApiError> {
@@ -334,18 +396,43 @@ async fn download(
 
 /// A stored result as every read answers it: its real type and length, `ETag` (and `304` when
 /// `If-None-Match` names it), immutable `Cache-Control` (private when reads need a key),
-/// `nosniff`, and `Vary: Accept` when the same URL answers in several formats (`negotiated`).
+/// `nosniff`, `Vary: Accept` when the same URL answers in several formats (`negotiated`), and
+/// one byte range when asked (`206`; `416` when it starts past the end).
 pub(super) fn serve(state: &ApiState, object: GetObject, headers: &HeaderMap, negotiated: bool) -> Response {
     let etag = format!("\"{}\"", object.info.etag);
-    let mut response = if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+    let size = object.info.size;
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    // `If-Range` with another validator: the representation changed, so the whole of it.
+    let range = text(header::RANGE).filter(|_| text(header::IF_RANGE).is_none_or(|v| v == etag));
+    let mut response = if text(header::IF_NONE_MATCH) == Some(etag.as_str()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut response = Body::from_stream(object.body).into_response();
-        if let Ok(len) = HeaderValue::from_str(&object.info.size.to_string()) {
-            response.headers_mut().insert(header::CONTENT_LENGTH, len);
+        match range.and_then(|r| byte_range(r, size)) {
+            None => {
+                let mut response = Body::from_stream(object.body).into_response();
+                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+                response
+            }
+            Some(Err(())) => {
+                let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                response
+            }
+            Some(Ok((first, last))) => {
+                let mut response =
+                    (StatusCode::PARTIAL_CONTENT, Body::from_stream(slice(object.body, first, last))).into_response();
+                let h = response.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(last - first + 1));
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {first}-{last}/{size}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                response
+            }
         }
-        response
     };
+    response.headers_mut().insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&object.info.meta.content_type) {
         h.insert(header::CONTENT_TYPE, v);
@@ -367,4 +454,25 @@ pub(super) fn serve(state: &ApiState, object: GetObject, headers: &HeaderMap, ne
         h.insert(header::VARY, HeaderValue::from_static("Accept"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_are_read_as_rfc_9110_says() {
+        let size = 1000;
+        assert_eq!(byte_range("bytes=0-9", size), Some(Ok((0, 9))));
+        assert_eq!(byte_range("bytes=990-", size), Some(Ok((990, 999))));
+        assert_eq!(byte_range("bytes=-10", size), Some(Ok((990, 999))));
+        assert_eq!(byte_range("bytes=-5000", size), Some(Ok((0, 999))), "a suffix longer than the object");
+        assert_eq!(byte_range("bytes=500-5000", size), Some(Ok((500, 999))), "the end is clamped");
+        assert_eq!(byte_range("bytes=1000-", size), Some(Err(())), "starts past the end");
+        assert_eq!(byte_range("bytes=9-0", size), Some(Err(())));
+        assert_eq!(byte_range("bytes=-0", size), Some(Err(())));
+        for whole in ["bytes=0-1,5-6", "items=0-1", "bytes=a-b", "bytes=", "0-9"] {
+            assert_eq!(byte_range(whole, size), None, "{whole}: the whole object");
+        }
+    }
 }

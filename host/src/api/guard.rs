@@ -143,6 +143,8 @@ impl Cap {
 #[derive(Debug, Clone)]
 pub struct Guards {
     rate: Option<Arc<DefaultKeyedRateLimiter<CallerKey>>>,
+    /// Renders on request a caller may start (`[renders] rate_per_caller`).
+    renders: Option<Arc<DefaultKeyedRateLimiter<CallerKey>>>,
     uploads: Cap,
     /// Long polls (`/status?wait=`) and event streams open at once.
     watchers: Cap,
@@ -152,24 +154,9 @@ pub struct Guards {
 
 impl Guards {
     pub fn new(limits: &UploadLimits) -> Guards {
-        let rate = NonZeroU32::new(limits.rate_per_second).map(|per_second| {
-            let burst = NonZeroU32::new(limits.rate_burst).unwrap_or(per_second);
-            let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)));
-            // Forget callers whose bucket is full again, so the table does not grow with every
-            // address ever seen; the task ends with the last reference to the limiter.
-            let weak = Arc::downgrade(&limiter);
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(60));
-                loop {
-                    every.tick().await;
-                    let Some(limiter) = weak.upgrade() else { break };
-                    limiter.retain_recent();
-                }
-            });
-            limiter
-        });
         Guards {
-            rate,
+            rate: keyed_rate(limits.rate_per_second, limits.rate_burst),
+            renders: None,
             uploads: Cap::new(limits.max_concurrent_uploads, limits.max_uploads_per_caller, "uploads being received"),
             watchers: Cap::new(
                 limits.max_watchers,
@@ -179,6 +166,23 @@ impl Guards {
             // Checked by the configuration's validation; a bad entry cannot get here.
             trusted_proxies: limits.trusted_proxy_nets().unwrap_or_default().into(),
         }
+    }
+
+    /// With a rate of renders on request per caller: `per_second`, in bursts of as many (0: none).
+    pub fn with_render_rate(mut self, per_second: u32) -> Guards {
+        self.renders = keyed_rate(per_second, per_second);
+        self
+    }
+
+    /// Whether `caller` may start one more render on request now; else 429 `rate-limited` with
+    /// when to try again.
+    pub fn render_admitted(&self, caller: &CallerKey) -> Result<(), ApiError> {
+        let Some(limiter) = &self.renders else { return Ok(()) };
+        limiter.check_key(caller).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            ApiError::new(Code::RateLimited, "too many renders on request; slow down").retry_after(seconds.max(1))
+        })
     }
 
     /// A slot for one long poll or event stream, or 503 when the caller has
@@ -218,6 +222,25 @@ impl Guards {
         }
         client
     }
+}
+
+/// A rate limiter per caller, `per_second` in bursts of `burst` (`None` when `per_second` is 0).
+fn keyed_rate(per_second: u32, burst: u32) -> Option<Arc<DefaultKeyedRateLimiter<CallerKey>>> {
+    let per_second = NonZeroU32::new(per_second)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(per_second);
+    let limiter = Arc::new(RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)));
+    // Forget callers whose bucket is full again, so the table does not grow with every address
+    // ever seen; the task ends with the last reference to the limiter.
+    let weak = Arc::downgrade(&limiter);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(limiter) = weak.upgrade() else { break };
+            limiter.retain_recent();
+        }
+    });
+    Some(limiter)
 }
 
 /// Tells the handlers who is calling ([`CallerKey`]) and counts the request against that

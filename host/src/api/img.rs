@@ -3,13 +3,13 @@
 //! `render::Renderer` (one render however many ask), answered as `/download` answers a stored
 //! result.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::download::{ReadRefused, SignedQuery, negotiate, serve};
+use super::download::{Ranges, ReadRefused, SignedQuery, negotiate, serve};
 use super::status::{Status, checked, status};
-use super::{ApiError, ApiState, Code};
+use super::{ApiError, ApiState, CallerKey, Code};
 use crate::render::RenderError;
 
 #[utoipa::path(
@@ -27,14 +27,17 @@ use crate::render::RenderError;
         (status = 200, description = "The preset of the image, from the store or rendered now (and stored): its real Content-Type, ETag, immutable Cache-Control; `Vary: Accept` for an `auto` preset", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "The image is still being processed (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
+        Ranges,
         (status = 400, description = "`invalid-key`", body = ApiError),
         ReadRefused,
         (status = 422, description = "`processing-failed`: the image's own job failed; `render-failed`: the preset's render failed (answered again for `renders.failure_ttl_secs`)", body = ApiError),
+        (status = 429, description = "`rate-limited` (with `Retry-After`): the caller started `renders.rate_per_caller` renders this second", body = ApiError),
         (status = 503, description = "`too-busy` (with `Retry-After`): `renders.max_concurrent` renders are running; `unavailable`", body = ApiError),
     )
 )]
 pub async fn preset(
     State(state): State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
     Path((preset, key)): Path<(String, String)>,
     Query(query): Query<SignedQuery>,
     headers: HeaderMap,
@@ -45,8 +48,11 @@ pub async fn preset(
         return Err(ApiError::new(Code::NoSuchPreset, format!("no preset {preset:?}: none is configured")));
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    match renderer.preset(&preset, &key, |format| negotiate(&[format], accept).is_some()).await {
+    let mut rate_refusal = None;
+    let admit = || admitted(&state, &caller, &mut rate_refusal);
+    match renderer.preset(&preset, &key, |format| negotiate(&[format], accept).is_some(), admit).await {
         Ok(object) => Ok(serve(&state, object, &headers, renderer.negotiates(&preset))),
+        Err(RenderError::NotAdmitted) => Err(rate_refusal.expect("a refusal says why")),
         Err(RenderError::Pending(_)) => {
             let status = status(&state, &key).await?;
             Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], axum::Json(status)).into_response())
@@ -67,14 +73,21 @@ pub async fn preset(
         (status = 200, description = "The variant, from the store or rendered now (and stored at `{key}/t/{id}.{ext}`), with the headers of `/download`", content_type = "image/*", body = Vec<u8>),
         (status = 202, description = "The image is still being processed (with `Retry-After`)", body = Status),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
+        Ranges,
         (status = 400, description = "`invalid-transform`, `invalid-key`", body = ApiError),
         (status = 403, description = "`invalid-signature`: nothing is rendered or stored", body = ApiError),
         (status = 404, description = "`not-found`; `no-such-route` when transform URLs are not configured", body = ApiError),
         (status = 422, description = "`processing-failed`, `render-failed`", body = ApiError),
+        (status = 429, description = "`rate-limited` (with `Retry-After`): as for `/img`", body = ApiError),
         (status = 503, description = "`too-busy` (with `Retry-After`), `unavailable`", body = ApiError),
     )
 )]
-pub async fn transform(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn transform(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let Some(renderer) = &state.renderer else {
         return Err(ApiError::new(Code::NoSuchRoute, "transform URLs are not configured ([transform_urls])"));
     };
@@ -82,13 +95,27 @@ pub async fn transform(State(state): State<ApiState>, uri: Uri, headers: HeaderM
     let path = uri.path().strip_prefix("/t").unwrap_or_default();
     let transform = renderer.transform_url(path).map_err(refused)?;
     checked(&transform.key)?;
-    match renderer.transform(&transform).await {
+    let mut rate_refusal = None;
+    let admit = || admitted(&state, &caller, &mut rate_refusal);
+    match renderer.transform(&transform, admit).await {
         Ok(object) => Ok(serve(&state, object, &headers, false)),
+        Err(RenderError::NotAdmitted) => Err(rate_refusal.expect("a refusal says why")),
         Err(RenderError::Pending(_)) => {
             let status = status(&state, &transform.key).await?;
             Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], axum::Json(status)).into_response())
         }
         Err(e) => Err(refused(e)),
+    }
+}
+
+/// Whether `caller` may start a render now (`[renders] rate_per_caller`); if not, why in `refusal`.
+fn admitted(state: &ApiState, caller: &CallerKey, refusal: &mut Option<ApiError>) -> bool {
+    match state.guards.render_admitted(caller) {
+        Ok(()) => true,
+        Err(e) => {
+            *refusal = Some(e);
+            false
+        }
     }
 }
 
@@ -101,6 +128,7 @@ fn refused(e: RenderError) -> ApiError {
         // Answered 202 by the handler; kept here so every error has an answer.
         RenderError::Pending(_) => ApiError::new(Code::NotFound, e.to_string()),
         RenderError::Busy(_) => ApiError::new(Code::TooBusy, e.to_string()).retry_after(1),
+        RenderError::NotAdmitted => ApiError::new(Code::RateLimited, "too many renders on request").retry_after(1),
         RenderError::Failed { .. } => ApiError::new(Code::RenderFailed, e.to_string()),
         RenderError::BadSignature => ApiError::new(Code::InvalidSignature, e.to_string()),
         RenderError::InvalidTransform(_) => ApiError::new(Code::InvalidTransform, e.to_string()),

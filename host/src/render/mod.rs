@@ -42,11 +42,14 @@ pub struct RenderSettings {
     pub failure_ttl_secs: u64,
     /// Largest source image a render reads, in bytes.
     pub max_source_bytes: u64,
+    /// Renders one caller (API key, else address) may start per second, in bursts of as many;
+    /// over it, `429 rate-limited`. Hits and joining a running render do not count. 0: no limit.
+    pub rate_per_caller: u32,
 }
 
 impl Default for RenderSettings {
     fn default() -> Self {
-        RenderSettings { max_concurrent: 4, failure_ttl_secs: 30, max_source_bytes: 64 << 20 }
+        RenderSettings { max_concurrent: 4, failure_ttl_secs: 30, max_source_bytes: 64 << 20, rate_per_caller: 10 }
     }
 }
 
@@ -99,6 +102,9 @@ pub enum RenderError {
     /// Every render slot is taken.
     #[error("{0} renders are running; try again shortly")]
     Busy(u32),
+    /// The caller may not start another render now (its answer, from the api's policy).
+    #[error("not admitted")]
+    NotAdmitted,
     /// The plugin failed (or made something else than asked); remembered for a while.
     #[error("the render failed ({code}): {message}")]
     Failed { code: &'static str, message: String },
@@ -221,11 +227,14 @@ impl Renderer {
 
     /// Preset `name` of the image `key`: from the store, or rendered now (and stored). `accepts`
     /// says whether the client takes a format, for `format = "auto"` presets.
+    /// `admit` is asked before a render is started for this request (not for a hit, nor to join
+    /// a running render): `false` answers [`RenderError::NotAdmitted`].
     pub async fn preset(
         self: &Arc<Self>,
         name: &str,
         key: &str,
         accepts: impl Fn(Format) -> bool,
+        admit: impl FnOnce() -> bool,
     ) -> Result<GetObject, RenderError> {
         let Some(recipe) = self.presets.get(name) else {
             let known = self.presets.keys().cloned().collect::<Vec<_>>().join(", ");
@@ -238,7 +247,7 @@ impl Renderer {
             PresetFormat::Auto => AUTO_FORMATS.into_iter().find(|f| accepts(*f)).unwrap_or(own),
         };
         let stored = jobs::preset_key(key, name, format);
-        self.variant(name, recipe.clone(), key, format, &stored).await
+        self.variant(name, recipe.clone(), key, format, &stored, admit).await
     }
 
     /// Reads a transform URL's path (what follows `/t`): its signature checked against the rest.
@@ -256,7 +265,11 @@ impl Renderer {
 
     /// The variant a checked transform URL asks for: from the store (`{key}/t/{id}.{ext}`), or
     /// rendered now by `resize` (and stored).
-    pub async fn transform(self: &Arc<Self>, transform: &Transform) -> Result<GetObject, RenderError> {
+    pub async fn transform(
+        self: &Arc<Self>,
+        transform: &Transform,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<GetObject, RenderError> {
         let Some((_, plugin)) = &self.transforms else { return Err(RenderError::NoTransforms) };
         let key = transform.key.as_str();
         let format = match transform.format {
@@ -271,7 +284,7 @@ impl Renderer {
             .collect();
         let recipe = Arc::new(Recipe { plugin: plugin.clone(), params, format: PresetFormat::Fixed(format) });
         let stored = jobs::transform_key(key, &transform.id(), format);
-        self.variant("transform", recipe, key, format, &stored).await
+        self.variant("transform", recipe, key, format, &stored, admit).await
     }
 
     /// The variant of `key` stored at `stored`: from the store, or made now by `recipe` in
@@ -283,6 +296,7 @@ impl Renderer {
         key: &str,
         format: Format,
         stored: &str,
+        admit: impl FnOnce() -> bool,
     ) -> Result<GetObject, RenderError> {
         if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, stored).await)? {
             crate::telemetry::variant(label, "hit");
@@ -291,7 +305,7 @@ impl Renderer {
         if let Some(failure) = self.failure(stored) {
             return Err(failure);
         }
-        self.flight(label, recipe, key, format, stored).await?;
+        self.flight(label, recipe, key, format, stored, admit).await?;
         // Made now, by this process or another: the stored object is what every asker gets.
         jobs::found(self.store.get(Bucket::Permanent, stored).await)?.ok_or_else(|| RenderError::Failed {
             code: codes::RESULT_NOT_CONFIRMED,
@@ -307,12 +321,17 @@ impl Renderer {
         key: &str,
         format: Format,
         stored: &str,
+        admit: impl FnOnce() -> bool,
     ) -> Result<(), RenderError> {
         let flight = {
             let mut flights = self.flights.lock().unwrap();
             match flights.get(stored) {
                 Some(flight) => flight.clone(),
                 None => {
+                    if !admit() {
+                        crate::telemetry::variant(label, "rate-limited");
+                        return Err(RenderError::NotAdmitted);
+                    }
                     let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                         crate::telemetry::variant(label, "busy");
                         return Err(RenderError::Busy(self.settings.max_concurrent));
@@ -457,6 +476,7 @@ impl RenderError {
         match self {
             RenderError::Failed { code, .. } => code,
             RenderError::Busy(_) => "busy",
+            RenderError::NotAdmitted => "rate-limited",
             RenderError::Store(_) => codes::STORE_UNAVAILABLE,
             RenderError::NoSuchPreset { .. } | RenderError::NotFound(_) | RenderError::NoTransforms => "not-found",
             RenderError::BadSignature | RenderError::InvalidTransform(_) => "refused",

@@ -172,7 +172,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let guards = api::Guards::new(&config.limits);
+        let guards = api::Guards::new(&config.limits).with_render_rate(config.renders.rate_per_caller);
         let cors = api::cors(&config.cors().map_err(anyhow::Error::msg)?);
         let routes = config.routes.clone().into();
         let renderer = renderer(config, &store).await?;
