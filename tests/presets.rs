@@ -129,6 +129,26 @@ async fn a_miss_renders_once_and_a_hit_is_served_from_the_store(backend: Backend
     p.running.stop().await;
 }
 
+/// A `format = "auto"` preset answers in the first of AVIF, WebP the client's Accept names, else in
+/// the image's own format, each stored once, with `Vary: Accept`.
+async fn an_auto_preset_answers_in_the_format_the_client_takes(backend: Backend) {
+    let name = unique("auto", backend);
+    let presets = format!("[{name}]\nwidth = 120\nheight = 80\nformat = \"auto\"\n");
+    let Some(p) = Presets::start(backend, "an_auto_preset", &presets, |_| {}).await else { return };
+    let key = p.done("", common::png(&common::photo(320, 240))).await;
+    for (accept, media_type) in
+        [("image/avif,image/webp,*/*", "image/avif"), ("image/webp,*/*", "image/webp"), ("*/*", "image/png")]
+    {
+        let answer =
+            p.client.get(format!("{}/img/{name}/{key}", p.base)).header("accept", accept).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{accept}");
+        assert_eq!(answer.headers()["content-type"], media_type, "{accept}");
+        assert_eq!(answer.headers()["vary"], "Accept");
+    }
+    assert_eq!(renders(&name, "ok"), 3, "one render per format");
+    p.running.stop().await;
+}
+
 /// 100 requests at once for one missing variant: one render, 100 identical answers.
 async fn a_crowd_asking_for_one_missing_variant_causes_one_render(backend: Backend) {
     let name = unique("crowd", backend);
@@ -335,6 +355,7 @@ common::on_each_backend!(
     signed_transform_urls_render_and_tampered_ones_are_refused,
     a_miss_renders_once_and_a_hit_is_served_from_the_store,
     a_crowd_asking_for_one_missing_variant_causes_one_render,
+    an_auto_preset_answers_in_the_format_the_client_takes,
     misses_past_the_render_limit_are_refused_at_once_while_hits_are_served,
     a_caller_over_its_render_rate_is_refused_while_hits_are_served,
     a_failed_render_is_remembered,
