@@ -11,6 +11,25 @@ use super::download::{Ranges, ReadRefused, SignedQuery, negotiate, serve};
 use super::status::{Status, checked, status};
 use super::{ApiError, ApiState, CallerKey, Code};
 use crate::render::RenderError;
+use crate::storage::GetObject;
+
+/// The answers `/img` and `/t` share besides the image: OpenAPI rows only.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, clippy::large_enum_variant)] // never built: the OpenAPI document reads its variants
+enum VariantAnswers {
+    /// The image is still being processed (with `Retry-After`)
+    #[response(status = 202)]
+    Pending(Status),
+    /// Not modified (If-None-Match matched the ETag)
+    #[response(status = 304)]
+    NotModified,
+    /// `rate-limited` (with `Retry-After`): the caller started `renders.rate_per_caller` renders this second
+    #[response(status = 429)]
+    RateLimited(ApiError),
+    /// `too-busy` (with `Retry-After`): `renders.max_concurrent` renders are running; `unavailable`
+    #[response(status = 503)]
+    Busy(ApiError),
+}
 
 #[utoipa::path(
     get,
@@ -25,14 +44,11 @@ use crate::render::RenderError;
     ),
     responses(
         (status = 200, description = "The preset of the image, from the store or rendered now (and stored): its real Content-Type, ETag, immutable Cache-Control; `Vary: Accept` for an `auto` preset", content_type = "image/*", body = Vec<u8>),
-        (status = 202, description = "The image is still being processed (with `Retry-After`)", body = Status),
-        (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
+        VariantAnswers,
         Ranges,
         (status = 400, description = "`invalid-key`", body = ApiError),
         ReadRefused,
         (status = 422, description = "`processing-failed`: the image's own job failed; `render-failed`: the preset's render failed (answered again for `renders.failure_ttl_secs`)", body = ApiError),
-        (status = 429, description = "`rate-limited` (with `Retry-After`): the caller started `renders.rate_per_caller` renders this second", body = ApiError),
-        (status = 503, description = "`too-busy` (with `Retry-After`): `renders.max_concurrent` renders are running; `unavailable`", body = ApiError),
     )
 )]
 pub async fn preset(
@@ -50,15 +66,8 @@ pub async fn preset(
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let mut rate_refusal = None;
     let admit = || admitted(&state, &caller, &mut rate_refusal);
-    match renderer.preset(&preset, &key, |format| negotiate(&[format], accept).is_some(), admit).await {
-        Ok(object) => Ok(serve(&state, object, &headers, renderer.negotiates(&preset))),
-        Err(RenderError::NotAdmitted) => Err(rate_refusal.expect("a refusal says why")),
-        Err(RenderError::Pending(_)) => {
-            let status = status(&state, &key).await?;
-            Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], axum::Json(status)).into_response())
-        }
-        Err(e) => Err(refused(e)),
-    }
+    let result = renderer.preset(&preset, &key, |format| negotiate(&[format], accept).is_some(), admit).await;
+    answer(&state, &key, &headers, renderer.negotiates(&preset), result, rate_refusal).await
 }
 
 #[utoipa::path(
@@ -71,15 +80,12 @@ pub async fn preset(
     ),
     responses(
         (status = 200, description = "The variant, from the store or rendered now (and stored at `{key}/t/{id}.{ext}`), with the headers of `/download`", content_type = "image/*", body = Vec<u8>),
-        (status = 202, description = "The image is still being processed (with `Retry-After`)", body = Status),
-        (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
+        VariantAnswers,
         Ranges,
         (status = 400, description = "`invalid-transform`, `invalid-key`", body = ApiError),
         (status = 403, description = "`invalid-signature`: nothing is rendered or stored", body = ApiError),
         (status = 404, description = "`not-found`; `no-such-route` when transform URLs are not configured", body = ApiError),
         (status = 422, description = "`processing-failed`, `render-failed`", body = ApiError),
-        (status = 429, description = "`rate-limited` (with `Retry-After`): as for `/img`", body = ApiError),
-        (status = 503, description = "`too-busy` (with `Retry-After`), `unavailable`", body = ApiError),
     )
 )]
 pub async fn transform(
@@ -97,11 +103,25 @@ pub async fn transform(
     checked(&transform.key)?;
     let mut rate_refusal = None;
     let admit = || admitted(&state, &caller, &mut rate_refusal);
-    match renderer.transform(&transform, admit).await {
-        Ok(object) => Ok(serve(&state, object, &headers, false)),
+    let result = renderer.transform(&transform, admit).await;
+    answer(&state, &transform.key, &headers, false, result, rate_refusal).await
+}
+
+/// The answer to a variant asked for: the stored image, `202` while the image's own job is
+/// pending, or why not (`rate_refusal`: the caller's rate said no).
+async fn answer(
+    state: &ApiState,
+    key: &str,
+    headers: &HeaderMap,
+    negotiated: bool,
+    result: Result<GetObject, RenderError>,
+    rate_refusal: Option<ApiError>,
+) -> Result<Response, ApiError> {
+    match result {
+        Ok(object) => Ok(serve(state, object, headers, negotiated)),
         Err(RenderError::NotAdmitted) => Err(rate_refusal.expect("a refusal says why")),
         Err(RenderError::Pending(_)) => {
-            let status = status(&state, &transform.key).await?;
+            let status = status(state, key).await?;
             Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], axum::Json(status)).into_response())
         }
         Err(e) => Err(refused(e)),

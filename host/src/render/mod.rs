@@ -129,6 +129,18 @@ impl From<StoreError> for RenderError {
 
 type Flight = Shared<BoxFuture<'static, Result<(), RenderError>>>;
 
+/// One variant asked for: what makes it and where it is stored.
+struct Wanted {
+    /// Names it in logs and metrics: the preset, or `transform`.
+    label: String,
+    recipe: Arc<Recipe>,
+    /// The image's key.
+    key: String,
+    format: Format,
+    /// Where the variant is (or will be) stored.
+    stored: String,
+}
+
 /// The presets and what renders them.
 pub struct Renderer {
     store: Arc<dyn BlobStore>,
@@ -247,7 +259,8 @@ impl Renderer {
             PresetFormat::Auto => AUTO_FORMATS.into_iter().find(|f| accepts(*f)).unwrap_or(own),
         };
         let stored = jobs::preset_key(key, name, format);
-        self.variant(name, recipe.clone(), key, format, &stored, admit).await
+        let wanted = Wanted { label: name.into(), recipe: recipe.clone(), key: key.into(), format, stored };
+        self.variant(Arc::new(wanted), admit).await
     }
 
     /// Reads a transform URL's path (what follows `/t`): its signature checked against the rest.
@@ -284,48 +297,37 @@ impl Renderer {
             .collect();
         let recipe = Arc::new(Recipe { plugin: plugin.clone(), params, format: PresetFormat::Fixed(format) });
         let stored = jobs::transform_key(key, &transform.id(), format);
-        self.variant("transform", recipe, key, format, &stored, admit).await
+        let wanted = Wanted { label: "transform".into(), recipe, key: key.into(), format, stored };
+        self.variant(Arc::new(wanted), admit).await
     }
 
-    /// The variant of `key` stored at `stored`: from the store, or made now by `recipe` in
-    /// `format` (and stored). `label` names it in logs and metrics.
+    /// The variant `wanted`: from the store, or made now (and stored).
     async fn variant(
         self: &Arc<Self>,
-        label: &str,
-        recipe: Arc<Recipe>,
-        key: &str,
-        format: Format,
-        stored: &str,
+        wanted: Arc<Wanted>,
         admit: impl FnOnce() -> bool,
     ) -> Result<GetObject, RenderError> {
-        if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, stored).await)? {
-            crate::telemetry::variant(label, "hit");
+        if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, &wanted.stored).await)? {
+            crate::telemetry::variant(&wanted.label, "hit");
             return Ok(object);
         }
-        if let Some(failure) = self.failure(stored) {
+        if let Some(failure) = self.failure(&wanted.stored) {
             return Err(failure);
         }
-        self.flight(label, recipe, key, format, stored, admit).await?;
+        self.flight(&wanted, admit).await?;
         // Made now, by this process or another: the stored object is what every asker gets.
-        jobs::found(self.store.get(Bucket::Permanent, stored).await)?.ok_or_else(|| RenderError::Failed {
+        jobs::found(self.store.get(Bucket::Permanent, &wanted.stored).await)?.ok_or_else(|| RenderError::Failed {
             code: codes::RESULT_NOT_CONFIRMED,
             message: "the render's result is not in the store".into(),
         })
     }
 
-    /// The render of `stored`: joins the one running, or starts it when a slot is free.
-    async fn flight(
-        self: &Arc<Self>,
-        label: &str,
-        recipe: Arc<Recipe>,
-        key: &str,
-        format: Format,
-        stored: &str,
-        admit: impl FnOnce() -> bool,
-    ) -> Result<(), RenderError> {
+    /// The render of `wanted`: joins the one running, or starts it when a slot is free.
+    async fn flight(self: &Arc<Self>, wanted: &Arc<Wanted>, admit: impl FnOnce() -> bool) -> Result<(), RenderError> {
+        let label = wanted.label.as_str();
         let flight = {
             let mut flights = self.flights.lock().unwrap();
-            match flights.get(stored) {
+            match flights.get(&wanted.stored) {
                 Some(flight) => flight.clone(),
                 None => {
                     if !admit() {
@@ -336,29 +338,25 @@ impl Renderer {
                         crate::telemetry::variant(label, "busy");
                         return Err(RenderError::Busy(self.settings.max_concurrent));
                     };
-                    let (this, label, key, stored_key) =
-                        (self.clone(), label.to_string(), key.to_string(), stored.to_string());
+                    let (this, running) = (self.clone(), wanted.clone());
                     // A task of its own: the render finishes (and is stored) even when every
                     // client that asked has gone.
                     let task = tokio::spawn(async move {
-                        let result = this.render(&label, &recipe, &key, format, &stored_key).await;
-                        crate::telemetry::variant(
-                            &label,
-                            result.as_ref().map_or_else(RenderError::label, |_| codes::OK),
-                        );
+                        let result = this.render(&running).await;
+                        let outcome = result.as_ref().map_or_else(RenderError::label, |_| codes::OK);
+                        crate::telemetry::variant(&running.label, outcome);
                         if let Err(e @ RenderError::Failed { .. }) = &result {
-                            this.remember(&stored_key, e.clone());
+                            this.remember(&running.stored, e.clone());
                         }
                         drop(slot);
                         if result.is_ok() {
-                            let this = this.clone();
-                            let stored_key = stored_key.clone();
+                            let (this, running) = (this.clone(), running.clone());
                             tokio::spawn(async move {
                                 tokio::time::sleep(FLIGHT_LINGER).await;
-                                this.flights.lock().unwrap().remove(&stored_key);
+                                this.flights.lock().unwrap().remove(&running.stored);
                             });
                         } else {
-                            this.flights.lock().unwrap().remove(&stored_key);
+                            this.flights.lock().unwrap().remove(&running.stored);
                         }
                         result
                     });
@@ -369,7 +367,7 @@ impl Renderer {
                     }
                     .boxed()
                     .shared();
-                    flights.insert(stored.to_string(), flight.clone());
+                    flights.insert(wanted.stored.clone(), flight.clone());
                     flight
                 }
             }
@@ -377,15 +375,10 @@ impl Renderer {
         flight.await
     }
 
-    /// Renders `key` by `recipe` in `format` and stores it under `stored`.
-    async fn render(
-        &self,
-        label: &str,
-        recipe: &Recipe,
-        key: &str,
-        format: Format,
-        stored: &str,
-    ) -> Result<(), RenderError> {
+    /// Renders `wanted` and stores it.
+    async fn render(&self, wanted: &Wanted) -> Result<(), RenderError> {
+        let Wanted { label, recipe, key, format, stored } = wanted;
+        let (key, format) = (key.as_str(), *format);
         let source = self.source(key).await?;
         let media_type = source.info.meta.content_type.clone();
         let limit = usize::try_from(self.settings.max_source_bytes).unwrap_or(usize::MAX);

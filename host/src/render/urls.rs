@@ -120,7 +120,8 @@ pub fn parse(path: &str) -> Result<Transform, UrlError> {
                 Some((key, ext)) => (key.to_string(), Some(ext.to_string())),
                 None => (plain, None),
             };
-            let key = percent_decode(&key).ok_or_else(|| invalid(format!("the source {key:?} is not valid UTF-8")))?;
+            let key = crate::storage::percent_decode(&key)
+                .ok_or_else(|| invalid(format!("the source {key:?} is not percent-encoded UTF-8")))?;
             (key, ext)
         }
         Some(_) => {
@@ -252,24 +253,6 @@ fn format_named(name: &str) -> Result<Format, UrlError> {
         "avif" => Ok(Format::Avif),
         other => Err(UrlError::Invalid(format!("format {other:?} is not one pixbox serves (jpg, png, webp, avif)"))),
     }
-}
-
-/// `%XX` escapes decoded (imgproxy's plain sources are percent-encoded).
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -159,23 +159,6 @@ fn encode_segment(segment: &str) -> String {
     out
 }
 
-fn decode_segment(segment: &str) -> Option<String> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = segment.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("filesystem: {e}"))
 }
@@ -198,11 +181,11 @@ fn walk(dir: &Path, prefix_segments: &mut Vec<String>, out: &mut Vec<String>) ->
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if entry.file_type()?.is_dir() {
-            let Some(segment) = decode_segment(name) else { continue };
+            let Some(segment) = super::percent_decode(name) else { continue };
             prefix_segments.push(segment);
             walk(&entry.path(), prefix_segments, out)?;
             prefix_segments.pop();
-        } else if let Some(last) = name.strip_suffix('~').and_then(decode_segment) {
+        } else if let Some(last) = name.strip_suffix('~').and_then(super::percent_decode) {
             let mut key = prefix_segments.join("/");
             if !key.is_empty() {
                 key.push('/');

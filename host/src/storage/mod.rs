@@ -157,3 +157,21 @@ pub fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
             .map_err(|_| StoreError::InvalidKey { key: prefix.into(), reason: "not a valid key prefix" }),
     }
 }
+
+/// `%XX` escapes decoded; `None` for a broken escape or bytes that are not UTF-8.
+pub fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
