@@ -127,6 +127,20 @@ impl From<StoreError> for RenderError {
     }
 }
 
+/// The `result` labels of `pixbox_renders_total` besides `ok` and a failed render's job code.
+pub mod results {
+    /// Served from the store.
+    pub const HIT: &str = "hit";
+    /// No render slot was free.
+    pub const BUSY: &str = "busy";
+    /// The caller may not start another render now.
+    pub const RATE_LIMITED: &str = "rate-limited";
+    /// Nothing to render from: no such image (or preset), or its own job is pending.
+    pub const NO_SOURCE: &str = "no-source";
+    /// A transform URL that is refused (its signature, or what it asks for).
+    pub const REFUSED: &str = "refused";
+}
+
 type Flight = Shared<BoxFuture<'static, Result<(), RenderError>>>;
 
 /// One variant asked for: what makes it and where it is stored.
@@ -308,7 +322,7 @@ impl Renderer {
         admit: impl FnOnce() -> bool,
     ) -> Result<GetObject, RenderError> {
         if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, &wanted.stored).await)? {
-            crate::telemetry::variant(&wanted.label, "hit");
+            crate::telemetry::variant(&wanted.label, results::HIT);
             return Ok(object);
         }
         if let Some(failure) = self.failure(&wanted.stored) {
@@ -331,11 +345,11 @@ impl Renderer {
                 Some(flight) => flight.clone(),
                 None => {
                     if !admit() {
-                        crate::telemetry::variant(label, "rate-limited");
+                        crate::telemetry::variant(label, results::RATE_LIMITED);
                         return Err(RenderError::NotAdmitted);
                     }
                     let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                        crate::telemetry::variant(label, "busy");
+                        crate::telemetry::variant(label, results::BUSY);
                         return Err(RenderError::Busy(self.settings.max_concurrent));
                     };
                     let (this, running) = (self.clone(), wanted.clone());
@@ -379,7 +393,7 @@ impl Renderer {
     async fn render(&self, wanted: &Wanted) -> Result<(), RenderError> {
         let Wanted { label, recipe, key, format, stored } = wanted;
         let (key, format) = (key.as_str(), *format);
-        let source = self.source(key).await?;
+        let (source, from) = self.source(key).await?;
         let media_type = source.info.meta.content_type.clone();
         let limit = usize::try_from(self.settings.max_source_bytes).unwrap_or(usize::MAX);
         let input = source.bytes(limit).await?;
@@ -409,21 +423,23 @@ impl Renderer {
         // Write-once: another process's render of the same variant may have landed first; both
         // are the same transform of the same source, and the first one stays.
         self.store.put_if_absent(Bucket::Permanent, stored, Bytes::from(output.bytes), &meta).await?;
-        tracing::info!(key, variant = label, ms = output.stats.elapsed.as_millis() as u64, "rendered on request");
+        let ms = output.stats.elapsed.as_millis() as u64;
+        tracing::info!(key, variant = label, from, ms, "rendered on request");
         Ok(())
     }
 
-    /// What a render of `key` starts from: its kept original when the route keeps them, else its
-    /// largest stored rendition.
-    async fn source(&self, key: &str) -> Result<GetObject, RenderError> {
+    /// What a render of `key` starts from, and its stored key: its kept original when the route
+    /// keeps them, else its largest stored rendition (which the render's log line names).
+    async fn source(&self, key: &str) -> Result<(GetObject, String), RenderError> {
         let info = match jobs::state(&*self.store, key).await? {
             State::Done(info) => info,
             State::Pending => return Err(RenderError::Pending(key.into())),
             State::Failed(failure) => return Err(RenderError::JobFailed { key: key.into(), code: failure.code }),
             State::Unknown => return Err(RenderError::NotFound(key.into())),
         };
-        if let Some(original) = jobs::found(self.store.get(Bucket::Permanent, &jobs::original_key(key)).await)? {
-            return Ok(original);
+        let original = jobs::original_key(key);
+        if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, &original).await)? {
+            return Ok((object, original));
         }
         let record = ImageMeta::of(&info.meta);
         let pixels = |m: &ImageMeta| u64::from(m.width.unwrap_or(0)) * u64::from(m.height.unwrap_or(0));
@@ -438,9 +454,9 @@ impl Renderer {
                 }
             }
         }
-        tracing::debug!(key, source = largest.0, "no kept original: rendering from the largest rendition");
-        jobs::found(self.store.get(Bucket::Permanent, &largest.0).await)?
-            .ok_or_else(|| RenderError::NotFound(key.into()))
+        let object = jobs::found(self.store.get(Bucket::Permanent, &largest.0).await)?
+            .ok_or_else(|| RenderError::NotFound(key.into()))?;
+        Ok((object, largest.0))
     }
 
     /// A failed render of `stored` still remembered.
@@ -468,12 +484,14 @@ impl RenderError {
     fn label(&self) -> &'static str {
         match self {
             RenderError::Failed { code, .. } => code,
-            RenderError::Busy(_) => "busy",
-            RenderError::NotAdmitted => "rate-limited",
+            RenderError::Busy(_) => results::BUSY,
+            RenderError::NotAdmitted => results::RATE_LIMITED,
             RenderError::Store(_) => codes::STORE_UNAVAILABLE,
-            RenderError::NoSuchPreset { .. } | RenderError::NotFound(_) | RenderError::NoTransforms => "not-found",
-            RenderError::BadSignature | RenderError::InvalidTransform(_) => "refused",
-            RenderError::Pending(_) => "pending",
+            RenderError::NoSuchPreset { .. }
+            | RenderError::NotFound(_)
+            | RenderError::NoTransforms
+            | RenderError::Pending(_) => results::NO_SOURCE,
+            RenderError::BadSignature | RenderError::InvalidTransform(_) => results::REFUSED,
             RenderError::JobFailed { .. } => codes::FAILED,
         }
     }
