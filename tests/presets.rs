@@ -112,10 +112,11 @@ async fn a_miss_renders_once_and_a_hit_is_served_from_the_store(backend: Backend
     assert_eq!(tail.bytes().await.unwrap(), bytes[bytes.len() - 7..]);
     let past = range("bytes=99999999-").await.unwrap();
     assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    // Neither the kept variant nor an original is an image of its own.
-    for derived in [stored, format!("{key}/original")] {
-        let answer = p.client.get(format!("{}/download/{derived}", p.base)).send().await.unwrap();
-        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{derived}");
+    // The stored variant is no image of its own.
+    for route in ["download", "status"] {
+        let answer = p.client.get(format!("{}/{route}/{stored}", p.base)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{route}/{stored}");
+        assert_eq!(answer.json::<Value>().await.unwrap()["code"], "not-found");
     }
     // Nor can an upload take their place.
     let image = Part::bytes(common::png(&common::photo(8, 8))).file_name("a.png");
@@ -289,7 +290,14 @@ async fn presets_render_from_the_kept_original_or_the_largest_rendition(backend:
     let from_rendition = p.done("small/", photo.clone()).await;
     let from_original = p.done("kept/", photo).await;
     assert!(p.store.head(Bucket::Permanent, &format!("{from_rendition}/original")).await.is_err());
-    assert!(p.store.head(Bucket::Permanent, &format!("{from_original}/original")).await.is_ok());
+    let original = format!("{from_original}/original");
+    assert!(p.store.head(Bucket::Permanent, &original).await.is_ok());
+    // Kept, never served.
+    for route in ["download", "status"] {
+        let answer = p.client.get(format!("{}/{route}/{original}", p.base)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{route}/{original}");
+        assert_eq!(answer.json::<Value>().await.unwrap()["code"], "not-found");
+    }
     for (key, size) in [(&from_rendition, (400, 300)), (&from_original, (1000, 750))] {
         let answer = p.get(&name, key).await;
         assert_eq!(answer.status(), StatusCode::OK, "{key}");

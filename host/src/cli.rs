@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Role};
-use crate::sandbox::{AUTO_FORMAT, OptionValue, Param, Routes, Sandbox};
+use crate::sandbox::{AUTO_FORMAT, DEFAULT_RENDITION, OptionValue, Param, Routes, Sandbox};
 
 #[derive(Debug, Parser)]
 #[command(name = "pixbox", version, about = "Image upload-and-resize service with sandboxed WebAssembly transforms")]
@@ -44,7 +44,8 @@ pub enum Command {
         /// every rendition of it (a file each, `out.{name}.{ext}`), as the worker makes them.
         #[arg(long)]
         plugin: Option<String>,
-        /// Run a preset of pixbox.toml (`[presets.NAME]`), as `/img/{NAME}/...` renders it.
+        /// Run a preset of pixbox.toml (`[presets.NAME]`), as `/img/{NAME}/...` renders it (a
+        /// `format = "auto"` preset writes the input's format, as for a client that names none).
         #[arg(long, conflicts_with = "plugin")]
         preset: Option<String>,
         /// A plugin option as name=value; repeatable. Overrides the route's options.
@@ -241,7 +242,9 @@ pub fn transform(
         (None, None) => {
             let routes = runtime.block_on(Routes::load(&sandbox, &config.routes))?;
             let route = routes.resolve(key);
-            let renditions = (route.renditions.len() > 1).then(|| route.renditions.clone());
+            // A route that names its renditions (even one) makes them, each with its own options.
+            let named = route.renditions.len() > 1 || route.renditions[0].name != DEFAULT_RENDITION;
+            let renditions = named.then(|| route.renditions.clone());
             (route.plugin.clone(), route.options.clone(), renditions)
         }
     };

@@ -252,13 +252,26 @@ fn byte_range(range: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
             }
             (size.saturating_sub(suffix), size.checked_sub(1)?)
         }
-        (first, "") => (first.parse().ok()?, size.saturating_sub(1)),
-        (first, last) => (first.parse().ok()?, last.parse::<u64>().ok()?.min(size.saturating_sub(1))),
+        (first, "") => (first.parse().ok()?, u64::MAX),
+        (first, last) => {
+            let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+            if first > last {
+                // Not a valid range (RFC 9110, 14.1.1): the header is ignored.
+                return None;
+            }
+            (first, last)
+        }
     };
-    if first >= size || first > last {
+    if first >= size {
         return Some(Err(()));
     }
-    Some(Ok((first, last)))
+    Some(Ok((first, last.min(size - 1))))
+}
+
+/// Whether an `If-None-Match` list names `etag`: `*`, or any of its tags, weak or strong (the
+/// weak comparison RFC 9110 asks for here).
+fn matches_etag(tags: &str, etag: &str) -> bool {
+    tags.trim() == "*" || tags.split(',').any(|tag| tag.trim().trim_start_matches("W/") == etag)
 }
 
 /// Bytes `first..=last` of a body, read in order; reading stops past `last`.
@@ -404,7 +417,7 @@ pub(super) fn serve(state: &ApiState, object: GetObject, headers: &HeaderMap, ne
     let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     // `If-Range` with another validator: the representation changed, so the whole of it.
     let range = text(header::RANGE).filter(|_| text(header::IF_RANGE).is_none_or(|v| v == etag));
-    let mut response = if text(header::IF_NONE_MATCH) == Some(etag.as_str()) {
+    let mut response = if text(header::IF_NONE_MATCH).is_some_and(|tags| matches_etag(tags, &etag)) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         match range.and_then(|r| byte_range(r, size)) {
@@ -414,11 +427,14 @@ pub(super) fn serve(state: &ApiState, object: GetObject, headers: &HeaderMap, ne
                 response
             }
             Some(Err(())) => {
+                // An error about the request, not the image: nothing to keep, no image type.
                 let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+                let h = response.headers_mut();
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    response.headers_mut().insert(header::CONTENT_RANGE, v);
+                    h.insert(header::CONTENT_RANGE, v);
                 }
-                response
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                return response;
             }
             Some(Ok((first, last))) => {
                 let mut response =
@@ -458,7 +474,18 @@ pub(super) fn serve(state: &ApiState, object: GetObject, headers: &HeaderMap, ne
 
 #[cfg(test)]
 mod tests {
-    use super::byte_range;
+    use super::{byte_range, matches_etag};
+
+    #[test]
+    fn if_none_match_lists_weak_tags_and_star_match() {
+        let etag = "\"abc\"";
+        for tags in ["\"abc\"", "W/\"abc\"", "\"x\", \"abc\"", "*", " \"y\" ,W/\"abc\" "] {
+            assert!(matches_etag(tags, etag), "{tags}");
+        }
+        for tags in ["\"abd\"", "abc", "\"x\", \"y\"", ""] {
+            assert!(!matches_etag(tags, etag), "{tags}");
+        }
+    }
 
     #[test]
     fn byte_ranges_are_read_as_rfc_9110_says() {
@@ -469,7 +496,8 @@ mod tests {
         assert_eq!(byte_range("bytes=-5000", size), Some(Ok((0, 999))), "a suffix longer than the object");
         assert_eq!(byte_range("bytes=500-5000", size), Some(Ok((500, 999))), "the end is clamped");
         assert_eq!(byte_range("bytes=1000-", size), Some(Err(())), "starts past the end");
-        assert_eq!(byte_range("bytes=9-0", size), Some(Err(())));
+        assert_eq!(byte_range("bytes=9-0", size), None, "not a valid range: ignored");
+        assert_eq!(byte_range("bytes=999-1000", size), Some(Ok((999, 999))));
         assert_eq!(byte_range("bytes=-0", size), Some(Err(())));
         for whole in ["bytes=0-1,5-6", "items=0-1", "bytes=a-b", "bytes=", "0-9"] {
             assert_eq!(byte_range(whole, size), None, "{whole}: the whole object");

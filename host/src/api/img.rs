@@ -147,7 +147,9 @@ fn refused(e: RenderError) -> ApiError {
         RenderError::JobFailed { .. } => ApiError::new(Code::ProcessingFailed, e.to_string()),
         // Answered 202 by the handler; kept here so every error has an answer.
         RenderError::Pending(_) => ApiError::new(Code::NotFound, e.to_string()),
-        RenderError::Busy(_) => ApiError::new(Code::TooBusy, e.to_string()).retry_after(1),
+        RenderError::Busy(_) | RenderError::Unavailable(_) => {
+            ApiError::new(Code::TooBusy, e.to_string()).retry_after(1)
+        }
         RenderError::NotAdmitted => ApiError::new(Code::RateLimited, "too many renders on request").retry_after(1),
         RenderError::Failed { .. } => ApiError::new(Code::RenderFailed, e.to_string()),
         RenderError::BadSignature => ApiError::new(Code::InvalidSignature, e.to_string()),

@@ -9,7 +9,7 @@
 pub mod urls;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +27,8 @@ use urls::{Signing, Transform, UrlError};
 const MAX_PRESET_NAME: usize = 32;
 /// Most failed renders remembered at once; past it the expired ones go, then all.
 const MAX_REMEMBERED_FAILURES: usize = 10_000;
+/// The longest a failed render is remembered, whatever `failure_ttl_secs` says.
+const MAX_FAILURE_TTL_SECS: u64 = 86_400;
 /// How long a finished render stays joinable: a request that missed the store just before the
 /// result landed joins it (and reads the store) instead of rendering again.
 const FLIGHT_LINGER: Duration = Duration::from_secs(2);
@@ -102,6 +104,9 @@ pub enum RenderError {
     /// Every render slot is taken.
     #[error("{0} renders are running; try again shortly")]
     Busy(u32),
+    /// The sandbox could not run the call now; not remembered.
+    #[error("the sandbox could not run the render now: {0}")]
+    Unavailable(String),
     /// The caller may not start another render now (its answer, from the api's policy).
     #[error("not admitted")]
     NotAdmitted,
@@ -139,6 +144,8 @@ pub mod results {
     pub const NO_SOURCE: &str = "no-source";
     /// A transform URL that is refused (its signature, or what it asks for).
     pub const REFUSED: &str = "refused";
+    /// A failed render's answer, repeated from memory.
+    pub const REMEMBERED: &str = "remembered";
 }
 
 type Flight = Shared<BoxFuture<'static, Result<(), RenderError>>>;
@@ -283,11 +290,16 @@ impl Renderer {
         let path = path.strip_prefix('/').unwrap_or(path);
         let (signature, _) = path.split_once('/').ok_or(RenderError::BadSignature)?;
         let rest = &path[signature.len()..];
-        signing.verify(signature, rest).map_err(|_| RenderError::BadSignature)?;
-        urls::parse(rest).map_err(|e| match e {
-            UrlError::BadSignature => RenderError::BadSignature,
-            UrlError::Invalid(message) => RenderError::InvalidTransform(message),
-        })
+        let checked = signing.verify(signature, rest).map_err(|_| RenderError::BadSignature).and_then(|()| {
+            urls::parse(rest).map_err(|e| match e {
+                UrlError::BadSignature => RenderError::BadSignature,
+                UrlError::Invalid(message) => RenderError::InvalidTransform(message),
+            })
+        });
+        if checked.is_err() {
+            crate::telemetry::variant("transform", results::REFUSED);
+        }
+        checked
     }
 
     /// The variant a checked transform URL asks for: from the store (`{key}/t/{id}.{ext}`), or
@@ -299,10 +311,8 @@ impl Renderer {
     ) -> Result<GetObject, RenderError> {
         let Some((_, plugin)) = &self.transforms else { return Err(RenderError::NoTransforms) };
         let key = transform.key.as_str();
-        let format = match transform.format {
-            Some(format) => format,
-            None => key_format(key).ok_or_else(|| RenderError::NotFound(key.into()))?,
-        };
+        let own = key_format(key).ok_or_else(|| RenderError::NotFound(key.into()))?;
+        let format = transform.format.unwrap_or(own);
         let params = transform
             .options
             .iter()
@@ -326,8 +336,12 @@ impl Renderer {
             return Ok(object);
         }
         if let Some(failure) = self.failure(&wanted.stored) {
+            crate::telemetry::variant(&wanted.label, results::REMEMBERED);
             return Err(failure);
         }
+        // Nothing to render from (unknown, pending, failed, or not an image's own key): answered
+        // before it costs the caller a render or takes a slot.
+        self.source_info(&wanted.key).await?;
         self.flight(&wanted, admit).await?;
         // Made now, by this process or another: the stored object is what every asker gets.
         jobs::found(self.store.get(Bucket::Permanent, &wanted.stored).await)?.ok_or_else(|| RenderError::Failed {
@@ -340,18 +354,19 @@ impl Renderer {
     async fn flight(self: &Arc<Self>, wanted: &Arc<Wanted>, admit: impl FnOnce() -> bool) -> Result<(), RenderError> {
         let label = wanted.label.as_str();
         let flight = {
-            let mut flights = self.flights.lock().unwrap();
+            let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
             match flights.get(&wanted.stored) {
                 Some(flight) => flight.clone(),
                 None => {
-                    if !admit() {
-                        crate::telemetry::variant(label, results::RATE_LIMITED);
-                        return Err(RenderError::NotAdmitted);
-                    }
+                    // The slot first: a caller refused for want of one keeps its rate.
                     let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                         crate::telemetry::variant(label, results::BUSY);
                         return Err(RenderError::Busy(self.settings.max_concurrent));
                     };
+                    if !admit() {
+                        crate::telemetry::variant(label, results::RATE_LIMITED);
+                        return Err(RenderError::NotAdmitted);
+                    }
                     let (this, running) = (self.clone(), wanted.clone());
                     // A task of its own: the render finishes (and is stored) even when every
                     // client that asked has gone.
@@ -367,15 +382,18 @@ impl Renderer {
                             let (this, running) = (this.clone(), running.clone());
                             tokio::spawn(async move {
                                 tokio::time::sleep(FLIGHT_LINGER).await;
-                                this.flights.lock().unwrap().remove(&running.stored);
+                                this.land(&running.stored);
                             });
                         } else {
-                            this.flights.lock().unwrap().remove(&running.stored);
+                            this.land(&running.stored);
                         }
                         result
                     });
+                    let (this, stored) = (self.clone(), wanted.stored.clone());
                     let flight: Flight = async move {
                         task.await.unwrap_or_else(|e| {
+                            // The task panicked before it could take its flight down.
+                            this.land(&stored);
                             Err(RenderError::Failed { code: codes::TRAP, message: format!("the render stopped: {e}") })
                         })
                     }
@@ -389,17 +407,34 @@ impl Renderer {
         flight.await
     }
 
+    /// Takes the flight of `stored` down: the next request reads the store, or renders anew.
+    fn land(&self, stored: &str) {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner).remove(stored);
+    }
+
     /// Renders `wanted` and stores it.
     async fn render(&self, wanted: &Wanted) -> Result<(), RenderError> {
         let Wanted { label, recipe, key, format, stored } = wanted;
         let (key, format) = (key.as_str(), *format);
         let (source, from) = self.source(key).await?;
         let media_type = source.info.meta.content_type.clone();
+        let focus = ImageMeta::of(&source.info.meta).focus;
         let limit = usize::try_from(self.settings.max_source_bytes).unwrap_or(usize::MAX);
-        let input = source.bytes(limit).await?;
+        let input = source.bytes(limit).await.map_err(|e| match e {
+            StoreError::TooLarge { limit } => RenderError::Failed {
+                code: codes::IMAGE_TOO_LARGE,
+                message: format!("the source is larger than renders.max_source_bytes ({limit} bytes)"),
+            },
+            e => e.into(),
+        })?;
+        let takes = |name: &str| recipe.plugin.info.params.iter().any(|p| p.name == name);
         let mut params = recipe.params.clone();
-        if recipe.plugin.info.params.iter().any(|p| p.name == "format") {
+        if takes("format") {
             params.push(Param { name: "format".into(), value: format.extension().into() });
+        }
+        // The focal point given at upload (kept with the original), as the worker passes it.
+        if let Some(focus) = focus.filter(|_| takes("gravity") && !params.iter().any(|p| p.name == "gravity")) {
+            params.push(Param { name: "gravity".into(), value: focus });
         }
         let output = self.sandbox.transform(&recipe.plugin, &input, &media_type, &params).await.map_err(failed)?;
         if output.header.format != format {
@@ -431,12 +466,7 @@ impl Renderer {
     /// What a render of `key` starts from, and its stored key: its kept original when the route
     /// keeps them, else its largest stored rendition (which the render's log line names).
     async fn source(&self, key: &str) -> Result<(GetObject, String), RenderError> {
-        let info = match jobs::state(&*self.store, key).await? {
-            State::Done(info) => info,
-            State::Pending => return Err(RenderError::Pending(key.into())),
-            State::Failed(failure) => return Err(RenderError::JobFailed { key: key.into(), code: failure.code }),
-            State::Unknown => return Err(RenderError::NotFound(key.into())),
-        };
+        let info = self.source_info(key).await?;
         let original = jobs::original_key(key);
         if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, &original).await)? {
             return Ok((object, original));
@@ -459,14 +489,31 @@ impl Renderer {
         Ok((object, largest.0))
     }
 
+    /// What is stored about the done image `key`: an image's own result, not one of its other
+    /// renditions or format variants (those carry a rendition name but not the job's list).
+    async fn source_info(&self, key: &str) -> Result<crate::storage::ObjectInfo, RenderError> {
+        match jobs::state(&*self.store, key).await? {
+            State::Done(info) => {
+                let record = ImageMeta::of(&info.meta);
+                if record.rendition.is_some() && record.renditions.is_none() {
+                    return Err(RenderError::NotFound(key.into()));
+                }
+                Ok(info)
+            }
+            State::Pending => Err(RenderError::Pending(key.into())),
+            State::Failed(failure) => Err(RenderError::JobFailed { key: key.into(), code: failure.code }),
+            State::Unknown => Err(RenderError::NotFound(key.into())),
+        }
+    }
+
     /// A failed render of `stored` still remembered.
     fn failure(&self, stored: &str) -> Option<RenderError> {
-        let failures = self.failures.lock().unwrap();
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         failures.get(stored).filter(|(until, _)| *until > Instant::now()).map(|(_, e)| e.clone())
     }
 
     fn remember(&self, stored: &str, error: RenderError) {
-        let mut failures = self.failures.lock().unwrap();
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         if failures.len() >= MAX_REMEMBERED_FAILURES {
             let now = Instant::now();
             failures.retain(|_, (until, _)| *until > now);
@@ -474,7 +521,7 @@ impl Renderer {
                 failures.clear();
             }
         }
-        let until = Instant::now() + Duration::from_secs(self.settings.failure_ttl_secs);
+        let until = Instant::now() + Duration::from_secs(self.settings.failure_ttl_secs.min(MAX_FAILURE_TTL_SECS));
         failures.insert(stored.to_string(), (until, error));
     }
 }
@@ -484,7 +531,7 @@ impl RenderError {
     fn label(&self) -> &'static str {
         match self {
             RenderError::Failed { code, .. } => code,
-            RenderError::Busy(_) => results::BUSY,
+            RenderError::Busy(_) | RenderError::Unavailable(_) => results::BUSY,
             RenderError::NotAdmitted => results::RATE_LIMITED,
             RenderError::Store(_) => codes::STORE_UNAVAILABLE,
             RenderError::NoSuchPreset { .. }
@@ -497,8 +544,13 @@ impl RenderError {
     }
 }
 
+/// A plugin call's failure: remembered as the render's answer, unless the host could not run the
+/// call now (no pool slot, the engine), which is answered as busy and tried again next time.
 fn failed(e: TransformError) -> RenderError {
-    RenderError::Failed { code: e.code(), message: e.public_reason() }
+    match e {
+        TransformError::PoolBusy { .. } | TransformError::Unavailable(_) => RenderError::Unavailable(e.public_reason()),
+        e => RenderError::Failed { code: e.code(), message: e.public_reason() },
+    }
 }
 
 /// The format of an image's stored result, from its key's extension.

@@ -15,11 +15,19 @@ use crate::imaging::Format;
 
 /// `[transform_urls]` of pixbox.toml: the signing pair, hex-encoded as imgproxy's `IMGPROXY_KEY`
 /// and `IMGPROXY_SALT`. Both empty: `/t/...` is not served.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransformUrlSettings {
     pub key: String,
     pub salt: String,
+}
+
+impl std::fmt::Debug for TransformUrlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The pair is a secret: never in logs.
+        let set = |v: &str| if v.is_empty() { "" } else { "(set)" };
+        f.debug_struct("TransformUrlSettings").field("key", &set(&self.key)).field("salt", &set(&self.salt)).finish()
+    }
 }
 
 /// The checked signing pair.
@@ -101,6 +109,9 @@ impl Transform {
     }
 }
 
+/// A side left free: resize's largest box side.
+const FREE_SIDE: &str = "10000";
+
 /// Most processing options one URL may carry.
 const MAX_OPTIONS: usize = 16;
 
@@ -179,6 +190,19 @@ pub fn parse(path: &str) -> Result<Transform, UrlError> {
     if let Some(format) = format {
         set("format", format.extension().to_string());
     }
+    // A side left out is free, as a 0 is (imgproxy's meaning): resize's largest box side; a
+    // fill with a free side is a fit by the other (there is no box to fill).
+    let has = |resize: &[(String, String)], name: &str| resize.iter().any(|(n, _)| n == name);
+    for (side, other) in [("width", "height"), ("height", "width")] {
+        if has(&resize, side) && !has(&resize, other) {
+            resize.push((other.to_string(), FREE_SIDE.to_string()));
+        }
+    }
+    let free = resize.iter().any(|(n, v)| (n == "width" || n == "height") && v == FREE_SIDE);
+    if free && resize.iter().any(|(n, v)| n == "mode" && v == "cover") {
+        resize.retain(|(n, _)| n != "mode");
+        resize.push(("mode".into(), "fit".into()));
+    }
     resize.sort();
     Ok(Transform { key, options: resize, format })
 }
@@ -193,8 +217,8 @@ fn size(
     for (name, value) in [("width", width), ("height", height)] {
         if let Some(value) = value {
             let n: u32 = number(value, name)?;
-            // 0: the side follows from the other and the aspect ratio (resize's largest box side).
-            set(name, if n == 0 { "10000".into() } else { n.min(10_000).to_string() });
+            // 0: the side follows from the other and the aspect ratio.
+            set(name, if n == 0 { FREE_SIDE.into() } else { n.min(10_000).to_string() });
         }
     }
     if enlarge.is_some() {
@@ -301,6 +325,11 @@ mod tests {
         let b = parse("/q:80/resize:fill:300:200/gravity:sm/plain/shop%2F0193.jpg@webp").unwrap();
         assert_eq!(a.id(), b.id(), "the same options in another order and spelling");
         assert_ne!(a.id(), parse("/rs:fill:301:200/g:sm/q:80/plain/shop/0193.jpg@webp").unwrap().id());
+        // A side left out or 0 is free; a fill with a free side is a fit.
+        let free = |path: &str| parse(path).unwrap().options;
+        let pairs = |o: Vec<(String, String)>| o.into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
+        assert_eq!(pairs(free("/w:300/plain/a.png")), ["height=10000", "width=300"]);
+        assert_eq!(pairs(free("/rs:fill:0:200/plain/a.png")), ["height=200", "mode=fit", "width=10000"]);
         let plain = parse("/plain/a.png").unwrap();
         assert_eq!((plain.key.as_str(), plain.format, plain.options.len()), ("a.png", None, 0));
         for bad in ["/rs:force:10:10/plain/a.png", "/blur:5/plain/a.png", "/w:wide/plain/a.png", "/plain/a.png@tiff"] {

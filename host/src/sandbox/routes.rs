@@ -13,9 +13,9 @@ use crate::imaging::Format;
 pub const DEFAULT_RENDITION: &str = "default";
 /// Longest rendition name (names are part of stored keys and URLs).
 const MAX_RENDITION_NAME: usize = 32;
-/// Names a rendition may not have: `{key}/original` and `{key}/p/...` are taken
-/// ([`crate::jobs::original_key`], [`crate::jobs::preset_key`]).
-const RESERVED_RENDITION_NAMES: [&str; 2] = ["original", "p"];
+/// Names a rendition may not have: `{key}/original`, `{key}/p/...` and `{key}/t/...` are taken
+/// ([`crate::jobs::original_key`], [`crate::jobs::preset_key`], [`crate::jobs::transform_key`]).
+const RESERVED_RENDITION_NAMES: [&str; 3] = ["original", "p", "t"];
 
 /// One `[[routes]]` entry of pixbox.toml.
 #[derive(Debug, Clone, Serialize, Deserialize)]

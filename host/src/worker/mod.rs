@@ -215,7 +215,7 @@ impl Worker {
             .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, gates)
             .await;
         // Freed now unless the route keeps it (for renders on request).
-        let kept = route.keep_originals.then(|| (original.clone(), header));
+        let kept = route.keep_originals.then(|| (original.clone(), header, focus.clone()));
         drop(original);
         // Storing the results (fsynced writes, no plugin) goes on outside the job's turn, so the
         // next job reads its original meanwhile and is ready when a plugin slot frees. A store
@@ -338,13 +338,14 @@ impl Worker {
         key: &str,
         route: &Route,
         output: crate::sandbox::Rendered,
-        kept: Option<(Bytes, Header)>,
+        kept: Option<(Bytes, Header, Option<String>)>,
         plugin: String,
         started: Instant,
     ) -> Result<Outcome, StoreError> {
-        if let Some((original, header)) = kept {
+        if let Some((original, header, focus)) = kept {
+            // With its focal point: renders on request crop around it, as the worker does.
             let record =
-                jobs::ImageMeta { width: Some(header.width), height: Some(header.height), ..Default::default() };
+                jobs::ImageMeta { width: Some(header.width), height: Some(header.height), focus, ..Default::default() };
             let meta = record.object(header.format.media_type());
             self.store.put_if_absent(Bucket::Permanent, &jobs::original_key(key), original, &meta).await?;
         }
