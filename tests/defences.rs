@@ -1,8 +1,10 @@
 //! The test binary of the service under attack: keys, signatures and connection limits
-//! (`security`), and the hostile-input catalogue (`hostile`). Tests here that assert on the
+//! (`security`), the hostile-input catalogue (`hostile`), and floods of renders on request
+//! (`renders`). Tests here that assert on the
 //! process's resident memory hold `common::RSS_SERIAL`, so no two of them run at once.
 
 mod common;
 
 mod hostile;
+mod renders;
 mod security;

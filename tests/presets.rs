@@ -226,7 +226,9 @@ async fn a_caller_over_its_render_rate_is_refused_while_hits_are_served(backend:
     let first = p.done("", common::png(&common::photo(64, 48))).await;
     let second = p.done("", common::png(&common::photo(64, 48))).await;
     assert_eq!(p.get(&name, &first).await.status(), StatusCode::OK, "the first render");
+    let asked = Instant::now();
     let refused = p.get(&name, &second).await;
+    assert!(asked.elapsed() < Duration::from_millis(200), "refused after {:?}", asked.elapsed());
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.headers()["retry-after"], "1");
     assert_eq!(refused.json::<Value>().await.unwrap()["code"], "rate-limited");
