@@ -1,17 +1,23 @@
 //! Every sandbox limit as a pair, with real components: obeyed, and violated. A violated case
 //! asserts how fast the call was stopped (within the budget + 100 ms, or far less), that the
 //! process's resident memory stayed under the memory limit + 64 MiB while it ran, and that the
-//! next call on the same engine works. The tests run one at a time (RSS is per process), in a
-//! test binary of their own: their bound is on the whole process.
+//! next call on the same engine works. The pool's wait: a worker whose calls meet a busy pool
+//! sends its jobs again instead of using up their attempts. The tests run one at a time (RSS is
+//! per process, and the pool test times calls against each other), in a test binary of their own.
 
 mod common;
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
+use common::memory::{Faulty, MemoryQueue, MemoryStore};
 use common::wat::{Shape, component};
 use common::{RssWatch, built_plugin, params, photo, png};
+use pixbox::config::Config;
+use pixbox::jobs;
+use pixbox::queue::JobQueue;
 use pixbox::sandbox::{Contract, LoadedPlugin, Sandbox, SandboxSettings, TransformError};
+use pixbox::storage::{BlobStore, Bucket};
 
 const MEMORY_MIB: u64 = 64;
 const BUDGET: Duration = Duration::from_millis(1_000);
@@ -334,4 +340,89 @@ async fn concurrent_violations_each_end_at_their_budget(plugin: Arc<LoadedPlugin
     // Two cores, four calls: two spinning calls share the cores with the sleepers, yet all end
     // at the budget because each is cancelled by its own deadline.
     assert!(started.elapsed() <= BUDGET + SLACK + SLACK, "took {:?}", started.elapsed());
+}
+
+/// A shrunk pool (one slot) that other calls keep busy: the worker's calls wait for the slot,
+/// and one that waits a whole time budget sends its job again instead of using up an attempt.
+/// With two receives allowed per job, every job still ends done, none `gave-up`. (Here, not
+/// beside the other worker faults: CPU-heavy tests in the same process delayed the worker's calls
+/// past the hogs' lifetime.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
+    // Alone in the process: its hogs and the worker's calls must meet in the one slot on time.
+    let _serial = common::RSS_SERIAL.lock().await;
+    let store = Arc::new(Faulty::new(MemoryStore::default()));
+    let queue = Arc::new(Faulty::new(MemoryQueue::new(2)));
+    let budget = Duration::from_millis(500);
+    let sandbox = common::sandbox(SandboxSettings {
+        max_instances: 1,
+        time_budget_ms: budget.as_millis() as u64,
+        ..SandboxSettings::default()
+    });
+    let mut config = Config::default();
+    config.worker.max_receives = 2;
+    let worker = common::worker(store.clone(), queue.clone(), sandbox.clone(), &[], &config).await;
+    let keys = ["p1.png", "p2.png", "p3.png"];
+    let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
+    for key in keys {
+        store.put(Bucket::Temp, key, common::png(&common::photo(64, 48)).into(), &meta).await.unwrap();
+        queue.send_batch(&[jobs::Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
+    }
+    // Three callers outside the worker keep the one slot taken, each call for a whole budget:
+    // a worker call waits behind them for more than a budget.
+    let hog = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
+    let hogging = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hogs: Vec<_> = (0..3)
+        .map(|_| {
+            let (sandbox, hog, hogging) = (sandbox.clone(), hog.clone(), hogging.clone());
+            tokio::spawn(async move {
+                let sleep = [pixbox::sandbox::Param { name: "mode".into(), value: "sleep".into() }];
+                while hogging.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = sandbox.transform(&hog, &common::png(&common::photo(8, 8)), "image/png", &sleep).await;
+                }
+            })
+        })
+        .collect();
+    // The hogs stop once a worker call has waited a whole budget (or after 20 budgets, so a run
+    // that never meets a busy pool ends and fails below); until then every worker call meets a busy
+    // pool. Stopping on the event, not on a clock: on a loaded machine the worker's first call may
+    // start only after a fixed number of budgets has passed.
+    let stopper = tokio::spawn({
+        let hogging = hogging.clone();
+        async move {
+            tokio::time::sleep(budget * 20).await;
+            hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut requeued = 0;
+    for _ in 0..40 {
+        requeued += worker.tick(1, &stop).await.retried;
+        if requeued > 0 {
+            hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut settled = 0;
+        for key in keys {
+            match jobs::state(&*store, key).await.unwrap() {
+                jobs::State::Done { .. } => settled += 1,
+                jobs::State::Failed(failure) => panic!("{key} failed: {failure:?}"),
+                _ => {}
+            }
+        }
+        if settled == keys.len() {
+            break;
+        }
+        queue.inner.release_all();
+    }
+    stopper.abort();
+    hogging.store(false, std::sync::atomic::Ordering::Relaxed);
+    for hog in hogs {
+        hog.await.unwrap();
+    }
+    for key in keys {
+        let state = jobs::state(&*store, key).await.unwrap();
+        assert!(matches!(state, jobs::State::Done { .. }), "{key}: {state:?}");
+    }
+    assert!(requeued > 0, "no call ever waited a whole budget: the test did not test the pool");
+    eprintln!("{requeued} jobs sent again while the pool was busy; all done");
 }
