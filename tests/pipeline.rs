@@ -497,9 +497,15 @@ async fn a_sleeping_plugin_never_stalls_the_worker(backend: Backend) {
     // from here, which a loaded machine stretches, only loosely.
     let (_, body) = h.upload(&base, "?prefix=sleepy", vec![("c.jpg", photo())]).await;
     let key = keys(&body)[0].clone();
-    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let to_next_tick = tick - Duration::from_millis((wall.as_millis() % 10_000) as u64);
-    tokio::time::sleep(to_next_tick + Duration::from_millis(1_000)).await;
+    // In flight once a worker has received it (waiting on the event, not on the tick's clock: on a
+    // loaded machine the tick's receive from the queue may take longer than planned), then a moment
+    // for its plugin call to start; the call then sleeps for its whole budget.
+    let deadline = Instant::now() + tick * 3;
+    while h.queue.depth().await.unwrap().in_flight == 0 {
+        assert!(Instant::now() < deadline, "the job was never received");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // A client long-polling the job's status: a request that outlasts the grace, so the api
     // cannot drain and abandons it at the deadline (and says so) instead of waiting for it.
     let long_poll = tokio::spawn(h.client.get(format!("{base}/status/{key}?wait=30")).send());
