@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::imaging::Format;
 use crate::jobs::{self, ImageMeta, State, codes};
 use crate::sandbox::{LoadError, LoadedPlugin, OptionValue, Param, Sandbox, TransformError};
-use crate::storage::{BlobStore, Bucket, GetObject, StoreError};
+use crate::storage::{BlobStore, Bucket, GetObject, ObjectInfo, StoreError};
 use urls::{Signing, Transform, UrlError};
 
 /// Longest preset name (it is part of stored keys and URLs).
@@ -341,8 +341,8 @@ impl Renderer {
         }
         // Nothing to render from (unknown, pending, failed, or not an image's own key): answered
         // before it costs the caller a render or takes a slot.
-        self.source_info(&wanted.key).await?;
-        self.flight(&wanted, admit).await?;
+        let info = self.source_info(&wanted.key).await?;
+        self.flight(&wanted, info, admit).await?;
         // Made now, by this process or another: the stored object is what every asker gets.
         jobs::found(self.store.get(Bucket::Permanent, &wanted.stored).await)?.ok_or_else(|| RenderError::Failed {
             code: codes::RESULT_NOT_CONFIRMED,
@@ -351,7 +351,13 @@ impl Renderer {
     }
 
     /// The render of `wanted`: joins the one running, or starts it when a slot is free.
-    async fn flight(self: &Arc<Self>, wanted: &Arc<Wanted>, admit: impl FnOnce() -> bool) -> Result<(), RenderError> {
+    /// `info`: what is stored about the image (its own result), as [`Renderer::source_info`] read it.
+    async fn flight(
+        self: &Arc<Self>,
+        wanted: &Arc<Wanted>,
+        info: ObjectInfo,
+        admit: impl FnOnce() -> bool,
+    ) -> Result<(), RenderError> {
         let label = wanted.label.as_str();
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
@@ -371,7 +377,7 @@ impl Renderer {
                     // A task of its own: the render finishes (and is stored) even when every
                     // client that asked has gone.
                     let task = tokio::spawn(async move {
-                        let result = this.render(&running).await;
+                        let result = this.render(&running, info).await;
                         let outcome = result.as_ref().map_or_else(RenderError::label, |_| codes::OK);
                         crate::telemetry::variant(&running.label, outcome);
                         if let Err(e @ RenderError::Failed { .. }) = &result {
@@ -413,10 +419,10 @@ impl Renderer {
     }
 
     /// Renders `wanted` and stores it.
-    async fn render(&self, wanted: &Wanted) -> Result<(), RenderError> {
+    async fn render(&self, wanted: &Wanted, info: ObjectInfo) -> Result<(), RenderError> {
         let Wanted { label, recipe, key, format, stored } = wanted;
         let (key, format) = (key.as_str(), *format);
-        let (source, from) = self.source(key).await?;
+        let (source, from) = self.source(key, info).await?;
         let media_type = source.info.meta.content_type.clone();
         let focus = ImageMeta::of(&source.info.meta).focus;
         let limit = usize::try_from(self.settings.max_source_bytes).unwrap_or(usize::MAX);
@@ -465,8 +471,7 @@ impl Renderer {
 
     /// What a render of `key` starts from, and its stored key: its kept original when the route
     /// keeps them, else its largest stored rendition (which the render's log line names).
-    async fn source(&self, key: &str) -> Result<(GetObject, String), RenderError> {
-        let info = self.source_info(key).await?;
+    async fn source(&self, key: &str, info: ObjectInfo) -> Result<(GetObject, String), RenderError> {
         let original = jobs::original_key(key);
         if let Some(object) = jobs::found(self.store.get(Bucket::Permanent, &original).await)? {
             return Ok((object, original));
@@ -491,7 +496,7 @@ impl Renderer {
 
     /// What is stored about the done image `key`: an image's own result, not one of its other
     /// renditions or format variants (those carry a rendition name but not the job's list).
-    async fn source_info(&self, key: &str) -> Result<crate::storage::ObjectInfo, RenderError> {
+    async fn source_info(&self, key: &str) -> Result<ObjectInfo, RenderError> {
         match jobs::state(&*self.store, key).await? {
             State::Done(info) => {
                 let record = ImageMeta::of(&info.meta);
