@@ -43,15 +43,7 @@ impl Presets {
 
     /// Uploads one image under `prefix` and waits until its job is done; returns its key.
     async fn done(&self, prefix: &str, image: Vec<u8>) -> String {
-        let form = Form::new().text("prefix", prefix.to_string()).part("images", Part::bytes(image).file_name("a.png"));
-        let answer = self.client.post(format!("{}/upload", self.base)).multipart(form).send().await.unwrap();
-        assert_eq!(answer.status(), StatusCode::ACCEPTED);
-        let body: Value = answer.json().await.unwrap();
-        let key = body["images"][0]["key"].as_str().unwrap().to_string();
-        let status: Value =
-            self.client.get(format!("{}/status/{key}?wait=20", self.base)).send().await.unwrap().json().await.unwrap();
-        assert_eq!(status["state"], "done", "{status}");
-        key
+        common::upload_done(&self.client, &self.base, prefix, image).await
     }
 
     async fn get(&self, preset: &str, key: &str) -> reqwest::Response {
@@ -308,16 +300,6 @@ async fn presets_render_from_the_kept_original_or_the_largest_rendition(backend:
     p.running.stop().await;
 }
 
-/// imgproxy's signature of `path`, computed here from imgproxy's description (not pixbox's code).
-fn imgproxy_signature(key: &[u8], salt: &[u8], path: &str) -> String {
-    use base64::Engine as _;
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
-    mac.update(salt);
-    mac.update(path.as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-}
-
 /// A transform URL signed as imgproxy signs is rendered and stored; the same URL tampered with,
 /// or with another signature, is refused (403) with nothing rendered or stored.
 async fn signed_transform_urls_render_and_tampered_ones_are_refused(backend: Backend) {
@@ -333,7 +315,7 @@ async fn signed_transform_urls_render_and_tampered_ones_are_refused(backend: Bac
     let image = p.done("", common::png(&common::photo(800, 600))).await;
     let path = format!("/rs:fill:300:200/g:sm/q:80/plain/{image}@webp");
     let url = |signature: &str, path: &str| format!("{}/t/{signature}{path}", p.base);
-    let signed = p.client.get(url(&imgproxy_signature(key, salt, &path), &path)).send().await.unwrap();
+    let signed = p.client.get(url(&common::imgproxy_signature(key, salt, &path), &path)).send().await.unwrap();
     assert_eq!(signed.status(), StatusCode::OK);
     assert_eq!(signed.headers()["content-type"], "image/webp");
     assert_eq!(common::decode(&signed.bytes().await.unwrap()).dimensions(), (300, 200));
@@ -342,9 +324,9 @@ async fn signed_transform_urls_render_and_tampered_ones_are_refused(backend: Bac
 
     let tampered = path.replace("300", "301");
     let forged = [
-        url(&imgproxy_signature(key, salt, &path), &tampered),
+        url(&common::imgproxy_signature(key, salt, &path), &tampered),
         url("insecure", &tampered),
-        url(&imgproxy_signature(b"another key of thirty-two bytes!", salt, &tampered), &tampered),
+        url(&common::imgproxy_signature(b"another key of thirty-two bytes!", salt, &tampered), &tampered),
     ];
     for forged in forged {
         let asked = Instant::now();
@@ -355,7 +337,7 @@ async fn signed_transform_urls_render_and_tampered_ones_are_refused(backend: Bac
     }
     assert_eq!(p.store.list(Bucket::Permanent, &format!("{image}/t/")).await.unwrap(), stored, "nothing more stored");
     let unknown = format!("/blur:5/plain/{image}@png");
-    let answer = p.client.get(url(&imgproxy_signature(key, salt, &unknown), &unknown)).send().await.unwrap();
+    let answer = p.client.get(url(&common::imgproxy_signature(key, salt, &unknown), &unknown)).send().await.unwrap();
     assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
     assert_eq!(answer.json::<Value>().await.unwrap()["code"], "invalid-transform");
     p.running.stop().await;

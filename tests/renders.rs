@@ -5,10 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
-use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
 use crate::common;
@@ -45,31 +42,13 @@ impl Rig {
 
     /// Uploads `image` under `prefix` and waits until its job is done; its key.
     async fn done(&self, prefix: &str, image: Vec<u8>) -> String {
-        let form = Form::new().text("prefix", prefix.to_string()).part("images", Part::bytes(image).file_name("a.png"));
-        let body: Value = self
-            .client
-            .post(format!("{}/upload", self.base))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let key = body["images"][0]["key"].as_str().unwrap().to_string();
-        let url = format!("{}/status/{key}?wait=20", self.base);
-        let status: Value = self.client.get(url).send().await.unwrap().json().await.unwrap();
-        assert_eq!(status["state"], "done", "{status}");
-        key
+        common::upload_done(&self.client, &self.base, prefix, image).await
     }
 
     /// A signed transform URL of `key`, `width` wide.
     fn transform(&self, key: &str, width: u32) -> String {
         let path = format!("/rs:fit:{width}:{width}/plain/{key}@png");
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY).unwrap();
-        mac.update(SALT);
-        mac.update(path.as_bytes());
-        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let signature = common::imgproxy_signature(KEY, SALT, &path);
         format!("{}/t/{signature}{path}", self.base)
     }
 }

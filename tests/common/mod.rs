@@ -261,6 +261,31 @@ pub fn params(pairs: &[(&str, &str)]) -> Vec<pixbox::sandbox::Param> {
     pairs.iter().map(|(n, v)| pixbox::sandbox::Param { name: n.to_string(), value: v.to_string() }).collect()
 }
 
+/// Uploads `image` under `prefix` to the pixbox at `base` and waits (up to 20 s) until its job is
+/// done; returns its key.
+pub async fn upload_done(client: &reqwest::Client, base: &str, prefix: &str, image: Vec<u8>) -> String {
+    use reqwest::multipart::{Form, Part};
+    let form = Form::new().text("prefix", prefix.to_string()).part("images", Part::bytes(image).file_name("a.png"));
+    let answer = client.post(format!("{base}/upload")).multipart(form).send().await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let key = body["images"][0]["key"].as_str().unwrap().to_string();
+    let url = format!("{base}/status/{key}?wait=20");
+    let status: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    key
+}
+
+/// imgproxy's signature of `path`, computed here from imgproxy's description (not pixbox's code).
+pub fn imgproxy_signature(key: &[u8], salt: &[u8], path: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(salt);
+    mac.update(path.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+}
+
 /// A free port on 127.0.0.1, for a process that must be told where to listen: bound, read and
 /// released, so the process started next can take it.
 pub fn free_port() -> u16 {
