@@ -47,6 +47,8 @@ impl Rig {
             routes: Vec::new().into(),
             probes: Default::default(),
             renderer: None,
+            webhooks_enabled: false,
+            webhook_allow: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -59,7 +61,7 @@ impl Rig {
         let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
         let image = common::png(&common::photo(64, 48));
         self.store.put(Bucket::Temp, key, image.into(), &meta).await.unwrap();
-        self.queue.send_batch(&[jobs::Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
+        self.queue.send_batch(&[jobs::Job::new(key).to_body()]).await.unwrap();
     }
 
     /// Receives one delivery and processes it.

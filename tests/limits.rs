@@ -366,7 +366,7 @@ async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
     let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
     for key in keys {
         store.put(Bucket::Temp, key, common::png(&common::photo(64, 48)).into(), &meta).await.unwrap();
-        queue.send_batch(&[jobs::Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
+        queue.send_batch(&[jobs::Job::new(key).to_body()]).await.unwrap();
     }
     // Three callers outside the worker keep the one slot taken, each call for a whole budget:
     // a worker call waits behind them for more than a budget.

@@ -494,7 +494,7 @@ async fn orphans_older_than_the_age_are_removed() {
     jobs::record_failure(&*store, "failed.png", &failure).await.unwrap();
     // A job another worker is busy with: in flight for a minute.
     put(Bucket::Temp, "busy.png", &png).await;
-    queue.send_batch(&[Job { key: "busy.png".into(), upload: None, retry: false }.to_body()]).await.unwrap();
+    queue.send_batch(&[Job::new("busy.png").to_body()]).await.unwrap();
     assert_eq!(queue.receive(1, Duration::ZERO, Duration::from_secs(60)).await.unwrap().len(), 1);
     jobs::commit_upload(&*store, "busy-upload", &["busy.png".into()]).await.unwrap();
     jobs::commit_upload(&*store, "dropped-upload", &["long-gone.png".into()]).await.unwrap();

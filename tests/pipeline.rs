@@ -202,7 +202,7 @@ async fn pending_then_done_and_duplicates_converge(backend: Backend) {
     let response = h.client.get(format!("{base}/download/{key}")).send().await.unwrap();
     assert_eq!(response.status(), 202);
     // The queue delivers at least once: send the same job again.
-    h.queue.send_batch(&[Job { key: key.clone(), upload: None, retry: false }.to_body()]).await.unwrap();
+    h.queue.send_batch(&[Job::new(key.clone()).to_body()]).await.unwrap();
 
     let worker = h.start(Role::Worker).await;
     assert_eq!(h.wait_settled(&base, &key, Duration::from_secs(30)).await["state"], "done");
@@ -396,7 +396,7 @@ async fn crashes_retry_then_give_up(backend: Backend) {
         dead = h.queue.receive_dead_letters(10, Duration::from_secs(30)).await.unwrap();
     }
     assert_eq!(dead.len(), 1, "the job went to the dead-letter queue");
-    assert_eq!(dead[0].body, Job { key: key.clone(), upload: None, retry: false }.to_body());
+    assert_eq!(dead[0].body, Job::new(key.clone()).to_body());
     app.stop().await;
 }
 
@@ -412,7 +412,7 @@ async fn long_jobs_extend_their_visibility() {
     let key = "long.png";
     let meta = pixbox::storage::ObjectMeta { content_type: "image/png".into(), metadata: Default::default() };
     h.store.put(Bucket::Temp, key, common::png(&common::photo(8, 8)).into(), &meta).await.unwrap();
-    h.queue.send_batch(&[Job { key: key.into(), upload: None, retry: false }.to_body()]).await.unwrap();
+    h.queue.send_batch(&[Job::new(key).to_body()]).await.unwrap();
     let delivery = h.queue.receive(1, Duration::ZERO, worker.visibility()).await.unwrap().remove(0);
     let job = tokio::spawn({
         let worker = worker.clone();
@@ -621,7 +621,7 @@ async fn renditions_from_one_call(backend: Backend) {
         .collect(),
         default_rendition: Some("large".into()),
         formats: vec!["avif".into(), "webp".into()],
-        keep_originals: false,
+        ..RouteConfig::new("", "resize", Default::default())
     });
     h.config.routes.push(RouteConfig {
         prefix: "legacy/".into(),
@@ -633,7 +633,7 @@ async fn renditions_from_one_call(backend: Backend) {
             .collect(),
         default_rendition: Some("a".into()),
         formats: Vec::new(),
-        keep_originals: false,
+        ..RouteConfig::new("", "resize", Default::default())
     });
     let api = h.start(Role::Api).await;
     let base = base(&api);

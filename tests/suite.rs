@@ -1,5 +1,5 @@
 //! The test binary of every integration test that can share a process with the others: the
-//! CLI, the ports' conformance suites, the pipeline end to end, presets rendered on request,
+//! CLI, the ports' conformance suites, the pipeline end to end, deletes, webhooks and duplicates, presets rendered on request,
 //! operations, faults, the sandbox's contract, plugin authoring, properties and fuzzing. One
 //! binary links wasmtime and the AWS SDK once, not once a file. The tests that bound resident
 //! memory are in `defences.rs` (which serialises them) and `limits.rs` (which bounds the whole
@@ -10,6 +10,7 @@ mod common;
 mod cli;
 mod faults;
 mod fuzz;
+mod lifecycle;
 mod operations;
 mod pipeline;
 mod plugin_author;

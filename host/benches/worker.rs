@@ -115,7 +115,7 @@ impl Bench {
             let key = format!("bench/{i}.jpg");
             let meta = ObjectMeta { content_type: media_type(bytes).into(), metadata: Default::default() };
             store.put(Bucket::Temp, &key, Bytes::copy_from_slice(bytes), &meta).await.unwrap();
-            bodies.push(Job { key, upload: None, retry: false }.to_body());
+            bodies.push(Job::new(key).to_body());
         }
         for chunk in bodies.chunks(pixbox::queue::MAX_BATCH) {
             queue.send_batch(chunk).await.unwrap();

@@ -147,6 +147,11 @@ struct KeyEntry {
 }
 
 impl KeyEntry {
+    /// The key's id: the first 16 hex digits of its hash.
+    fn id(&self) -> String {
+        hex::encode(&self.hash[..8])
+    }
+
     fn parse(entry: &str) -> Result<KeyEntry, AuthConfigError> {
         let bad = |reason: &str| AuthConfigError::BadEntry { entry: entry.into(), reason: reason.into() };
         let (scopes, hash) = entry.rsplit_once(':').ok_or_else(|| bad("no ':' between the scopes and the hash"))?;
@@ -168,7 +173,8 @@ impl KeyEntry {
 /// Who made a request, for rate limits and logs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
-    /// A configured key, named by the first 8 hex digits of its hash.
+    /// A configured key, named by the first 16 hex digits of its hash (an image records the
+    /// key that uploaded it by this id, for deletes).
     Key(String),
     /// No key: known by address only.
     Anonymous,
@@ -250,7 +256,7 @@ impl Auth {
     /// Who is calling. A presented key must be a configured one (401 otherwise); no key at all is
     /// `Anonymous`, which only an open service lets through [`Auth::require`].
     pub fn identify(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
-        Ok(self.lookup(headers)?.map_or(Caller::Anonymous, |e| Caller::Key(hex::encode(&e.hash[..4]))))
+        Ok(self.lookup(headers)?.map_or(Caller::Anonymous, |e| Caller::Key(e.id())))
     }
 
     /// The caller may do `scope`: 401 without a (valid) key, 403 with a key lacking the scope.
@@ -264,7 +270,28 @@ impl Auth {
         if entry.scopes & scope.bit() == 0 {
             return Err(AuthError::Forbidden(scope));
         }
-        Ok(Caller::Key(hex::encode(&entry.hash[..4])))
+        Ok(Caller::Key(entry.id()))
+    }
+
+    /// The caller may delete an image uploaded by `owner` (the id of an API key, `None` when not
+    /// recorded): with an `admin` key, or with the `upload` key that uploaded it.
+    pub fn require_owner(&self, headers: &HeaderMap, owner: Option<&str>) -> Result<Caller, AuthError> {
+        if !self.0.enforcing {
+            return Ok(Caller::Anonymous);
+        }
+        let entry = self
+            .lookup(headers)?
+            .ok_or(AuthError::Unauthorized("this needs an API key: send `Authorization: Bearer <key>`"))?;
+        if entry.scopes & Scope::Admin.bit() != 0 {
+            return Ok(Caller::Key(entry.id()));
+        }
+        if entry.scopes & Scope::Upload.bit() == 0 {
+            return Err(AuthError::Forbidden(Scope::Upload));
+        }
+        if owner != Some(entry.id().as_str()) {
+            return Err(AuthError::NotOwner);
+        }
+        Ok(Caller::Key(entry.id()))
     }
 
     /// The configured entry of the request's key, `None` without one (or when nobody is checked).
@@ -380,6 +407,8 @@ pub enum AuthError {
     BadSignature(&'static str),
     /// 403: a signed URL past its expiry.
     Expired,
+    /// 403: an `upload` key acting on an image another key uploaded.
+    NotOwner,
 }
 
 /// A new random API key and the `[auth] keys` entry that admits it with `scopes`.

@@ -1,5 +1,5 @@
 //! The command line: `pixbox serve`, `pixbox transform`, `pixbox plugin info|new|watch`,
-//! `pixbox wit`, `pixbox keys`, `pixbox jobs`, `pixbox health`.
+//! `pixbox wit`, `pixbox keys`, `pixbox jobs`, `pixbox images`, `pixbox webhooks`, `pixbox health`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -71,6 +71,16 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Delete images (uses the configured store; a server may be running).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+    /// Webhook deliveries waiting or failed, and sending failed ones again.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Make API keys and signing secrets.
     Keys {
         #[command(subcommand)]
@@ -115,6 +125,41 @@ pub enum JobsCommand {
         /// One JSON object instead of lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Delete images with everything derived from them (renditions, kept originals, presets,
+    /// transforms, job records), as `DELETE /images/{key}` does.
+    Delete {
+        /// The key of the image.
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Every image whose key starts with this (e.g. `users/42/`).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Deliveries waiting (with their attempts and last error), or with --failed those given up on.
+    List {
+        #[arg(long)]
+        failed: bool,
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send failed deliveries again (due now, with a fresh `give_up_after_secs`).
+    Redeliver {
+        /// Ids of failed deliveries (from `list --failed`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every failed delivery.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -323,6 +368,69 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// `pixbox jobs ...`: runs against the configured backends.
+/// `pixbox images delete`.
+pub fn images(config: &Config, command: &ImagesCommand) -> anyhow::Result<()> {
+    use crate::lifecycle;
+    let ImagesCommand::Delete { key, prefix } = command;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let (store, _) = crate::backends::connect(config).await?;
+        let keys = match (key, prefix) {
+            (Some(key), _) => vec![key.clone()],
+            (None, Some(prefix)) => lifecycle::keys_under(&*store, prefix).await?,
+            (None, None) => unreachable!("clap requires a key or --prefix"),
+        };
+        if keys.is_empty() {
+            println!("no images under {:?}", prefix.as_deref().unwrap_or_default());
+        }
+        let mut incomplete = 0;
+        for key in &keys {
+            crate::storage::validate_key(key)?;
+            match lifecycle::find(&*store, key).await? {
+                None if lifecycle::deleted_by(&*store, key).await?.is_some() => println!("{key}: deleted before"),
+                None => println!("{key}: no such image"),
+                Some(found) => match lifecycle::delete(&*store, key, &found).await {
+                    Ok(removed) => println!("{key}: deleted ({removed} objects)"),
+                    Err(e) => {
+                        incomplete += 1;
+                        println!("{key}: {e}");
+                    }
+                },
+            }
+        }
+        if incomplete > 0 {
+            bail!("{incomplete} delete(s) did not finish; run the command again");
+        }
+        Ok(())
+    })
+}
+
+/// `pixbox webhooks list|redeliver`.
+pub fn webhooks(config: &Config, command: &WebhooksCommand) -> anyhow::Result<()> {
+    use crate::webhooks;
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let (store, _) = crate::backends::connect(config).await?;
+        match command {
+            WebhooksCommand::List { failed, json } => {
+                let list = webhooks::list(&*store, *failed).await?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else if list.is_empty() {
+                    println!("{}", if *failed { "no failed deliveries" } else { "no deliveries waiting" });
+                }
+                for delivery in list.iter().filter(|_| !*json) {
+                    let why = delivery.last_error.as_deref().unwrap_or("not tried yet");
+                    println!("{}  {}  {} attempt(s): {why}", delivery.id, delivery.url, delivery.attempts);
+                }
+            }
+            WebhooksCommand::Redeliver { ids, all: _ } => {
+                let moved = webhooks::redeliver(&*store, ids).await?;
+                println!("{moved} deliver{} queued again", if moved == 1 { "y" } else { "ies" });
+            }
+        }
+        Ok(())
+    })
+}
+
 pub fn jobs(config: &Config, command: &JobsCommand) -> anyhow::Result<()> {
     use crate::operations::{self, Retry};
     let runtime = tokio::runtime::Runtime::new()?;

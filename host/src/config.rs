@@ -15,6 +15,7 @@ use crate::render::urls::TransformUrlSettings;
 use crate::render::{PresetConfig, RenderSettings};
 use crate::sandbox::{RouteConfig, SandboxSettings};
 pub use crate::telemetry::LogFormat;
+use crate::webhooks::WebhookSettings;
 
 /// Which parts of the service this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -86,6 +87,7 @@ pub struct Config {
     pub presets: BTreeMap<String, PresetConfig>,
     pub renders: RenderSettings,
     pub transform_urls: TransformUrlSettings,
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for Config {
@@ -116,6 +118,7 @@ impl Default for Config {
             presets: BTreeMap::new(),
             renders: RenderSettings::default(),
             transform_urls: TransformUrlSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -303,7 +306,7 @@ fn resolve_plugin_paths(file: &mut toml::Table, dir: &Path) {
 }
 
 /// Sections whose keys are reachable as `PIXBOX_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox", "renders", "transform_urls"];
+const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox", "renders", "transform_urls", "webhooks"];
 /// `PIXBOX_*` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
 
@@ -423,6 +426,7 @@ impl Config {
         for route in &self.routes {
             route.validate().map_err(|e| ConfigError::Invalid(format!("route {:?}: {e}", route.prefix)))?;
         }
+        self.validate_webhooks()?;
         if self.sandbox.time_budget_ms == 0 || self.sandbox.memory_limit_mib == 0 || self.sandbox.max_instances == 0 {
             return Err(ConfigError::Invalid("sandbox limits must be above zero".into()));
         }
@@ -447,6 +451,37 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Webhooks: a usable allow list, a secret when any webhook can be named, and every route's
+    /// URL allowed (a private address not listed is refused here, not at the first delivery).
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        use crate::webhooks::{Allow, NamedBy, UrlError, check_url};
+        let allow = Allow::parse(&self.webhooks.allow).map_err(ConfigError::Invalid)?;
+        let named = self.routes.iter().any(|r| r.webhook.is_some()) || !allow.is_empty();
+        if named && self.webhooks.signing_secret.len() < 32 {
+            return Err(ConfigError::Invalid(UrlError::NoSecret.to_string()));
+        }
+        for route in &self.routes {
+            if let Some(url) = &route.webhook {
+                check_url(url, &allow, NamedBy::Route)
+                    .map_err(|e| ConfigError::Invalid(format!("route {:?}: {e}", route.prefix)))?;
+            }
+        }
+        if self.webhooks.timeout_ms == 0 || self.webhooks.poll_ms == 0 {
+            return Err(ConfigError::Invalid("webhooks.timeout_ms and poll_ms must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether uploads may name webhooks: a secret, and hosts to allow.
+    pub fn upload_webhooks(&self) -> bool {
+        self.webhooks.signing_secret.len() >= 32 && !self.webhooks.allow.trim().is_empty()
+    }
+
+    /// Whether anything may name a webhook (so the worker delivers them).
+    pub fn any_webhooks(&self) -> bool {
+        self.webhooks.signing_secret.len() >= 32
     }
 
     /// Where compiled plugins are cached.

@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use sha2::Digest as _;
+
 use crate::storage::{BlobStore, Bucket, ObjectInfo, ObjectMeta, StoreError};
 
 /// The queue message for one image: ids only, never image bytes.
@@ -19,6 +21,10 @@ pub struct Job {
     /// removing it, so the original is never unreferenced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
+    /// The URL the upload asked to be told at when the job settles (a route's own webhook is
+    /// in the configuration, not here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// Which upload a job belongs to and when it was queued.
@@ -52,6 +58,11 @@ fn unix_ms() -> u64 {
 }
 
 impl Job {
+    /// The job of one uploaded image, on its own (not part of a larger upload), with no webhook.
+    pub fn new(key: impl Into<String>) -> Job {
+        Job { key: key.into(), upload: None, retry: false, webhook: None }
+    }
+
     pub fn to_body(&self) -> String {
         serde_json::to_string(self).expect("job serializes")
     }
@@ -63,6 +74,105 @@ pub const RESERVED_PREFIX: &str = ".pixbox/";
 /// Where the failure record of `key` is kept (permanent bucket).
 pub fn failure_key(key: &str) -> String {
     format!("{RESERVED_PREFIX}failed/{key}")
+}
+
+/// Where the record that `key` was deleted is kept (permanent bucket): a job still queued for the
+/// key, a render in flight and a duplicate upload find it and write nothing (a few bytes a key;
+/// it also makes a second delete answer as the first did).
+pub fn deleted_key(key: &str) -> String {
+    format!("{RESERVED_PREFIX}deleted/{key}")
+}
+
+/// Where the alias record of `key` is kept (permanent bucket): a key made by a duplicate upload
+/// (route `dedupe = true`), whose images are those of another key ([`Alias::of`]).
+pub fn alias_key(key: &str) -> String {
+    format!("{RESERVED_PREFIX}alias/{key}")
+}
+
+/// The folder of the references to `canonical`'s images (permanent bucket): one record per key
+/// that serves them, its own key included, named [`ref_key`]. The images go when the last goes.
+pub fn refs_prefix(canonical: &str) -> String {
+    // Hashed: a key may be the start of another key, and listing must find this one's only.
+    format!("{RESERVED_PREFIX}refs/{}/", &hex::encode(sha2::Sha256::digest(canonical.as_bytes()))[..32])
+}
+
+/// The reference of `key` to `canonical`'s images.
+pub fn ref_key(canonical: &str, key: &str) -> String {
+    format!("{}{key}", refs_prefix(canonical))
+}
+
+/// Where the key whose images hold the content `sha256` (hex) of an upload to the route of
+/// `prefix` is recorded (permanent bucket), for `dedupe = true` routes.
+pub fn content_key(prefix: &str, sha256: &str) -> String {
+    let route = &hex::encode(sha2::Sha256::digest(prefix.as_bytes()))[..16];
+    format!("{RESERVED_PREFIX}content/{route}/{sha256}")
+}
+
+/// An alias record, and a reference record: the key whose images a key serves, and the content
+/// record that names it (so the last reference to go can remove it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alias {
+    pub of: String,
+    pub content: String,
+    /// Who uploaded the alias (the API key's id; `None` for an open service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The webhook the alias's upload asked for, told when the images' job settles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+/// Whether the images of `key` are still wanted: it was not deleted, or other keys still serve
+/// them (a duplicate upload's alias). A job, a render or a delete that finds them unwanted writes
+/// nothing, or removes what it wrote.
+pub async fn wanted(store: &dyn BlobStore, key: &str) -> Result<bool, StoreError> {
+    if found(store.head(Bucket::Permanent, &deleted_key(key)).await)?.is_none() {
+        return Ok(true);
+    }
+    Ok(!store.list(Bucket::Permanent, &refs_prefix(key)).await?.is_empty())
+}
+
+/// The alias record of `key`, if it is an alias.
+pub async fn alias(store: &dyn BlobStore, key: &str) -> Result<Option<Alias>, StoreError> {
+    let Some(object) = found(store.get(Bucket::Permanent, &alias_key(key)).await)? else { return Ok(None) };
+    Ok(serde_json::from_slice(&object.bytes(64 * 1024).await?).ok())
+}
+
+/// Writes a small JSON record.
+pub async fn put_record(
+    store: &dyn BlobStore,
+    bucket: Bucket,
+    key: &str,
+    value: &impl Serialize,
+) -> Result<(), StoreError> {
+    store.put(bucket, key, json(value), &json_meta()).await
+}
+
+/// Writes a small JSON record unless one is there; returns whether it was written.
+pub async fn put_record_if_absent(
+    store: &dyn BlobStore,
+    bucket: Bucket,
+    key: &str,
+    value: &impl Serialize,
+) -> Result<bool, StoreError> {
+    store.put_if_absent(bucket, key, json(value), &json_meta()).await
+}
+
+/// Reads a small JSON record; `None` when it is missing (or not what it should be: logged).
+pub async fn record<T: serde::de::DeserializeOwned>(
+    store: &dyn BlobStore,
+    bucket: Bucket,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let Some(object) = found(store.get(bucket, key).await)? else { return Ok(None) };
+    let bytes = object.bytes(1 << 20).await?;
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => Ok(Some(value)),
+        Err(e) => {
+            tracing::warn!(key, "unreadable record: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Where the commit record of an upload of several images is kept (temp bucket). It lists the
@@ -95,13 +205,34 @@ pub fn transform_key(key: &str, id: &str, format: crate::imaging::Format) -> Str
     format!("{key}/t/{id}.{}", format.extension())
 }
 
+/// The URL path of a key under `/download/` or `/status/` (segments percent-encoded).
+pub fn key_path(route: &str, key: &str) -> String {
+    let mut out = format!("/{route}");
+    for segment in key.split('/') {
+        out.push('/');
+        for b in segment.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a key (or one segment of it) is named like an uploaded image: it ends with the
+/// extension of a format pixbox stores.
+pub fn is_image_key(key: &str) -> bool {
+    key.rsplit_once('.').is_some_and(|(_, ext)| ["jpg", "png", "webp", "gif", "avif"].contains(&ext))
+}
+
 /// Whether `key` names what pixbox derives from an image's key, a kept original or a stored
 /// preset or transform, rather than an image: such keys are not read as images (an uploaded key
 /// always ends with an image's extension, so `{image}/original`, `{image}/p/{file}` and
 /// `{image}/t/{file}` are never uploads).
 pub fn is_derived(key: &str) -> bool {
-    let image_key =
-        |base: &str| base.rsplit_once('.').is_some_and(|(_, ext)| ["jpg", "png", "webp", "gif", "avif"].contains(&ext));
+    let image_key = is_image_key;
     if let Some(base) = key.strip_suffix("/original") {
         return image_key(base);
     }
@@ -134,11 +265,14 @@ pub struct ImageMeta {
     pub dominant_color: Option<String>,
     /// The input's ThumbHash (standard base64), with the dominant colour.
     pub thumbhash: Option<String>,
+    /// Who uploaded the image: the id of the API key (`None` for an open service), which may
+    /// delete it.
+    pub owner: Option<String>,
 }
 
 impl ImageMeta {
     /// The metadata keys, in the order of the fields.
-    pub const KEYS: [&str; 9] = [
+    pub const KEYS: [&str; 10] = [
         "width",
         "height",
         "focus",
@@ -148,6 +282,7 @@ impl ImageMeta {
         "plugin-calls",
         "dominant-color",
         "thumbhash",
+        "owner",
     ];
 
     /// The object metadata that stores this record.
@@ -163,6 +298,7 @@ impl ImageMeta {
             number(self.plugin_calls),
             self.dominant_color.clone(),
             self.thumbhash.clone(),
+            self.owner.clone(),
         ];
         let metadata =
             Self::KEYS.iter().zip(values).filter_map(|(key, value)| Some((key.to_string(), value?))).collect();
@@ -171,7 +307,7 @@ impl ImageMeta {
 
     /// The record stored in `meta`.
     pub fn of(meta: &ObjectMeta) -> Self {
-        let [width, height, focus, plugin, rendition, renditions, plugin_calls, dominant_color, thumbhash] =
+        let [width, height, focus, plugin, rendition, renditions, plugin_calls, dominant_color, thumbhash, owner] =
             Self::KEYS.map(|key| meta.metadata.get(key).cloned());
         let number = |text: Option<String>| text?.parse().ok();
         ImageMeta {
@@ -184,6 +320,7 @@ impl ImageMeta {
             plugin_calls: number(plugin_calls),
             dominant_color,
             thumbhash,
+            owner,
         }
     }
 }
@@ -337,6 +474,7 @@ mod tests {
             plugin_calls: Some(2),
             dominant_color: Some("#a0b0c0".into()),
             thumbhash: Some("3OcRJYB4d3h/iIeHeEh3eIhw+j3A".into()),
+            owner: Some("9f86d081884c7d65".into()),
         };
         let stored = full.object("image/png");
         assert_eq!(stored.content_type, "image/png");

@@ -11,10 +11,11 @@ const LAYERS: &[&[&str]] = &[
     &["storage", "queue"],
     // What the api and the worker agree on; what pixbox tells its operators.
     &["jobs", "telemetry"],
-    // The sandbox and its routes; operators' tools over the ports.
-    &["sandbox", "operations"],
-    // Presets rendered on request, by the sandbox, into the store.
-    &["render"],
+    // The sandbox and its routes; operators' tools over the ports; telling others a job settled.
+    &["sandbox", "operations", "webhooks"],
+    // Presets rendered on request, by the sandbox, into the store; an image's life after its
+    // upload (delete, duplicates, direct uploads).
+    &["render", "lifecycle"],
     // The one configuration tree, made of the lower layers' settings.
     &["config"],
     // What runs: the HTTP api, the worker, the plugin author's commands, the backends' wiring.

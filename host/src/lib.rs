@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod imaging;
 pub mod jobs;
+pub mod lifecycle;
 pub mod operations;
 pub mod queue;
 pub mod render;
@@ -18,6 +19,7 @@ pub mod sandbox;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;
 
 #[cfg(test)]

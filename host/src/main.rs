@@ -24,6 +24,8 @@ fn main() -> std::process::ExitCode {
             })
         }
         Command::Jobs { command } => configured(&cli).and_then(|config| pixbox::cli::jobs(&config, command)),
+        Command::Images { command } => configured(&cli).and_then(|config| pixbox::cli::images(&config, command)),
+        Command::Webhooks { command } => configured(&cli).and_then(|config| pixbox::cli::webhooks(&config, command)),
         Command::Health { ready } => configured(&cli).and_then(|config| pixbox::cli::health(&config, *ready)),
     };
     match result {

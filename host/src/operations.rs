@@ -165,7 +165,7 @@ async fn retry_with(
         };
         jobs::record_failure(store, key, &marked).await?;
     }
-    let body = Job { key: key.into(), upload: None, retry: true }.to_body();
+    let body = Job { retry: true, ..Job::new(key) }.to_body();
     if let Err(e) = queue.send_batch(&[body]).await {
         if let Some(failure) = &failure {
             // Put the record back as it was: nothing is queued.

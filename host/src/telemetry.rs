@@ -48,6 +48,12 @@ pub const CONNECTIONS_REFUSED: &str = "pixbox_connections_refused_total";
 /// Preset requests by `preset` and `result`: `hit` (served from the store), `ok` (rendered),
 /// `busy` (no render slot), or the failed render's code.
 pub const RENDERS: &str = "pixbox_renders_total";
+/// Webhook attempts by `result`: `delivered`, `retry` (tried again later) or `failed` (given up).
+pub const WEBHOOKS: &str = "pixbox_webhooks_total";
+/// Images deleted (`DELETE /images/{key}`, `pixbox images delete`).
+pub const DELETED_IMAGES: &str = "pixbox_deleted_images_total";
+/// Uploads that were duplicates of an image already stored (`dedupe = true` routes): no job.
+pub const DEDUPLICATED: &str = "pixbox_deduplicated_images_total";
 
 /// Request and plugin times: 1 ms to 2 min.
 const SECONDS_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
@@ -155,6 +161,21 @@ pub fn sandbox_call(plugin: &str, result: &'static str, elapsed: Duration, memor
 /// One preset request (see [`RENDERS`]).
 pub fn variant(preset: &str, result: &'static str) {
     counter!(RENDERS, "preset" => preset.to_string(), "result" => result).increment(1);
+}
+
+/// One webhook attempt (see [`WEBHOOKS`]).
+pub fn webhook(result: &'static str) {
+    counter!(WEBHOOKS, "result" => result).increment(1);
+}
+
+/// One image deleted.
+pub fn deleted() {
+    counter!(DELETED_IMAGES).increment(1);
+}
+
+/// One upload answered with an alias of an image already stored.
+pub fn deduplicated() {
+    counter!(DEDUPLICATED).increment(1);
 }
 
 /// A connection closed without a request (see [`CONNECTIONS_REFUSED`]).

@@ -54,6 +54,9 @@ impl From<AuthError> for ApiError {
                 ApiError::new(Code::Forbidden, format!("this API key does not have the {} scope", scope.name()))
             }
             AuthError::BadSignature(why) => ApiError::new(Code::InvalidSignature, why),
+            AuthError::NotOwner => {
+                ApiError::new(Code::Forbidden, "this API key did not upload the image (an admin key may delete any)")
+            }
             AuthError::Expired => {
                 ApiError::new(Code::SignatureExpired, "this signed URL has expired: ask for a new one")
             }

@@ -361,13 +361,16 @@ async fn download(
     checked(key)?;
     let Named { job_key, object_key, rendition } = resolve(state, key, rendition)?;
     let key = job_key.as_str();
+    // A duplicate upload's objects are those of the key it is an alias of.
+    let stored = super::status::stored_key(state, key).await?;
+    let object_key = format!("{stored}{}", &object_key[key.len()..]);
     // `format = "auto"`: the variant the client takes, else (or if it was not made: the route
     // changed since) the fallback.
     let variants = configured_route(&state.routes, key).map(|r| r.variant_formats(&rendition)).unwrap_or_default();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let mut variant = None;
     if let Some(format) = negotiate(&variants, accept) {
-        let variant_key = jobs::rendition_key(key, &variant_name(&rendition, format));
+        let variant_key = jobs::rendition_key(&stored, &variant_name(&rendition, format));
         match state.store.get(Bucket::Permanent, &variant_key).await {
             Ok(object) => variant = Some(object),
             Err(StoreError::NotFound { .. }) => {}
@@ -382,7 +385,7 @@ async fn download(
         Ok(object) => object,
         Err(StoreError::NotFound { .. }) => {
             let status = status(state, key).await?;
-            if status.state == JobStatus::Done && object_key != key {
+            if status.state == JobStatus::Done && object_key != stored {
                 // Done, but this rendition was not made (the route changed since).
                 return Err(ApiError::new(
                     Code::NoSuchRendition,

@@ -55,16 +55,20 @@ codes! {
     NoImages = "no-images", BAD_REQUEST, "The upload holds no image part.";
     PartHeaderTooLarge = "part-header-too-large", BAD_REQUEST, "A multipart part's headers are over their size limit.";
     PrefixAfterImages = "prefix-after-images", BAD_REQUEST, "The `prefix` field must come before the images.";
+    WebhookNotAllowed = "webhook-not-allowed", BAD_REQUEST, "The upload's webhook URL is not http(s), or names a host `[webhooks] allow` does not list.";
     TooManyKeys = "too-many-keys", BAD_REQUEST, "An event stream asks for more keys than one stream follows.";
     Unauthorized = "unauthorized", UNAUTHORIZED, "No API key, or one pixbox does not know.";
     Forbidden = "forbidden", FORBIDDEN, "The API key lacks the scope this route needs.";
     InvalidSignature = "invalid-signature", FORBIDDEN, "A signed URL that does not match its key.";
     SignatureExpired = "signature-expired", FORBIDDEN, "A signed URL past its expiry.";
+    InvalidUploadToken = "invalid-upload-token", FORBIDDEN, "A direct upload URL whose token does not match, or that was used already.";
     NotFound = "not-found", NOT_FOUND, "No image with this key.";
     NoSuchRendition = "no-such-rendition", NOT_FOUND, "The key's route has no rendition of this name, or it was not made.";
     NoSuchPreset = "no-such-preset", NOT_FOUND, "No preset of this name is configured.";
     NoSuchRoute = "no-such-route", NOT_FOUND, "No such path.";
+    NoSuchUpload = "no-such-upload", NOT_FOUND, "No direct upload with this id (or it expired and was swept).";
     MethodNotAllowed = "method-not-allowed", METHOD_NOT_ALLOWED, "The path does not take this method.";
+    UploadNotReceived = "upload-not-received", CONFLICT, "The direct upload's object is not in the bucket (yet): send it, then complete.";
     BodyTimeout = "body-timeout", REQUEST_TIMEOUT, "The request body stopped arriving for longer than the idle limit.";
     RequestTimeout = "request-timeout", REQUEST_TIMEOUT, "The request took longer than its time limit.";
     BodyTooLarge = "body-too-large", PAYLOAD_TOO_LARGE, "The request body is over its size limit.";
@@ -82,6 +86,7 @@ codes! {
     NotReady = "not-ready", SERVICE_UNAVAILABLE, "The store or the queue does not answer.";
     TooBusy = "too-busy", SERVICE_UNAVAILABLE, "Too many uploads or watchers at once; `Retry-After` says when to try again.";
     Unavailable = "unavailable", SERVICE_UNAVAILABLE, "A backend is not answering; try again later.";
+    DeleteIncomplete = "delete-incomplete", SERVICE_UNAVAILABLE, "Some of the image's objects are still there; the message lists them, and the delete is safe to repeat.";
 }
 
 impl Serialize for Code {

@@ -66,7 +66,8 @@ pub async fn preset(
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let mut rate_refusal = None;
     let admit = || admitted(&state, &caller, &mut rate_refusal);
-    let result = renderer.preset(&preset, &key, |format| negotiate(&[format], accept).is_some(), admit).await;
+    let stored = super::status::stored_key(&state, &key).await?;
+    let result = renderer.preset(&preset, &stored, |format| negotiate(&[format], accept).is_some(), admit).await;
     answer(&state, &key, &headers, renderer.negotiates(&preset), result, rate_refusal).await
 }
 
@@ -99,12 +100,14 @@ pub async fn transform(
     };
     // The path as sent (still percent-encoded): what the signature is over.
     let path = uri.path().strip_prefix("/t").unwrap_or_default();
-    let transform = renderer.transform_url(path).map_err(refused)?;
+    let mut transform = renderer.transform_url(path).map_err(refused)?;
     checked(&transform.key)?;
+    let asked = transform.key.clone();
+    transform.key = super::status::stored_key(&state, &asked).await?;
     let mut rate_refusal = None;
     let admit = || admitted(&state, &caller, &mut rate_refusal);
     let result = renderer.transform(&transform, admit).await;
-    answer(&state, &transform.key, &headers, false, result, rate_refusal).await
+    answer(&state, &asked, &headers, false, result, rate_refusal).await
 }
 
 /// The answer to a variant asked for: the stored image, `202` while the image's own job is

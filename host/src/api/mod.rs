@@ -6,6 +6,7 @@ mod download;
 mod error;
 mod guard;
 mod health;
+mod images;
 mod img;
 pub use health::Probes;
 mod live;
@@ -29,6 +30,7 @@ pub use guard::{CallerKey, Guards, PerKey, Slot, client_key};
 
 use crate::auth::{Auth, Scope};
 use crate::config::{CorsOrigins, UploadLimits};
+pub use crate::jobs::key_path;
 use crate::queue::JobQueue;
 use crate::storage::BlobStore;
 
@@ -48,6 +50,10 @@ pub struct ApiState {
     pub probes: Probes,
     /// The presets, rendered on request (`None`: none is configured).
     pub renderer: Option<Arc<crate::render::Renderer>>,
+    /// Whether uploads may name a webhook (`[webhooks]` has a secret and an allow list), and
+    /// the hosts they may name.
+    pub webhooks_enabled: bool,
+    pub webhook_allow: Arc<crate::webhooks::Allow>,
 }
 
 /// The two ports, for handlers that need nothing else (readiness, metrics).
@@ -95,7 +101,7 @@ pub fn cors(origins: &CorsOrigins) -> Option<tower_http::cors::CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, observe::REQUEST_ID.clone()])
             .expose_headers([observe::REQUEST_ID.clone(), header::RETRY_AFTER, header::LOCATION])
             .max_age(Duration::from_secs(600)),
@@ -169,6 +175,7 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
         .route(Method::GET, "/status", get(download::status_by_query))
         .route(Method::GET, "/status/{*key}", get(download::status_by_path))
         .route(Method::GET, "/events", get(live::events))
+        .route(Method::DELETE, "/images/{*key}", axum::routing::delete(images::delete_image))
         .route(Method::GET, "/img/{preset}/{*key}", get(img::preset))
         .route(Method::GET, "/t/{signature}/{*path}", get(img::transform))
         .route(Method::GET, "/health", get(health::health))
@@ -198,20 +205,4 @@ pub fn read_url(auth: &Auth, route: &str, key: &str) -> String {
         Some(query) => format!("{path}?{query}"),
         None => path,
     }
-}
-
-/// The URL path of a key under `/download/` or `/status/` (segments percent-encoded).
-pub fn key_path(route: &str, key: &str) -> String {
-    let mut out = format!("/{route}");
-    for segment in key.split('/') {
-        out.push('/');
-        for b in segment.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~') {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
-    out
 }

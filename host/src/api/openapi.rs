@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{download, health, img, live, page, upload};
+use super::{download, health, images, img, live, page, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,7 @@ use super::{download, health, img, live, page, upload};
         download::status_by_path,
         download::status_by_query,
         live::events,
+        images::delete_image,
         img::preset,
         img::transform,
         health::health,

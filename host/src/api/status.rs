@@ -94,9 +94,17 @@ pub(super) fn not_found(key: &str) -> ApiError {
     ApiError::new(Code::NotFound, format!("no image with key {key:?}"))
 }
 
+/// The key whose images a read of `key` serves: itself, or for a duplicate upload to a route with
+/// `dedupe = true` the key it is an alias of (`not-found` once it is deleted).
+pub(super) async fn stored_key(state: &ApiState, key: &str) -> Result<String, ApiError> {
+    let dedupe = crate::sandbox::configured_route(&state.routes, key).is_some_and(|r| r.dedupe);
+    crate::lifecycle::stored_key(&*state.store, key, dedupe).await?.ok_or_else(|| not_found(key))
+}
+
 /// Where the job for `key` stands, with every rendition and its URL.
 pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     checked(key)?;
+    let stored = stored_key(state, key).await?;
     let mut status = Status {
         key: key.into(),
         state: JobStatus::Pending,
@@ -110,7 +118,7 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
     };
     let urls = super::rendition_urls(state, key);
     let configured = rendition_names(&state.routes, key);
-    match jobs::state(&*state.store, key).await? {
+    match jobs::state(&*state.store, &stored).await? {
         JobState::Done(info) => {
             status.state = JobStatus::Done;
             // What the job made (the configuration may have changed since).
@@ -120,7 +128,7 @@ pub async fn status(state: &ApiState, key: &str) -> Result<Status, ApiError> {
                 let info = if name == default {
                     Some(info.clone())
                 } else {
-                    jobs::found(state.store.head(Bucket::Permanent, &jobs::rendition_key(key, &name)).await)?
+                    jobs::found(state.store.head(Bucket::Permanent, &jobs::rendition_key(&stored, &name)).await)?
                 };
                 let made = info.as_ref().map(|i| jobs::ImageMeta::of(&i.meta)).unwrap_or_default();
                 status.renditions.push(RenditionStatus {

@@ -13,10 +13,16 @@ use serde::{Deserialize, Serialize};
 
 use super::part_headers::{MAX_PART_HEADER_BYTES, PartHeadersTooLong};
 use super::{ApiError, ApiState, CallerKey, Code, read_url};
+use sha2::Digest as _;
+
+use crate::auth::Caller;
 use crate::imaging::{self, Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
+use crate::lifecycle::{self, Claim};
 use crate::queue::MAX_BATCH;
+use crate::sandbox::{configured_route, rendition_names};
 use crate::storage::Bucket;
+use crate::webhooks;
 
 /// Longest prefix accepted.
 const MAX_PREFIX_BYTES: usize = 200;
@@ -31,6 +37,8 @@ pub struct UploadQuery {
     prefix: Option<String>,
     /// The images' focal point, `x,y` fractions of width and height.
     focus: Option<String>,
+    /// Where to be told when each image's job settles (a host `[webhooks] allow` lists).
+    webhook: Option<String>,
 }
 
 /// The multipart form `POST /upload` takes (documentation only; parts are read as a stream).
@@ -45,6 +53,8 @@ pub struct UploadForm {
     /// Optional focal point, `x,y` fractions of the width and height, for the images after it
     /// (it may be repeated, one before each image); the `focus` query parameter sets it for all.
     focus: Option<String>,
+    /// Optional webhook URL for the images after it (the `webhook` query parameter sets it for all).
+    webhook: Option<String>,
 }
 
 /// The answer to an accepted upload.
@@ -70,6 +80,18 @@ pub struct Uploaded {
     pub width: u32,
     pub height: u32,
     pub bytes: usize,
+    /// True when the route has `dedupe = true` and the same bytes were uploaded to it before:
+    /// the key's images are the earlier upload's, and no job was queued for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deduplicated: bool,
+    /// The duplicate-upload claim (dedupe routes), undone if the upload fails.
+    #[serde(skip)]
+    #[schema(ignore)]
+    claim: Option<Claim>,
+    /// The webhook the upload named for this image.
+    #[serde(skip)]
+    #[schema(ignore)]
+    webhook: Option<String>,
 }
 
 #[utoipa::path(
@@ -79,12 +101,13 @@ pub struct Uploaded {
     params(
         ("prefix" = Option<String>, Query, description = "Route prefix, e.g. `avatars/` (or the `prefix` form field)"),
         ("focus" = Option<String>, Query, description = "Focal point of the images, `x,y` as fractions 0..1 of the width and height (e.g. `0.3,0.25`): renditions that crop keep it (plugins with a `gravity` option). A `focus` form field sets it for the images after it"),
+        ("webhook" = Option<String>, Query, description = "URL told (a signed POST) when each image's job settles; its host must be listed in `[webhooks] allow`. A `webhook` form field sets it for the images after it"),
     ),
     request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
     security(("apiKey" = [])),
     responses(
         (status = 202, description = "Every image stored and queued (with `Retry-After`)", body = UploadResponse),
-        (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`, `part-header-too-large`", body = ApiError),
+        (status = 400, description = "`no-images`, `invalid-prefix`, `prefix-after-images`, `bad-multipart`, `part-header-too-large`, `invalid-focus`, `webhook-not-allowed`", body = ApiError),
         (status = 401, description = "`unauthorized`: no API key, or an unknown one", body = ApiError),
         (status = 403, description = "`forbidden`: the key lacks the `upload` scope", body = ApiError),
         (status = 408, description = "`body-timeout`, `request-timeout`: the body stalled or the request took too long", body = ApiError),
@@ -98,10 +121,11 @@ pub struct Uploaded {
 pub async fn upload(
     state: State<ApiState>,
     Extension(caller): Extension<CallerKey>,
+    Extension(who): Extension<Caller>,
     query: Query<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    match receive(state, &caller, query, multipart).await {
+    match receive(state, &caller, &who, query, multipart).await {
         // Accepted, not done: `Retry-After` says when asking `/status` is worth it (or use
         // `/status/{key}?wait=` or `/events`).
         Ok(accepted) => (StatusCode::ACCEPTED, [(axum::http::header::RETRY_AFTER, "1")], accepted).into_response(),
@@ -118,6 +142,7 @@ pub async fn upload(
 async fn receive(
     State(state): State<ApiState>,
     caller: &CallerKey,
+    who: &Caller,
     Query(query): Query<UploadQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<UploadResponse>, ApiError> {
@@ -128,7 +153,7 @@ async fn receive(
     let _slot = state.guards.upload_slot(caller)?;
     let mut stored: Vec<Uploaded> = Vec::new();
     let result = async {
-        read_images(&state, &query, &mut multipart, &mut stored).await?;
+        read_images(&state, who, &query, &mut multipart, &mut stored).await?;
         enqueue(&state, &stored).await
     }
     .await;
@@ -137,7 +162,17 @@ async fn receive(
         Ok(()) => {
             for image in &stored {
                 crate::telemetry::uploaded(image.bytes);
-                tracing::info!(key = image.key, bytes = image.bytes, "uploaded");
+                tracing::info!(key = image.key, bytes = image.bytes, deduplicated = image.deduplicated, "uploaded");
+                if let Some(Claim::Alias(alias)) = &image.claim {
+                    crate::telemetry::deduplicated();
+                    // Announced now if the images' job settled already; else when it settles.
+                    let route_hook = configured_route(&state.routes, &image.key).and_then(|r| r.webhook.as_ref());
+                    for url in [image.webhook.as_ref(), route_hook].into_iter().flatten() {
+                        if let Err(e) = announce_if_settled(&state, &image.key, &alias.of, url).await {
+                            tracing::warn!(key = image.key, "cannot queue the webhook of a duplicate upload: {e}");
+                        }
+                    }
+                }
             }
             Ok(Json(UploadResponse { images: stored }))
         }
@@ -154,6 +189,11 @@ async fn receive(
                 if let Err(err) = state.store.delete(Bucket::Temp, &image.key).await {
                     tracing::warn!(key = image.key, "cannot remove the original of a failed upload: {err}");
                 }
+                if let Some(claim) = &image.claim
+                    && let Err(err) = lifecycle::release(&*state.store, &image.key, claim).await
+                {
+                    tracing::warn!(key = image.key, "cannot undo the duplicate record of a failed upload: {err}");
+                }
             }
             Err(e)
         }
@@ -165,12 +205,18 @@ async fn receive(
 /// remove it). Refuses a form with no image.
 async fn read_images(
     state: &ApiState,
+    who: &Caller,
     query: &UploadQuery,
     multipart: &mut Multipart,
     stored: &mut Vec<Uploaded>,
 ) -> Result<(), ApiError> {
     let mut prefix = query.prefix.as_deref().map(normalise_prefix).transpose()?;
     let mut focus = query.focus.as_deref().map(parse_focus).transpose()?;
+    let mut webhook = query.webhook.as_deref().map(|url| check_webhook(state, url)).transpose()?;
+    let owner = match who {
+        Caller::Key(id) => Some(id.clone()),
+        Caller::Anonymous => None,
+    };
     let mut parts = 0usize;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         parts += 1;
@@ -188,8 +234,19 @@ async fn read_images(
         } else if text("focus") {
             // Applies to the images after it, so each image of an upload can have its own.
             focus = Some(read_focus(field).await?);
+        } else if text("webhook") {
+            let bytes = read_limited(field, webhooks::MAX_URL_BYTES as u64, "the webhook field")
+                .await
+                .map_err(|_| check_webhook(state, "(longer than 2048 bytes)").unwrap_err())?;
+            webhook = Some(check_webhook(state, &String::from_utf8_lossy(&bytes))?);
         } else {
-            let image = store_image(state, field, stored.len() + 1, prefix.as_deref(), focus.as_deref()).await?;
+            let intent = Intent {
+                prefix: prefix.as_deref(),
+                focus: focus.as_deref(),
+                webhook: webhook.as_deref(),
+                owner: owner.as_deref(),
+            };
+            let image = store_image(state, field, stored.len() + 1, intent).await?;
             stored.push(image);
         }
     }
@@ -243,15 +300,53 @@ async fn read_focus(field: Field<'_>) -> Result<String, ApiError> {
     parse_focus(&String::from_utf8_lossy(&bytes))
 }
 
+/// What the form says about the images after it, and who sends them.
+#[derive(Clone, Copy)]
+struct Intent<'a> {
+    prefix: Option<&'a str>,
+    focus: Option<&'a str>,
+    webhook: Option<&'a str>,
+    owner: Option<&'a str>,
+}
+
+/// A webhook URL an upload names, checked against `[webhooks] allow`.
+fn check_webhook(state: &ApiState, url: &str) -> Result<String, ApiError> {
+    if !state.webhooks_enabled {
+        return Err(ApiError::new(
+            Code::WebhookNotAllowed,
+            "this service takes no webhook URLs from uploads ([webhooks] allow and signing_secret are not set)",
+        ));
+    }
+    webhooks::check_url(url, &state.webhook_allow, webhooks::NamedBy::Upload)
+        .map(|_| url.to_string())
+        .map_err(|e| ApiError::new(Code::WebhookNotAllowed, e.to_string()))
+}
+
+/// Queues the webhook of a duplicate upload `key` whose images (`of`'s) are settled already.
+async fn announce_if_settled(
+    state: &ApiState,
+    key: &str,
+    of: &str,
+    url: &str,
+) -> Result<(), crate::storage::StoreError> {
+    let (settled, failure) = match jobs::state(&*state.store, of).await? {
+        jobs::State::Done(_) => ("done", None),
+        jobs::State::Failed(failure) => ("failed", Some(failure)),
+        jobs::State::Pending | jobs::State::Unknown => return Ok(()),
+    };
+    lifecycle::announce(&*state.store, url, key, settled, failure, &rendition_names(&state.routes, key)).await
+}
+
 /// Reads image number `index` (within the image size limit), checks it from its header and
-/// stores it in the temporary bucket under a new key.
+/// stores it in the temporary bucket under a new key; on a `dedupe` route, a duplicate of an
+/// image stored before becomes an alias of it instead, and nothing is stored.
 async fn store_image(
     state: &ApiState,
     field: Field<'_>,
     index: usize,
-    prefix: Option<&str>,
-    focus: Option<&str>,
+    intent: Intent<'_>,
 ) -> Result<Uploaded, ApiError> {
+    let Intent { prefix, focus, webhook, owner } = intent;
     if index > state.limits.max_images as usize {
         return Err(ApiError::new(
             Code::TooManyImages,
@@ -271,12 +366,26 @@ async fn store_image(
         width: Some(header.width),
         height: Some(header.height),
         focus: focus.map(|f| f.to_string()),
+        owner: owner.map(str::to_string),
         ..Default::default()
     };
     let meta = record.object(header.format.media_type());
     let size = bytes.len();
-    state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
+    let claim = match configured_route(&state.routes, &key).filter(|route| route.dedupe) {
+        Some(route) => {
+            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            let (owner, webhook) = (owner.map(str::to_string), webhook.map(str::to_string));
+            Some(lifecycle::claim(&*state.store, &route.prefix, &sha256, &key, owner, webhook).await?)
+        }
+        None => None,
+    };
+    if !matches!(claim, Some(Claim::Alias(_))) {
+        state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
+    }
     Ok(Uploaded {
+        deduplicated: matches!(claim, Some(Claim::Alias(_))),
+        claim,
+        webhook: webhook.map(str::to_string),
         status_url: read_url(&state.auth, "status", &key),
         download_url: read_url(&state.auth, "download", &key),
         renditions: super::rendition_urls(state, &key),
@@ -293,14 +402,20 @@ async fn store_image(
 /// send fails, the jobs already sent find no commit (and no original) and are dropped without a
 /// trace.
 async fn enqueue(state: &ApiState, stored: &[Uploaded]) -> Result<(), ApiError> {
-    let upload = (stored.len() > 1).then(UploadRef::new);
-    for chunk in stored.chunks(MAX_BATCH) {
-        let bodies: Vec<String> =
-            chunk.iter().map(|u| Job { key: u.key.clone(), upload: upload.clone(), retry: false }.to_body()).collect();
+    // A duplicate upload's images are another key's: it has no job of its own.
+    let jobs: Vec<&Uploaded> = stored.iter().filter(|u| !u.deduplicated).collect();
+    let upload = (jobs.len() > 1).then(UploadRef::new);
+    for chunk in jobs.chunks(MAX_BATCH) {
+        let bodies: Vec<String> = chunk
+            .iter()
+            .map(|u| {
+                Job { key: u.key.clone(), upload: upload.clone(), retry: false, webhook: u.webhook.clone() }.to_body()
+            })
+            .collect();
         state.queue.send_batch(&bodies).await.map_err(|e| ApiError::unavailable("queue", e))?;
     }
     if let Some(upload) = &upload {
-        let keys: Vec<String> = stored.iter().map(|u| u.key.clone()).collect();
+        let keys: Vec<String> = jobs.iter().map(|u| u.key.clone()).collect();
         jobs::commit_upload(&*state.store, &upload.id, &keys).await?;
     }
     Ok(())
@@ -338,9 +453,10 @@ fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
         return Err(bad("prefixes starting with '.' are reserved"));
     }
     crate::storage::validate_prefix(&prefix).map_err(|_| bad("empty, '.' or '..' segments are not allowed"))?;
-    // `{image}/p/` and `{image}/t/` hold an image's stored presets and transforms.
-    if jobs::is_derived(&format!("{prefix}0.png")) {
-        return Err(bad("a segment named like an image followed by 'p/' or 't/' is reserved"));
+    // An image's renditions, presets and transforms are stored below its key: no other image's
+    // key may start with it (a delete removes what is below).
+    if prefix.split('/').any(jobs::is_image_key) {
+        return Err(bad("a segment named like an image (ending in .jpg, .png, .webp, .gif or .avif) is reserved"));
     }
     Ok(prefix)
 }

@@ -464,6 +464,12 @@ impl Renderer {
         // Write-once: another process's render of the same variant may have landed first; both
         // are the same transform of the same source, and the first one stays.
         self.store.put_if_absent(Bucket::Permanent, stored, Bytes::from(output.bytes), &meta).await?;
+        // A delete of the image while it rendered listed what was below its key before this
+        // write, or the deletion record is there now: the variant goes with the image.
+        if !jobs::wanted(&*self.store, key).await? {
+            self.store.delete(Bucket::Permanent, stored).await?;
+            return Err(RenderError::NotFound(key.to_string()));
+        }
         let ms = output.stats.elapsed.as_millis() as u64;
         tracing::info!(key, variant = label, from, ms, "rendered on request");
         Ok(())

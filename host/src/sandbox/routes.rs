@@ -45,6 +45,13 @@ pub struct RouteConfig {
     /// presets are rendered from the largest rendition.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_originals: bool,
+    /// A second upload of the same bytes to this route gets a key of its own whose images are the
+    /// first upload's (an alias): no second job, no second copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dedupe: bool,
+    /// Told (POST, signed) when a job of this route settles; see `[webhooks]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// The option value that asks for one output per format of the route's `formats`, plus the
@@ -88,6 +95,8 @@ impl RouteConfig {
             default_rendition: None,
             formats: Vec::new(),
             keep_originals: false,
+            dedupe: false,
+            webhook: None,
         }
     }
 
@@ -235,6 +244,19 @@ pub struct Route {
     pub default_rendition: usize,
     /// Whether the original is kept once the renditions exist.
     pub keep_originals: bool,
+    /// Whether duplicate uploads become aliases (their keys' references are looked at when a
+    /// job settles).
+    pub dedupe: bool,
+    /// The route's own webhook.
+    pub webhook: Option<String>,
+}
+
+impl Route {
+    /// The names of the renditions the route makes (not their format variants), and the default.
+    pub fn rendition_names(&self) -> RenditionNames {
+        let names = self.renditions.iter().map(|r| r.name.clone()).filter(|n| !is_variant(n)).collect();
+        RenditionNames { names, default: self.renditions[self.default_rendition].name.clone() }
+    }
 }
 
 /// All routes, longest prefix first. There is always a default (`""`) route: the built-in
@@ -316,6 +338,8 @@ impl Routes {
                 renditions,
                 default_rendition,
                 keep_originals: config.keep_originals,
+                dedupe: config.dedupe,
+                webhook: config.webhook.clone(),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

@@ -161,6 +161,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         let orphan_age = (config.queue == QueueKind::Embedded && config.worker.orphan_age_secs > 0)
             .then(|| Duration::from_secs(config.worker.orphan_age_secs));
         let runner = Runner::start(worker, &config.worker.schedule, config.worker_concurrency(), orphan_age).await?;
+        if config.any_webhooks() {
+            let deliverer =
+                crate::webhooks::Deliverer::new(store.clone(), &config.webhooks).map_err(anyhow::Error::msg)?;
+            tokio::spawn(deliverer.run(shutdown.clone()));
+            tracing::info!("webhooks delivered by this worker");
+        }
         tracing::info!(schedule = config.worker.schedule, concurrency = config.worker_concurrency(), "worker started");
         Some(runner)
     } else {
@@ -186,6 +192,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             routes,
             probes: api::Probes::default(),
             renderer,
+            webhooks_enabled: config.upload_webhooks(),
+            webhook_allow: Arc::new(crate::webhooks::Allow::parse(&config.webhooks.allow).map_err(anyhow::Error::msg)?),
         });
         let api = Listener::start("api", listener, app, connection_limits, shutdown.clone());
         tracing::info!(%addr, "api listening");

@@ -163,6 +163,16 @@ impl Worker {
             Outcome::Failed { failure, .. } => failure.code != GAVE_UP,
             Outcome::Retry { .. } | Outcome::Deferred { .. } | Outcome::Interrupted { .. } => false,
         };
+        // The webhooks before the message goes: a worker dying in between leaves the message,
+        // whose redelivery finds the job settled and queues them again (the same deliveries).
+        let settled = settled
+            && match self.announce(&job, &outcome).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(key = job.key, "cannot queue the job's webhooks (the job comes back): {e}");
+                    false
+                }
+            };
         if settled {
             // The commit record first, the message second: a worker dying in between leaves the
             // message, whose redelivery finds the job settled and tidies again. The other order
@@ -244,13 +254,64 @@ impl Worker {
                 return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
             }
         };
-        self.store_results(key, route, output, kept, plugin, started).await
+        let outcome = self.store_results(key, route, output, kept, plugin, started).await?;
+        // Deleted while it ran: a delete that listed the key's objects before these writes
+        // missed them, so they go now (a delete after them removed them itself).
+        if matches!(outcome, Outcome::Done { .. } | Outcome::AlreadyDone { .. })
+            && !jobs::wanted(&*self.store, key).await?
+        {
+            return self.forget_deleted(key).await;
+        }
+        Ok(outcome)
+    }
+
+    /// The outcome of a job whose key was deleted: whatever of it is stored goes, nothing is
+    /// written.
+    async fn forget_deleted(&self, key: &str) -> Result<Outcome, StoreError> {
+        match crate::lifecycle::purge(&*self.store, key).await {
+            Ok(_) => Ok(Outcome::Discarded { reason: format!("{key} was deleted") }),
+            Err(crate::lifecycle::DeleteError::Store(e)) => Err(e),
+            Err(e) => Ok(Outcome::Retry {
+                key: key.into(),
+                code: codes::STORE_UNAVAILABLE,
+                reason: e.to_string(),
+                after: None,
+            }),
+        }
+    }
+
+    /// Queues the webhooks of a settled job: the upload's and the route's, and on a `dedupe`
+    /// route those of the keys that are aliases of this one.
+    async fn announce(&self, job: &Job, outcome: &Outcome) -> Result<(), StoreError> {
+        let (state, failure) = match outcome {
+            Outcome::Done { .. } | Outcome::AlreadyDone { .. } => ("done", None),
+            Outcome::Failed { failure, .. } => ("failed", Some(failure.clone())),
+            _ => return Ok(()),
+        };
+        let route = self.routes.resolve(&job.key);
+        let mut targets: Vec<(String, String)> =
+            [&job.webhook, &route.webhook].into_iter().flatten().map(|url| (job.key.clone(), url.clone())).collect();
+        if route.dedupe {
+            for (alias_key, alias) in crate::lifecycle::aliases(&*self.store, &job.key).await? {
+                for url in [&alias.webhook, &route.webhook].into_iter().flatten() {
+                    targets.push((alias_key.clone(), url.clone()));
+                }
+            }
+        }
+        let names = route.rendition_names();
+        for (key, url) in targets {
+            crate::lifecycle::announce(&*self.store, &url, &key, state, failure.clone(), &names).await?;
+        }
+        Ok(())
     }
 
     /// The outcome when the job needs no transform: finished before, failed for good before, or
     /// part of an upload that is not (or never will be) committed. A retry's failure record goes.
     async fn settled_before(&self, job: &Job) -> Result<Option<Outcome>, StoreError> {
         let key = job.key.as_str();
+        if !jobs::wanted(&*self.store, key).await? {
+            return self.forget_deleted(key).await.map(Some);
+        }
         if jobs::found(self.store.head(Bucket::Permanent, key).await)?.is_some() {
             // Finished before (maybe the original's delete was interrupted): tidy up.
             self.store.delete(Bucket::Temp, key).await?;
