@@ -1,7 +1,8 @@
 //! The write path after an upload, on each backend against the real app: deleting images (done,
 //! pending, with on-demand variants, twice; by their uploader or an admin only), webhooks (signed,
 //! retried with backoff, delivered after a `kill -9` and a restart, never to an address the
-//! operator did not allow), and duplicate uploads that share one set of images.
+//! operator did not allow), duplicate uploads that share one set of images, and direct uploads
+//! that go to the bucket without passing through the api.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -455,7 +456,213 @@ async fn duplicate_uploads_share_one_set_of_images(backend: Backend) {
     app.running.stop().await;
 }
 
+/// Sends the image of a direct upload as its answer says: the presigned POST form to the bucket
+/// (S3), or the one-time PUT on pixbox (embedded).
+async fn send_direct(app: &App, direct: &Value, image: Vec<u8>) -> reqwest::Response {
+    let url = direct["url"].as_str().unwrap();
+    match direct["method"].as_str().unwrap() {
+        "PUT" => app.client.put(format!("{}{url}", app.base)).body(image).send().await.unwrap(),
+        "POST" => {
+            let mut form = Form::new();
+            for (name, value) in direct["fields"].as_object().unwrap() {
+                form = form.text(name.clone(), value.as_str().unwrap().to_string());
+            }
+            form = form.part("file", Part::bytes(image).file_name("a.png"));
+            app.client.post(url).multipart(form).send().await.unwrap()
+        }
+        other => panic!("method {other}"),
+    }
+}
+
+/// The presigned POST's policy, read and verified as S3 does (the emulator stores the object
+/// without checking it): the bucket, the exact key, 1 to `max` bytes, an expiry within the TTL,
+/// and the Signature Version 4 of the policy under the test credentials.
+fn policy_holds(direct: &Value, bucket: &str, max: u64) {
+    use base64::Engine as _;
+    let fields = direct["fields"].as_object().unwrap();
+    let field = |name: &str| fields[name].as_str().unwrap().to_string();
+    let policy: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(field("policy")).unwrap()).unwrap();
+    let conditions = policy["conditions"].as_array().unwrap();
+    let id = direct["id"].as_str().unwrap();
+    assert!(conditions.contains(&serde_json::json!({ "bucket": bucket })), "{policy}");
+    assert!(conditions.contains(&serde_json::json!({ "key": format!(".pixbox/incoming/{id}") })), "{policy}");
+    assert!(conditions.contains(&serde_json::json!(["content-length-range", 1, max])), "{policy}");
+    let expiration = policy["expiration"].as_str().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(direct["expires_at"].as_u64().unwrap() <= now + 900, "{expiration}");
+    // kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), "s3"), "aws4_request")
+    let date = &field("x-amz-date")[..8];
+    let hmac = |key: &[u8], data: &str| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        mac.update(data.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    };
+    let signing = hmac(&hmac(&hmac(&hmac(b"AWS4test", date), "us-east-1"), "s3"), "aws4_request");
+    assert_eq!(field("x-amz-signature"), hex::encode(hmac(&signing, &field("policy"))));
+    assert_eq!(field("x-amz-credential"), format!("test/{date}/us-east-1/s3/aws4_request"));
+}
+
+/// A direct upload: the image goes to the bucket (S3's presigned POST, or the embedded one-time
+/// PUT), is checked and queued on completion (twice: the same answer), and is done like any
+/// upload; completing before sending is 409; an oversize image is refused and nothing stays.
+async fn a_direct_upload_skips_the_api(backend: Backend) {
+    let Some(app) = App::start(backend, "a_direct_upload", |config| config.limits.max_image_bytes = 100_000).await
+    else {
+        return;
+    };
+    let create = || app.client.post(format!("{}/uploads?prefix=direct/", app.base)).send();
+    let answer = create().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let direct: Value = answer.json().await.unwrap();
+    let expected = if backend == Backend::Aws { "POST" } else { "PUT" };
+    assert_eq!(direct["method"], expected, "{direct}");
+    assert_eq!(direct["max_bytes"], 100_000);
+    let complete = |id: String| app.client.post(format!("{}/uploads/{id}/complete", app.base)).send();
+    let id = direct["id"].as_str().unwrap().to_string();
+    if backend == Backend::Aws {
+        policy_holds(&direct, &app.config.temp_bucket, 100_000);
+    }
+    let early = complete(id.clone()).await.unwrap();
+    assert_eq!(early.status(), StatusCode::CONFLICT);
+    assert_eq!(early.json::<Value>().await.unwrap()["code"], "upload-not-received");
+
+    let image = common::png(&common::photo(120, 90));
+    let sent = send_direct(&app, &direct, image.clone()).await;
+    assert!(sent.status().is_success(), "{}: {}", sent.status(), sent.text().await.unwrap());
+    if backend == Backend::Embedded {
+        let again = send_direct(&app, &direct, image.clone()).await;
+        assert_eq!(again.status(), StatusCode::FORBIDDEN, "the token is spent");
+        assert_eq!(again.json::<Value>().await.unwrap()["code"], "invalid-upload-token");
+    }
+    let done = complete(id.clone()).await.unwrap();
+    assert_eq!(done.status(), StatusCode::ACCEPTED);
+    let done: Value = done.json().await.unwrap();
+    let key = key_of(&done);
+    assert!(key.starts_with("direct/") && key.ends_with(".png"), "{key}");
+    assert_eq!(
+        (done["images"][0]["width"].as_u64(), done["images"][0]["bytes"].as_u64()),
+        (Some(120), Some(image.len() as u64))
+    );
+    let repeat: Value = complete(id.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(key_of(&repeat), key, "completing again answers the same");
+    let status: Value =
+        app.client.get(format!("{}/status/{key}?wait=20", app.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["state"], "done", "{status}");
+    let incoming = app.objects(true).await;
+    assert!(incoming.iter().all(|o| !o.contains(".pixbox/incoming/")), "the staged object is gone: {incoming:?}");
+
+    // Over the limit: refused by the policy (S3's content-length-range, the PUT's own limit).
+    let big: Value = create().await.unwrap().json().await.unwrap();
+    let oversize = vec![7u8; 150_000];
+    let sent = send_direct(&app, &big, oversize).await;
+    let big_id = big["id"].as_str().unwrap().to_string();
+    if sent.status().is_success() {
+        // An emulator that stores the object without checking the policy: the check at completion
+        // is what refuses it then.
+        eprintln!("the S3 emulator accepted a POST over the policy's content-length-range; checked at completion");
+        let refused = complete(big_id.clone()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(refused.json::<Value>().await.unwrap()["code"], "image-too-large");
+    } else {
+        let status = sent.status();
+        let text = sent.text().await.unwrap();
+        assert!(status == StatusCode::PAYLOAD_TOO_LARGE || text.contains("EntityTooLarge"), "{status}: {text}");
+        let refused = complete(big_id.clone()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::CONFLICT, "nothing was stored");
+    }
+    let left = app.objects(true).await;
+    assert!(left.iter().all(|o| !o.contains(&format!("incoming/{big_id}"))), "{left:?}");
+    let unknown = complete("0".repeat(32)).await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["code"], "no-such-upload");
+    app.running.stop().await;
+}
+
+/// A direct upload that is sent but never completed is removed once its URL expired.
+async fn a_direct_upload_never_completed_is_swept(backend: Backend) {
+    let Some(app) =
+        App::start(backend, "a_direct_upload_swept", |config| config.limits.direct_upload_ttl_secs = 1).await
+    else {
+        return;
+    };
+    let direct: Value = app.client.post(format!("{}/uploads", app.base)).send().await.unwrap().json().await.unwrap();
+    assert!(send_direct(&app, &direct, common::png(&common::photo(16, 16))).await.status().is_success());
+    let id = direct["id"].as_str().unwrap().to_string();
+    assert!(app.objects(true).await.iter().any(|o| o.contains(&format!("incoming/{id}"))));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.objects(true).await.iter().any(|o| o.contains(&id)) {
+        assert!(Instant::now() < deadline, "not swept: {:?}", app.objects(true).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = app.client.post(format!("{}/uploads/{id}/complete", app.base)).send().await.unwrap();
+    assert_eq!(late.status(), StatusCode::NOT_FOUND);
+    app.running.stop().await;
+}
+
+/// On S3, the bucket's event notification (to the job queue, as DEPLOY.md sets it up) completes a
+/// direct upload without the client's confirmation; the client's confirmation after it answers
+/// the same.
+#[cfg(feature = "aws")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_event_completes_a_direct_upload() {
+    let Some(app) = App::start(Backend::Aws, "a_bucket_event_completes", |_| {}).await else { return };
+    let sdk = pixbox::aws::sdk_config(app.config.endpoint_url.as_deref()).await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = sqs.get_queue_url().queue_name(&app.config.queue_name).send().await.unwrap();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url.queue_url().unwrap())
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn = attributes.attributes().unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn].clone();
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+    use aws_sdk_s3::types::{
+        FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration,
+        S3KeyFilter,
+    };
+    let prefix = FilterRule::builder().name(FilterRuleName::Prefix).value(".pixbox/incoming/").build();
+    let queue = QueueConfiguration::builder()
+        .queue_arn(arn)
+        .events(aws_sdk_s3::types::Event::from("s3:ObjectCreated:*"))
+        .filter(
+            NotificationConfigurationFilter::builder().key(S3KeyFilter::builder().filter_rules(prefix).build()).build(),
+        )
+        .build()
+        .unwrap();
+    s3.put_bucket_notification_configuration()
+        .bucket(&app.config.temp_bucket)
+        .notification_configuration(NotificationConfiguration::builder().queue_configurations(queue).build())
+        .send()
+        .await
+        .unwrap();
+
+    let direct: Value = app.client.post(format!("{}/uploads", app.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(direct["method"], "POST");
+    let sent = send_direct(&app, &direct, common::png(&common::photo(96, 64))).await;
+    assert!(sent.status().is_success(), "{}", sent.status());
+    let id = direct["id"].as_str().unwrap();
+    let key = format!("{id}.png");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = app.client.get(format!("{}/status/{key}?wait=5", app.base)).send().await.unwrap();
+        if status.status() == StatusCode::OK && status.json::<Value>().await.unwrap()["state"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the bucket's event did not complete {id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let confirmed = app.client.post(format!("{}/uploads/{id}/complete", app.base)).send().await.unwrap();
+    assert_eq!(confirmed.status(), StatusCode::ACCEPTED);
+    assert_eq!(key_of(&confirmed.json().await.unwrap()), key);
+    app.running.stop().await;
+}
+
 common::on_each_backend!(
+    a_direct_upload_skips_the_api,
+    a_direct_upload_never_completed_is_swept,
     deleting_a_done_image_removes_everything,
     deleting_a_pending_image_leaves_its_job_nothing_to_write,
     only_the_uploader_or_an_admin_deletes,

@@ -131,6 +131,9 @@ pub struct UploadLimits {
     pub max_request_bytes: u64,
     /// Largest single image, in bytes.
     pub max_image_bytes: u64,
+    /// How long the URL of a direct upload (`POST /uploads`) works; one never completed is
+    /// removed a minute after.
+    pub direct_upload_ttl_secs: u64,
     /// Most images in one request.
     pub max_images: u32,
     /// Most pixels (width x height) one image may have.
@@ -200,6 +203,7 @@ impl Default for UploadLimits {
         UploadLimits {
             max_request_bytes: 100 << 20,
             max_image_bytes: 40 << 20,
+            direct_upload_ttl_secs: 900,
             max_images: 20,
             max_pixels: pixels.max_pixels,
             max_side: pixels.max_side,

@@ -1,6 +1,7 @@
 //! An image's life after its upload, besides its job: deleting it with everything derived from it
 //! (`DELETE /images/{key}`, `pixbox images delete`), and the references by which duplicate
-//! uploads to a `dedupe = true` route share one set of images.
+//! uploads to a `dedupe = true` route share one set of images; direct uploads, whose bytes go to
+//! the bucket without passing through the api, completed by a check and a job like any upload.
 //!
 //! A delete writes a record that the key is deleted first, then removes the objects, then looks
 //! again: a job still queued for the key, or a render in flight, finds the record and removes
@@ -9,7 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::imaging::{self, Format, Header, PixelLimits};
 use crate::jobs::{self, Alias};
+use crate::sandbox::RouteConfig;
 use crate::storage::{BlobStore, Bucket, StoreError};
 use crate::webhooks;
 
@@ -214,6 +217,10 @@ pub async fn claim(
         }
         let Some(existing) = jobs::record::<ContentRecord>(store, Bucket::Permanent, &content).await? else { continue };
         let of = existing.key;
+        if of == key {
+            // Claimed by this very key before (a repeated completion).
+            return Ok(Claim::New { content });
+        }
         if !jobs::wanted(store, &of).await? {
             // Left by a delete that did not finish: the images are going, the content is free.
             store.delete(Bucket::Permanent, &content).await?;
@@ -324,4 +331,285 @@ pub async fn keys_under(store: &dyn BlobStore, prefix: &str) -> Result<Vec<Strin
         keys.extend(found.into_iter().map(|k| k[records.len()..].to_string()));
     }
     Ok(keys.into_iter().filter(|k| image(k)).collect())
+}
+
+/// Where a direct upload's object lands before it is checked (temp bucket): the presigned POST
+/// of S3, or `PUT /uploads/{id}` on the embedded backend, writes it there.
+pub fn incoming_key(id: &str) -> String {
+    format!("{}incoming/{id}", jobs::RESERVED_PREFIX)
+}
+
+/// Where a direct upload's record is kept (temp bucket).
+pub fn direct_key(id: &str) -> String {
+    format!("{DIRECT_PREFIX}{id}")
+}
+
+/// The folder of direct upload records.
+pub const DIRECT_PREFIX: &str = ".pixbox/direct/";
+/// How long past its expiry a direct upload that was never completed is kept at most before the
+/// sweep removes it (a client that sent its object at the last moment still completes); never
+/// longer than the upload's own time to live.
+pub const DIRECT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a completed direct upload's record is kept, so a repeated completion answers again.
+const DIRECT_KEEP_MS: u64 = 24 * 3600 * 1000;
+
+/// A direct upload: what it was created with, and how far its completion got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Direct {
+    pub id: String,
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub focus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub expires_ms: u64,
+    /// When the sweep removes it if it was never completed.
+    pub sweep_after_ms: u64,
+    /// The SHA-256 (hex) of the one-time token of an embedded `PUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// The embedded `PUT` was received (the token is spent).
+    #[serde(default)]
+    pub received: bool,
+    /// Once checked: the image's key and header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<(Format, u32, u32, usize)>,
+    /// The job is queued (or the image is an alias): completing again answers the same.
+    #[serde(default)]
+    pub queued: bool,
+    #[serde(default)]
+    pub deduplicated: bool,
+}
+
+/// The record of direct upload `id`.
+pub async fn direct(store: &dyn BlobStore, id: &str) -> Result<Option<Direct>, StoreError> {
+    jobs::record(store, Bucket::Temp, &direct_key(id)).await
+}
+
+pub async fn save_direct(store: &dyn BlobStore, direct: &Direct) -> Result<(), StoreError> {
+    jobs::put_record(store, Bucket::Temp, &direct_key(&direct.id), direct).await
+}
+
+/// Why an image is refused by the checks every upload passes (from its bytes, nothing decoded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{0}")]
+    UnsupportedFormat(String),
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    TooManyPixels(String),
+    #[error("{0}")]
+    Truncated(String),
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// The header-only checks every image passes before it is stored: format from magic bytes, the
+/// pixel limits from the header, completeness from the trailer.
+pub fn inspect(bytes: &[u8], pixels: &PixelLimits, label: &str) -> Result<Header, Refused> {
+    let header = imaging::probe(bytes).map_err(|e| match e {
+        imaging::HeaderError::UnknownFormat => Refused::UnsupportedFormat(format!("{label}: {e}")),
+        e => {
+            tracing::info!("{label}: {e}");
+            Refused::Unreadable(format!("{label}: {}", e.public_reason()))
+        }
+    })?;
+    pixels.check(&header).map_err(|e| Refused::TooManyPixels(format!("{label}: {e}")))?;
+    if !imaging::is_complete(bytes, header.format) {
+        let kind = match header.format {
+            Format::Jpeg => "JPEG",
+            Format::Png => "PNG",
+            Format::Webp => "WebP",
+            Format::Gif => "GIF",
+            Format::Avif => "AVIF",
+        };
+        return Err(Refused::Truncated(format!("{label}: the {kind} file is cut off (its end is missing)")));
+    }
+    Ok(header)
+}
+
+/// Why a direct upload cannot be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompleteError {
+    #[error("no direct upload {0:?} (or it expired and was swept)")]
+    NotFound(String),
+    #[error("the object of direct upload {0:?} has not arrived: send it first, then complete")]
+    NotReceived(String),
+    #[error(transparent)]
+    Refused(Refused),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// What a completed direct upload became.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    pub key: String,
+    pub format: Format,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: usize,
+    pub deduplicated: bool,
+}
+
+/// Completes direct upload `id`: its object is checked as any upload's, stored under its key in
+/// the temp bucket and its job queued. Idempotent: each step is recorded, a repeat (the client
+/// again, or the bucket's event) goes on from where the last one stopped, and a completed upload
+/// answers the same again.
+pub async fn complete(
+    store: &dyn BlobStore,
+    queue: &dyn crate::queue::JobQueue,
+    routes: &[RouteConfig],
+    pixels: &PixelLimits,
+    max_bytes: u64,
+    id: &str,
+) -> Result<Completed, CompleteError> {
+    let mut record = direct(store, id).await?.ok_or_else(|| CompleteError::NotFound(id.into()))?;
+    let completed = |record: &Direct| {
+        let (format, width, height, bytes) = record.image.expect("checked before it is queued");
+        Completed {
+            key: record.key.clone().expect("named before it is queued"),
+            format,
+            width,
+            height,
+            bytes,
+            deduplicated: record.deduplicated,
+        }
+    };
+    if record.queued {
+        return Ok(completed(&record));
+    }
+    let staged = jobs::found(store.get(Bucket::Temp, &incoming_key(id)).await)?
+        .ok_or_else(|| CompleteError::NotReceived(id.into()))?;
+    let label = format!("direct upload {id}");
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    let checked = match staged.bytes(limit).await {
+        Ok(bytes) => inspect(&bytes, pixels, &label).map(|header| (bytes, header)),
+        Err(StoreError::TooLarge { limit }) => {
+            Err(Refused::TooLarge(format!("{label} is larger than the limit of {limit} bytes")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (bytes, header) = match checked {
+        Ok(checked) => checked,
+        Err(refused) => {
+            // Refused for good: nothing of it stays.
+            store.delete(Bucket::Temp, &incoming_key(id)).await?;
+            store.delete(Bucket::Temp, &direct_key(id)).await?;
+            return Err(CompleteError::Refused(refused));
+        }
+    };
+    let stem = format!("{}{id}", record.prefix);
+    let key = record.key.clone().unwrap_or_else(|| {
+        format!("{stem}.{}", crate::sandbox::result_format(routes, &stem, header.format).extension())
+    });
+    record.key = Some(key.clone());
+    record.image = Some((header.format, header.width, header.height, bytes.len()));
+    save_direct(store, &record).await?;
+    let claim = match crate::sandbox::configured_route(routes, &key).filter(|route| route.dedupe) {
+        Some(route) => {
+            use sha2::Digest as _;
+            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            Some(claim(store, &route.prefix, &sha256, &key, record.owner.clone(), record.webhook.clone()).await?)
+        }
+        None => None,
+    };
+    record.deduplicated = matches!(claim, Some(Claim::Alias(_)));
+    if !record.deduplicated {
+        let meta = jobs::ImageMeta {
+            width: Some(header.width),
+            height: Some(header.height),
+            focus: record.focus.clone(),
+            owner: record.owner.clone(),
+            ..Default::default()
+        }
+        .object(header.format.media_type());
+        store.put(Bucket::Temp, &key, bytes, &meta).await?;
+        let job = jobs::Job { webhook: record.webhook.clone(), ..jobs::Job::new(key.clone()) };
+        queue.send_batch(&[job.to_body()]).await?;
+    }
+    record.queued = true;
+    save_direct(store, &record).await?;
+    store.delete(Bucket::Temp, &incoming_key(id)).await?;
+    tracing::info!(key, id, deduplicated = record.deduplicated, "direct upload completed");
+    Ok(completed(&record))
+}
+
+/// Removes direct uploads never completed (their object too) once past their expiry, and the
+/// records of completed ones after a day. Returns how many uploads were removed.
+pub async fn sweep_direct(store: &dyn BlobStore) -> Result<usize, StoreError> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut removed = 0;
+    for key in store.list(Bucket::Temp, DIRECT_PREFIX).await? {
+        let Some(record) = jobs::record::<Direct>(store, Bucket::Temp, &key).await? else { continue };
+        let due = if record.queued { record.expires_ms + DIRECT_KEEP_MS } else { record.sweep_after_ms };
+        if now > due {
+            store.delete(Bucket::Temp, &incoming_key(&record.id)).await?;
+            store.delete(Bucket::Temp, &key).await?;
+            if !record.queued {
+                tracing::info!(id = record.id, "swept a direct upload that was never completed");
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The direct uploads an S3 event notification names (`Records[].s3.object.key` under
+/// `.pixbox/incoming/`, as S3 encodes keys in events: `+` for a space, `%XX` escapes); none for
+/// any other message.
+pub fn incoming_ids(body: &str) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Event {
+        #[serde(rename = "Records", default)]
+        records: Vec<Record>,
+    }
+    #[derive(Deserialize)]
+    struct Record {
+        s3: S3,
+    }
+    #[derive(Deserialize)]
+    struct S3 {
+        object: Object,
+    }
+    #[derive(Deserialize)]
+    struct Object {
+        key: String,
+    }
+    let Ok(event) = serde_json::from_str::<Event>(body) else { return Vec::new() };
+    let incoming = incoming_key("");
+    event
+        .records
+        .into_iter()
+        .filter_map(|r| crate::storage::percent_decode(&r.s3.object.key.replace('+', " ")))
+        .filter_map(|key| key.strip_prefix(&incoming).map(str::to_string))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_events_name_their_direct_uploads() {
+        let id = "0123456789abcdef0123456789abcdef";
+        // As S3 sends it: the key URL-encoded, `/` as %2F.
+        let event = format!(
+            r#"{{"Records":[{{"eventName":"ObjectCreated:Post","s3":{{"object":{{"key":".pixbox%2Fincoming%2F{id}","size":9}}}}}},
+                {{"s3":{{"object":{{"key":"photos/cat.jpg"}}}}}}]}}"#
+        );
+        assert_eq!(incoming_ids(&event), vec![id.to_string()]);
+        assert!(incoming_ids(r#"{"Service":"Amazon S3","Event":"s3:TestEvent"}"#).is_empty());
+        assert!(incoming_ids(r#"{"key":"a.png"}"#).is_empty(), "a job is no event");
+        let sneaky = r#"{"Records":[{"s3":{"object":{"key":".pixbox/incoming/../../x"}}}]}"#;
+        assert!(incoming_ids(sneaky).is_empty());
+    }
 }

@@ -2,6 +2,7 @@
 //! readiness, metrics). Handlers see only the two ports.
 
 mod auth;
+mod direct;
 mod download;
 mod error;
 mod guard;
@@ -168,8 +169,17 @@ fn routes(body_limit: usize, auth: Auth) -> RouteTable {
                 // A part's headers are refused at 8 KiB, before the parser buffers them.
                 .layer(axum::middleware::map_request(part_headers::guard))
                 // Checked before a byte of the body is read.
+                .layer(axum::middleware::from_fn_with_state((auth.clone(), Scope::Upload), auth::require_scope)),
+        )
+        .route(
+            Method::POST,
+            "/uploads",
+            post(direct::create)
                 .layer(axum::middleware::from_fn_with_state((auth, Scope::Upload), auth::require_scope)),
         )
+        // The token in the URL is the grant: no API key (a browser sends the image itself).
+        .route(Method::PUT, "/uploads/{id}", axum::routing::put(direct::put))
+        .route(Method::POST, "/uploads/{id}/complete", post(direct::complete))
         .route(Method::GET, "/download", get(download::download_by_query))
         .route(Method::GET, "/download/{*key}", get(download::download_by_path))
         .route(Method::GET, "/status", get(download::status_by_query))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{download, health, images, img, live, page, upload};
+use super::{direct, download, health, images, img, live, page, upload};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,9 @@ use super::{download, health, images, img, live, page, upload};
     ),
     paths(
         upload::upload,
+        direct::create,
+        direct::put,
+        direct::complete,
         download::download_by_path,
         download::download_by_query,
         download::status_by_path,

@@ -16,7 +16,7 @@ use super::{ApiError, ApiState, CallerKey, Code, read_url};
 use sha2::Digest as _;
 
 use crate::auth::Caller;
-use crate::imaging::{self, Format, Header};
+use crate::imaging::{Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::lifecycle::{self, Claim};
 use crate::queue::MAX_BATCH;
@@ -310,7 +310,7 @@ struct Intent<'a> {
 }
 
 /// A webhook URL an upload names, checked against `[webhooks] allow`.
-fn check_webhook(state: &ApiState, url: &str) -> Result<String, ApiError> {
+pub(super) fn check_webhook(state: &ApiState, url: &str) -> Result<String, ApiError> {
     if !state.webhooks_enabled {
         return Err(ApiError::new(
             Code::WebhookNotAllowed,
@@ -382,19 +382,35 @@ async fn store_image(
     if !matches!(claim, Some(Claim::Alias(_))) {
         state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
     }
-    Ok(Uploaded {
-        deduplicated: matches!(claim, Some(Claim::Alias(_))),
-        claim,
-        webhook: webhook.map(str::to_string),
-        status_url: read_url(&state.auth, "status", &key),
-        download_url: read_url(&state.auth, "download", &key),
-        renditions: super::rendition_urls(state, &key),
-        key,
-        media_type: header.format.media_type(),
-        width: header.width,
-        height: header.height,
-        bytes: size,
-    })
+    let mut image = Uploaded::new(state, key, header.format, header.width, header.height, size)
+        .deduplicated(matches!(claim, Some(Claim::Alias(_))));
+    image.claim = claim;
+    image.webhook = webhook.map(str::to_string);
+    Ok(image)
+}
+
+impl Uploaded {
+    /// The answer for an image stored under `key`, with its URLs (signed when reads are).
+    pub(super) fn new(state: &ApiState, key: String, format: Format, width: u32, height: u32, bytes: usize) -> Self {
+        Uploaded {
+            status_url: read_url(&state.auth, "status", &key),
+            download_url: read_url(&state.auth, "download", &key),
+            renditions: super::rendition_urls(state, &key),
+            key,
+            media_type: format.media_type(),
+            width,
+            height,
+            bytes,
+            deduplicated: false,
+            claim: None,
+            webhook: None,
+        }
+    }
+
+    pub(super) fn deduplicated(mut self, deduplicated: bool) -> Self {
+        self.deduplicated = deduplicated;
+        self
+    }
 }
 
 /// Queues one job per stored image. One image is one message: sent or not. Several go out in
@@ -422,7 +438,7 @@ async fn enqueue(state: &ApiState, stored: &[Uploaded]) -> Result<(), ApiError> 
 }
 
 /// `x,y` with both in 0..=1, returned in a canonical form (what the plugin's `gravity` takes).
-fn parse_focus(raw: &str) -> Result<String, ApiError> {
+pub(super) fn parse_focus(raw: &str) -> Result<String, ApiError> {
     let point =
         raw.split_once(',').and_then(|(x, y)| Some((x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?)));
     match point {
@@ -436,7 +452,7 @@ fn parse_focus(raw: &str) -> Result<String, ApiError> {
 
 /// Prefixes select a route: `avatars`, `avatars/` and `avatars/large/` are fine. Letters, digits,
 /// `.`, `_`, `-` and `/` only, so keys stay URL-safe; pixbox's own `.pixbox/` is refused.
-fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
+pub(super) fn normalise_prefix(raw: &str) -> Result<String, ApiError> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Ok(String::new());
@@ -490,28 +506,20 @@ async fn read_limited(mut field: Field<'_>, limit: u64, label: &str) -> Result<B
 
 /// The header-only checks every image passes before it is stored.
 fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError> {
-    let header = imaging::probe(bytes).map_err(|e| match e {
-        imaging::HeaderError::UnknownFormat => ApiError::new(Code::UnsupportedFormat, format!("{label}: {e}")),
-        e => {
-            tracing::info!("{label}: {e}");
-            ApiError::new(Code::UnreadableImage, format!("{label}: {}", e.public_reason()))
-        }
-    })?;
-    state.limits.pixels().check(&header).map_err(|e| ApiError::new(Code::TooManyPixels, format!("{label}: {e}")))?;
-    if !imaging::is_complete(bytes, header.format) {
-        let kind = match header.format {
-            Format::Jpeg => "JPEG",
-            Format::Png => "PNG",
-            Format::Webp => "WebP",
-            Format::Gif => "GIF",
-            Format::Avif => "AVIF",
-        };
-        return Err(ApiError::new(
-            Code::TruncatedImage,
-            format!("{label}: the {kind} file is cut off (its end is missing)"),
-        ));
-    }
-    Ok(header)
+    lifecycle::inspect(bytes, &state.limits.pixels(), label).map_err(refusal)
+}
+
+/// The api's answer to an image the checks refuse.
+pub(super) fn refusal(refused: lifecycle::Refused) -> ApiError {
+    use lifecycle::Refused;
+    let code = match &refused {
+        Refused::UnsupportedFormat(_) => Code::UnsupportedFormat,
+        Refused::Unreadable(_) => Code::UnreadableImage,
+        Refused::TooManyPixels(_) => Code::TooManyPixels,
+        Refused::Truncated(_) => Code::TruncatedImage,
+        Refused::TooLarge(_) => Code::ImageTooLarge,
+    };
+    ApiError::new(code, refused.to_string())
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
@@ -546,7 +554,7 @@ fn caused_by<E: std::error::Error + 'static>(e: &MultipartError) -> bool {
 /// public reads the key is the only secret a reader needs, so it carries no time, counter or
 /// anything else a neighbour's key would give away. (Keys stored before were UUIDv7s; any valid
 /// key is served, whatever its shape.)
-fn new_image_id() -> String {
+pub(super) fn new_image_id() -> String {
     let mut bits = [0u8; 16];
     getrandom::fill(&mut bits).expect("the operating system's random source");
     bits.iter().map(|b| format!("{b:02x}")).collect()

@@ -264,6 +264,8 @@ impl Route {
 #[derive(Debug)]
 pub struct Routes {
     routes: Vec<Route>,
+    /// The configuration they were loaded from (the default route included).
+    configs: Vec<RouteConfig>,
 }
 
 impl Routes {
@@ -275,6 +277,7 @@ impl Routes {
         }
         let mut loaded: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
         let mut routes = Vec::with_capacity(configs.len());
+        let kept = configs.clone();
         for config in configs {
             if routes.iter().any(|r: &Route| r.prefix == config.prefix) {
                 return Err(LoadError::Route { prefix: config.prefix, reason: "prefix listed twice".into() });
@@ -343,7 +346,12 @@ impl Routes {
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Ok(Routes { routes })
+        Ok(Routes { routes, configs: kept })
+    }
+
+    /// The configuration of every route, the default one included.
+    pub fn configs(&self) -> &[RouteConfig] {
+        &self.configs
     }
 
     /// The route whose prefix is the longest one `key` starts with.

@@ -119,6 +119,25 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn list(&self, bucket: Bucket, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Checks both buckets answer (for readiness).
     async fn check(&self) -> Result<(), StoreError>;
+    /// A form that lets a client POST one object of 1 to `max_bytes` bytes straight to `key` for
+    /// `ttl`, when the backend can sign one (S3's POST policy); `None` otherwise.
+    async fn presigned_post(
+        &self,
+        _bucket: Bucket,
+        _key: &str,
+        _max_bytes: u64,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<PresignedPost>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// An HTML-form upload straight to the bucket: POST `url` as multipart/form-data with `fields`
+/// in this order, then the object as a part named `file`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PresignedPost {
+    pub url: String,
+    pub fields: BTreeMap<String, String>,
 }
 
 /// Longest key accepted (S3's limit).

@@ -15,6 +15,10 @@ pub struct S3Store {
     client: Client,
     temp: String,
     permanent: String,
+    /// For presigned POSTs: the endpoint override (path-style URLs), the region and credentials.
+    endpoint: Option<String>,
+    region: String,
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
 }
 
 impl S3Store {
@@ -30,8 +34,14 @@ impl S3Store {
         if sdk.endpoint_url().is_some() {
             config = config.force_path_style(true);
         }
-        let store =
-            S3Store { client: Client::from_conf(config.build()), temp: temp.into(), permanent: permanent.into() };
+        let store = S3Store {
+            client: Client::from_conf(config.build()),
+            temp: temp.into(),
+            permanent: permanent.into(),
+            endpoint: sdk.endpoint_url().map(|u| u.trim_end_matches('/').to_string()),
+            region: sdk.region().map_or("us-east-1".to_string(), |r| r.to_string()),
+            credentials: sdk.credentials_provider(),
+        };
         for bucket in [temp, permanent] {
             match store.client.head_bucket().bucket(bucket).send().await {
                 Ok(_) => {}
@@ -189,5 +199,63 @@ impl BlobStore for S3Store {
             self.client.head_bucket().bucket(bucket).send().await.map_err(unavailable)?;
         }
         Ok(())
+    }
+
+    /// An S3 POST policy signed with Signature Version 4 (the SDK signs requests, not browser
+    /// forms): the bucket, the exact key, 1 to `max_bytes` bytes, until `ttl` from now.
+    async fn presigned_post(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        max_bytes: u64,
+        ttl: std::time::Duration,
+    ) -> Result<Option<super::PresignedPost>, StoreError> {
+        use aws_sdk_s3::config::ProvideCredentials as _;
+        use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+        use base64::Engine as _;
+        validate_key(key)?;
+        let Some(provider) = &self.credentials else { return Ok(None) };
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("no credentials to sign an upload form: {e}")))?;
+        let now = std::time::SystemTime::now();
+        let iso = |t: std::time::SystemTime| DateTime::from(t).fmt(DateTimeFormat::DateTime).unwrap_or_default();
+        // 20260102T030405Z, and its date.
+        let amz_date: String = iso(now).chars().filter(|c| *c != '-' && *c != ':').collect();
+        let date = &amz_date[..8];
+        let credential = format!("{}/{date}/{}/s3/aws4_request", credentials.access_key_id(), self.region);
+        let bucket = self.bucket(bucket).to_string();
+        let mut fields = std::collections::BTreeMap::from([
+            ("key".to_string(), key.to_string()),
+            ("x-amz-algorithm".to_string(), "AWS4-HMAC-SHA256".to_string()),
+            ("x-amz-credential".to_string(), credential),
+            ("x-amz-date".to_string(), amz_date.clone()),
+        ]);
+        if let Some(token) = credentials.session_token() {
+            fields.insert("x-amz-security-token".into(), token.into());
+        }
+        let mut conditions =
+            vec![serde_json::json!({ "bucket": bucket }), serde_json::json!(["content-length-range", 1, max_bytes])];
+        conditions.extend(fields.iter().map(|(name, value)| serde_json::json!({ name: value })));
+        let policy = serde_json::json!({ "expiration": iso(now + ttl), "conditions": conditions });
+        let policy = base64::engine::general_purpose::STANDARD.encode(policy.to_string());
+        let mac = |key: &[u8], data: &str| {
+            use hmac::Mac as _;
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(data.as_bytes());
+            mac.finalize().into_bytes().to_vec()
+        };
+        let signing = ["s3", "aws4_request"].iter().fold(
+            mac(&mac(format!("AWS4{}", credentials.secret_access_key()).as_bytes(), date), &self.region),
+            |key, part| mac(&key, part),
+        );
+        fields.insert("x-amz-signature".into(), hex::encode(mac(&signing, &policy)));
+        fields.insert("policy".into(), policy);
+        let url = match &self.endpoint {
+            Some(endpoint) => format!("{endpoint}/{bucket}"),
+            None => format!("https://{bucket}.s3.{}.amazonaws.com", self.region),
+        };
+        Ok(Some(super::PresignedPost { url, fields }))
     }
 }

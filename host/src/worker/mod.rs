@@ -52,6 +52,9 @@ pub enum Outcome {
     /// Shutdown came while the job waited for its turn: nothing was done, and the message is
     /// released for another worker.
     Interrupted { key: String },
+    /// The bucket's event that direct uploads arrived: each was completed (checked and queued)
+    /// as if its client had confirmed it.
+    Received { ids: Vec<String> },
 }
 
 /// One job step with everything it needs.
@@ -93,6 +96,7 @@ impl Worker {
             Outcome::Discarded { .. } => ("discarded", codes::DROPPED, "none"),
             Outcome::Requeued { .. } => ("requeued", codes::SANDBOX_BUSY, "none"),
             Outcome::Interrupted { .. } => ("interrupted", codes::SHUTDOWN, "none"),
+            Outcome::Received { .. } => ("received", codes::OK, "none"),
         };
         crate::telemetry::job(name, code, plugin);
         outcome
@@ -101,6 +105,9 @@ impl Worker {
     async fn process_unobserved(&self, delivery: &Delivery, gates: Option<&fair::Gates>) -> Outcome {
         let job: Job = match serde_json::from_str(&delivery.body) {
             Ok(job) => job,
+            Err(_) if !crate::lifecycle::incoming_ids(&delivery.body).is_empty() => {
+                return self.receive_direct(delivery).await;
+            }
             Err(e) => {
                 let reason = format!("not a job message ({e}): {:.200}", delivery.body);
                 let _ = self.queue.delete(&delivery.receipt).await;
@@ -159,7 +166,8 @@ impl Worker {
             Outcome::Done { .. }
             | Outcome::AlreadyDone { .. }
             | Outcome::Discarded { .. }
-            | Outcome::Requeued { .. } => true,
+            | Outcome::Requeued { .. }
+            | Outcome::Received { .. } => true,
             Outcome::Failed { failure, .. } => failure.code != GAVE_UP,
             Outcome::Retry { .. } | Outcome::Deferred { .. } | Outcome::Interrupted { .. } => false,
         };
@@ -198,6 +206,37 @@ impl Worker {
             tracing::warn!(key = job.key, "cannot schedule the job's next attempt: {e}");
         }
         outcome
+    }
+
+    /// A bucket event naming direct uploads' objects (S3 event notifications to the job queue):
+    /// each is completed as its client's confirmation would; the message goes once all are.
+    async fn receive_direct(&self, delivery: &Delivery) -> Outcome {
+        use crate::lifecycle::{self, CompleteError};
+        let ids = lifecycle::incoming_ids(&delivery.body);
+        let max_bytes = self.max_input_bytes as u64;
+        for id in &ids {
+            match lifecycle::complete(&*self.store, &*self.queue, self.routes.configs(), &self.limits, max_bytes, id)
+                .await
+            {
+                Ok(done) => tracing::info!(id, key = done.key, "direct upload received from the bucket's event"),
+                // Completed and swept before, never created, or refused (its object is removed).
+                Err(e @ (CompleteError::NotFound(_) | CompleteError::NotReceived(_) | CompleteError::Refused(_))) => {
+                    tracing::info!(id, "bucket event of a direct upload: {e}")
+                }
+                Err(e) => {
+                    return Outcome::Retry {
+                        key: lifecycle::incoming_key(id),
+                        code: codes::STORE_UNAVAILABLE,
+                        reason: e.to_string(),
+                        after: None,
+                    };
+                }
+            }
+        }
+        if let Err(e) = self.queue.delete(&delivery.receipt).await {
+            tracing::warn!("cannot delete a bucket event: {e}");
+        }
+        Outcome::Received { ids }
     }
 
     /// Everything but the message: returns `Err` for store errors (retried).

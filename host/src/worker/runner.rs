@@ -48,7 +48,7 @@ pub struct TickReport {
 impl TickReport {
     fn count(&mut self, outcome: &Outcome) {
         match outcome {
-            Outcome::Done { .. } | Outcome::AlreadyDone { .. } => self.done += 1,
+            Outcome::Done { .. } | Outcome::AlreadyDone { .. } | Outcome::Received { .. } => self.done += 1,
             Outcome::Failed { .. } | Outcome::Discarded { .. } => self.failed += 1,
             Outcome::Retry { key, code, reason, .. } => {
                 self.retried += 1;
@@ -177,6 +177,11 @@ impl Worker {
             return report;
         }
         self.sweep_dead_letters().await;
+        match crate::lifecycle::sweep_direct(&*self.store).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed direct uploads past their expiry"),
+            Err(e) => tracing::warn!("direct upload sweep: {e}"),
+        }
         report
     }
 
