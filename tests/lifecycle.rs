@@ -145,8 +145,8 @@ async fn deleting_a_pending_image_leaves_its_job_nothing_to_write(backend: Backe
     app.running.stop().await;
 }
 
-/// With API keys: an `upload` key deletes what it uploaded, not what another key uploaded; an
-/// `admin` key deletes anything; no key is 401.
+/// With API keys: an `upload` key deletes what it uploaded (done or pending), not what another
+/// key uploaded; an `admin` key deletes anything; no key is 401.
 async fn only_the_uploader_or_an_admin_deletes(backend: Backend) {
     use pixbox::auth::{Scope, new_key};
     let (alice, alice_entry) = new_key(&[Scope::Upload, Scope::Read]);
@@ -172,6 +172,9 @@ async fn only_the_uploader_or_an_admin_deletes(backend: Backend) {
     };
     let first = key_of(&upload(&alice).await.unwrap().json().await.unwrap());
     let second = key_of(&upload(&alice).await.unwrap().json().await.unwrap());
+    // Done first: its owner is recorded with the result too, not only with the original.
+    let status = app.client.get(format!("{}/status/{first}?wait=20", app.base)).bearer_auth(&alice).send();
+    assert_eq!(status.await.unwrap().json::<Value>().await.unwrap()["state"], "done");
     assert_eq!(delete(None, &first).await.unwrap().status(), StatusCode::UNAUTHORIZED);
     let refused = delete(Some(&bob), &first).await.unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);

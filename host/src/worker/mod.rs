@@ -251,7 +251,7 @@ impl Worker {
         if let Some(outcome) = self.settled_before(job).await? {
             return Ok(outcome);
         }
-        let (original, header, focus) = match self.read_original(key, delivery).await? {
+        let (original, header, uploaded) = match self.read_original(key, delivery).await? {
             Ok(read) => read,
             Err(outcome) => return Ok(outcome),
         };
@@ -259,12 +259,13 @@ impl Worker {
         let route = self.routes.resolve(key);
         let plugin = route.plugin.info.name.clone();
         let started = Instant::now();
-        let requests = with_focus(route, focus.as_deref());
+        let requests = with_focus(route, uploaded.focus.as_deref());
         let result = self
             .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, gates)
             .await;
         // Freed now unless the route keeps it (for renders on request).
-        let kept = route.keep_originals.then(|| (original.clone(), header, focus.clone()));
+        let owner = uploaded.owner.clone();
+        let kept = route.keep_originals.then(|| (original.clone(), header, uploaded));
         drop(original);
         // Storing the results (fsynced writes, no plugin) goes on outside the job's turn, so the
         // next job reads its original meanwhile and is ready when a plugin slot frees. A store
@@ -293,7 +294,7 @@ impl Worker {
                 return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
             }
         };
-        let outcome = self.store_results(key, route, output, kept, plugin, started).await?;
+        let outcome = self.store_results(key, route, output, kept, owner, plugin, started).await?;
         // Deleted while it ran: a delete that listed the key's objects before these writes
         // missed them, so they go now (a delete after them removed them itself).
         if matches!(outcome, Outcome::Done { .. } | Outcome::AlreadyDone { .. })
@@ -383,17 +384,17 @@ impl Worker {
         Ok(None)
     }
 
-    /// The original, its header (checked against today's limits) and its focus; or the outcome
+    /// The original, its header (checked against today's limits) and its record (focus, owner); or the outcome
     /// when there is nothing to transform.
     async fn read_original(
         &self,
         key: &str,
         delivery: &Delivery,
-    ) -> Result<Result<(Bytes, Header, Option<String>), Outcome>, StoreError> {
-        let mut focus = None;
+    ) -> Result<Result<(Bytes, Header, jobs::ImageMeta), Outcome>, StoreError> {
+        let mut uploaded = jobs::ImageMeta::default();
         let original = match jobs::found(self.store.get(Bucket::Temp, key).await)? {
             Some(object) => {
-                focus = jobs::ImageMeta::of(&object.info.meta).focus;
+                uploaded = jobs::ImageMeta::of(&object.info.meta);
                 object.bytes(self.max_input_bytes).await
             }
             None => Err(StoreError::NotFound { key: key.into() }),
@@ -428,7 +429,7 @@ impl Worker {
         if let Err(e) = self.limits.check(&header) {
             return self.fail(key, codes::TOO_MANY_PIXELS, e.to_string(), None, delivery).await.map(Err);
         }
-        Ok(Ok((original, header, focus)))
+        Ok(Ok((original, header, uploaded)))
     }
 
     /// Stores the renditions of a successful call, the default one last, and removes the original
@@ -438,14 +439,14 @@ impl Worker {
         key: &str,
         route: &Route,
         output: crate::sandbox::Rendered,
-        kept: Option<(Bytes, Header, Option<String>)>,
+        kept: Option<(Bytes, Header, jobs::ImageMeta)>,
+        owner: Option<String>,
         plugin: String,
         started: Instant,
     ) -> Result<Outcome, StoreError> {
-        if let Some((original, header, focus)) = kept {
+        if let Some((original, header, uploaded)) = kept {
             // With its focal point: renders on request crop around it, as the worker does.
-            let record =
-                jobs::ImageMeta { width: Some(header.width), height: Some(header.height), focus, ..Default::default() };
+            let record = jobs::ImageMeta { width: Some(header.width), height: Some(header.height), ..uploaded };
             let meta = record.object(header.format.media_type());
             self.store.put_if_absent(Bucket::Permanent, &jobs::original_key(key), original, &meta).await?;
         }
@@ -472,6 +473,8 @@ impl Worker {
         let mut record = result_meta(&image, &plugin_version, names[route.default_rendition]);
         record.renditions = Some(renditions);
         record.plugin_calls = Some(calls);
+        // Who uploaded it may delete it.
+        record.owner = owner;
         if let Some(p) = placeholder {
             let (r, g, b) = p.dominant_color;
             record.dominant_color = Some(format!("#{r:02x}{g:02x}{b:02x}"));
