@@ -264,8 +264,7 @@ impl Worker {
             .transform_with_heartbeat(route, &requests, &original, header.format.media_type(), delivery, gates)
             .await;
         // Freed now unless the route keeps it (for renders on request).
-        let owner = uploaded.owner.clone();
-        let kept = route.keep_originals.then(|| (original.clone(), header, uploaded));
+        let kept = Original { kept: route.keep_originals.then(|| original.clone()), header, record: uploaded };
         drop(original);
         // Storing the results (fsynced writes, no plugin) goes on outside the job's turn, so the
         // next job reads its original meanwhile and is ready when a plugin slot frees. A store
@@ -294,7 +293,7 @@ impl Worker {
                 return Ok(Outcome::Retry { key: key.into(), code: e.code(), reason: format!("{plugin}: {e}"), after });
             }
         };
-        let outcome = self.store_results(key, route, output, kept, owner, plugin, started).await?;
+        let outcome = self.store_results(key, route, output, kept, plugin, started).await?;
         // Deleted while it ran: a delete that listed the key's objects before these writes
         // missed them, so they go now (a delete after them removed them itself).
         if matches!(outcome, Outcome::Done { .. } | Outcome::AlreadyDone { .. })
@@ -384,7 +383,8 @@ impl Worker {
         Ok(None)
     }
 
-    /// The original, its header (checked against today's limits) and its record (focus, owner); or the outcome
+    /// The original, its header (checked against today's limits) and its record (focus, owner);
+    /// or the outcome
     /// when there is nothing to transform.
     async fn read_original(
         &self,
@@ -439,12 +439,13 @@ impl Worker {
         key: &str,
         route: &Route,
         output: crate::sandbox::Rendered,
-        kept: Option<(Bytes, Header, jobs::ImageMeta)>,
-        owner: Option<String>,
+        original: Original,
         plugin: String,
         started: Instant,
     ) -> Result<Outcome, StoreError> {
-        if let Some((original, header, uploaded)) = kept {
+        let Original { kept, header, record: uploaded } = original;
+        let owner = uploaded.owner.clone();
+        if let Some(original) = kept {
             // With its focal point: renders on request crop around it, as the worker does.
             let record = jobs::ImageMeta { width: Some(header.width), height: Some(header.height), ..uploaded };
             let meta = record.object(header.format.media_type());
@@ -577,6 +578,14 @@ impl Worker {
         }
         self.store.delete(Bucket::Temp, &jobs::commit_key(upload)).await
     }
+}
+
+/// What is known of a job's original once its plugin ran: its header, its record (focus, owner),
+/// and its bytes when the route keeps originals.
+struct Original {
+    kept: Option<Bytes>,
+    header: Header,
+    record: jobs::ImageMeta,
 }
 
 /// The route's rendition requests, with the focal point given at upload as the `gravity` of
