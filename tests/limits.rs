@@ -37,8 +37,44 @@ static SANDBOX: LazyLock<Sandbox> = LazyLock::new(|| {
     .unwrap()
 });
 
+/// Compiling a component takes hundreds of MiB of resident memory that this process would keep,
+/// and the bound here is on the whole process: every sandbox of this file first has its plugins
+/// compiled into the shared cache by a child process (this binary, running
+/// [`the_plugins_are_compiled_by_a_child_process`]), so that this one only loads compiled code,
+/// on a fresh machine too.
+static COMPILED: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "the_plugins_are_compiled_by_a_child_process", "--quiet"])
+        .env(CHILD, "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "compiling the plugins in a child process failed");
+});
+const CHILD: &str = "PIXBOX_TEST_COMPILING_PLUGINS";
+
+/// The plugins every sandbox of this file loads, compiled (in the child process) or loaded from
+/// the cache (here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugins_are_compiled_by_a_child_process() {
+    LazyLock::force(&COMPILED);
+    let misbehave = built_plugin("misbehave");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/misbehave-0.1.0.wasm");
+    for path in [misbehave.to_str().unwrap(), fixture] {
+        SANDBOX.load(path).await.unwrap();
+    }
+    let busy = common::sandbox(busy_pool_settings());
+    for plugin in [misbehave.to_str().unwrap(), "resize"] {
+        busy.load(plugin).await.unwrap();
+    }
+}
+
 /// The misbehaving test plugin as built now (contract 0.2.0).
 async fn misbehave() -> Arc<LoadedPlugin> {
+    LazyLock::force(&COMPILED);
     SANDBOX.load(built_plugin("misbehave").to_str().unwrap()).await.unwrap()
 }
 
@@ -46,6 +82,7 @@ async fn misbehave() -> Arc<LoadedPlugin> {
 /// holds for plugins already deployed, too.
 async fn misbehave_0_1() -> Arc<LoadedPlugin> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/misbehave-0.1.0.wasm");
+    LazyLock::force(&COMPILED);
     let plugin = SANDBOX.load(path).await.unwrap();
     assert_eq!(plugin.contract, Contract::V0_1);
     plugin
@@ -342,6 +379,11 @@ async fn concurrent_violations_each_end_at_their_budget(plugin: Arc<LoadedPlugin
     assert!(started.elapsed() <= BUDGET + SLACK + SLACK, "took {:?}", started.elapsed());
 }
 
+/// The sandbox of the busy-pool test: one slot, a half-second budget.
+fn busy_pool_settings() -> SandboxSettings {
+    SandboxSettings { max_instances: 1, time_budget_ms: 500, ..SandboxSettings::default() }
+}
+
 /// A shrunk pool (one slot) that other calls keep busy: the worker's calls wait for the slot,
 /// and one that waits a whole time budget sends its job again instead of using up an attempt.
 /// With two receives allowed per job, every job still ends done, none `gave-up`. (Here, not
@@ -353,12 +395,10 @@ async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
     let _serial = common::RSS_SERIAL.lock().await;
     let store = Arc::new(Faulty::new(MemoryStore::default()));
     let queue = Arc::new(Faulty::new(MemoryQueue::new(2)));
-    let budget = Duration::from_millis(500);
-    let sandbox = common::sandbox(SandboxSettings {
-        max_instances: 1,
-        time_budget_ms: budget.as_millis() as u64,
-        ..SandboxSettings::default()
-    });
+    LazyLock::force(&COMPILED);
+    let settings = busy_pool_settings();
+    let budget = Duration::from_millis(settings.time_budget_ms);
+    let sandbox = common::sandbox(settings);
     let mut config = Config::default();
     config.worker.max_receives = 2;
     let worker = common::worker(store.clone(), queue.clone(), sandbox.clone(), &[], &config).await;
