@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use futures::StreamExt;
 use pixbox::storage::{BlobStore, Bucket};
 use pixbox::webhooks::{Deliverer, Event, WebhookSettings};
 use reqwest::StatusCode;
@@ -115,10 +116,21 @@ async fn a_direct_put_past_max_image_bytes_is_refused_as_it_arrives() {
     let within = client.put(format!("{base}{url}")).body(vec![1u8; 1 << 20]).send().await.unwrap();
     assert_eq!(within.status(), StatusCode::OK, "exactly max_image_bytes is accepted");
 
-    // 256 MiB offered, made as it is sent: only what the server reads is ever in memory.
+    // 256 MiB offered, made as it is sent: only what the server reads is ever in memory. The server
+    // answers and closes without draining the rest, so a sender that keeps writing may hit a broken
+    // pipe before it reads the answer; this one, like a client listening for an early answer, waits
+    // after 4 MiB (for 10 s: longer than the refusal may take), then goes on.
     let (id, url) = create().await;
     let chunk = bytes::Bytes::from(vec![2u8; 256 * 1024]);
-    let body = futures::stream::iter((0..1024).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let body = futures::stream::iter(0..1024).then(move |i| {
+        let chunk = chunk.clone();
+        async move {
+            if i == 16 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok::<_, std::io::Error>(chunk)
+        }
+    });
     let before = common::rss_bytes();
     let watch = common::RssWatch::start(Duration::from_millis(2));
     let started = Instant::now();
