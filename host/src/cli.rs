@@ -385,16 +385,23 @@ pub fn images(config: &Config, command: &ImagesCommand) -> anyhow::Result<()> {
         let mut incomplete = 0;
         for key in &keys {
             crate::storage::validate_key(key)?;
-            match lifecycle::find(&*store, key).await? {
-                None if lifecycle::deleted_by(&*store, key).await?.is_some() => println!("{key}: deleted before"),
-                None => println!("{key}: no such image"),
-                Some(found) => match lifecycle::delete(&*store, key, &found).await {
-                    Ok(removed) => println!("{key}: deleted ({removed} objects)"),
-                    Err(e) => {
-                        incomplete += 1;
-                        println!("{key}: {e}");
-                    }
-                },
+            let deleted = match lifecycle::find(&*store, key).await? {
+                // Deleted before: what a delete cut short left is removed now.
+                None if lifecycle::deleted_by(&*store, key).await?.is_some() => {
+                    lifecycle::finish_delete(&*store, key).await
+                }
+                None => {
+                    println!("{key}: no such image");
+                    continue;
+                }
+                Some(found) => lifecycle::delete(&*store, key, &found).await,
+            };
+            match deleted {
+                Ok(removed) => println!("{key}: deleted ({removed} objects)"),
+                Err(e) => {
+                    incomplete += 1;
+                    println!("{key}: {e}");
+                }
             }
         }
         if incomplete > 0 {

@@ -71,6 +71,27 @@ struct Deletion {
     /// Who uploaded what was deleted, so a repeat is authorised as the delete was.
     #[serde(default)]
     owner: Option<String>,
+    /// The key whose images the deleted key served (itself, or for an alias another), and their
+    /// duplicate-upload record: what a repeat needs to finish a delete that was cut short.
+    #[serde(default)]
+    canonical: Option<String>,
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// Finishes the delete of `key`, deleted before: its reference goes, then whatever of the
+/// images is no longer referred to (after a delete cut short by a store error, say). Returns how
+/// many objects were removed.
+pub async fn finish_delete(store: &dyn BlobStore, key: &str) -> Result<usize, DeleteError> {
+    let Some(deletion) = jobs::record::<Deletion>(store, Bucket::Permanent, &jobs::deleted_key(key)).await? else {
+        return Err(DeleteError::NotFound(key.into()));
+    };
+    let canonical = deletion.canonical.unwrap_or_else(|| key.to_string());
+    store.delete(Bucket::Permanent, &jobs::ref_key(&canonical, key)).await?;
+    if canonical != key {
+        store.delete(Bucket::Permanent, &jobs::alias_key(key)).await?;
+    }
+    purge_if_unreferenced(store, &canonical, deletion.content.as_deref()).await
 }
 
 /// `Some(owner)` when `key` was deleted (so a second delete answers as the first did).
@@ -83,27 +104,16 @@ pub async fn deleted_by(store: &dyn BlobStore, key: &str) -> Result<Option<Optio
 /// comes once they are gone, or says what is left; a repeat finishes the work.
 pub async fn delete(store: &dyn BlobStore, key: &str, found: &Found) -> Result<usize, DeleteError> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    jobs::put_record(
-        store,
-        Bucket::Permanent,
-        &jobs::deleted_key(key),
-        &Deletion { deleted_ms: now, owner: found.owner.clone() },
-    )
-    .await?;
     let (canonical, content) = match &found.alias {
-        Some(alias) => {
-            store.delete(Bucket::Permanent, &jobs::ref_key(&alias.of, key)).await?;
-            store.delete(Bucket::Permanent, &jobs::alias_key(key)).await?;
-            (alias.of.clone(), Some(alias.content.clone()))
-        }
+        Some(alias) => (alias.of.clone(), Some(alias.content.clone())),
         None => {
             let own = jobs::ref_key(key, key);
-            let content = jobs::record::<Alias>(store, Bucket::Permanent, &own).await?.map(|r| r.content);
-            store.delete(Bucket::Permanent, &own).await?;
-            (key.to_string(), content)
+            (key.to_string(), jobs::record::<Alias>(store, Bucket::Permanent, &own).await?.map(|r| r.content))
         }
     };
-    let removed = purge_if_unreferenced(store, &canonical, content.as_deref()).await?;
+    let deletion = Deletion { deleted_ms: now, owner: found.owner.clone(), canonical: Some(canonical), content };
+    jobs::put_record(store, Bucket::Permanent, &jobs::deleted_key(key), &deletion).await?;
+    let removed = finish_delete(store, key).await?;
     crate::telemetry::deleted();
     Ok(removed + usize::from(found.alias.is_some()))
 }
@@ -196,6 +206,19 @@ pub enum Claim {
     Alias(Alias),
 }
 
+/// The content an upload claims: the SHA-256 of its bytes, and of its focal point when it has one
+/// (the same photo with another focus crops differently, so it is other content).
+pub fn content_hash(bytes: &[u8], focus: Option<&str>) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(bytes);
+    if let Some(focus) = focus {
+        hasher.update(b"\nfocus=");
+        hasher.update(focus.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
 /// Claims the content `sha256` of an upload to the route of `prefix` for the new key `key`: the
 /// first upload of it owns it, later ones become aliases of that key.
 pub async fn claim(
@@ -226,6 +249,13 @@ pub async fn claim(
             store.delete(Bucket::Permanent, &content).await?;
             continue;
         }
+        if !exists(store, &of).await? {
+            // Claimed by an upload that failed before storing its original (or a direct upload
+            // never completed): nothing would ever come of an alias of it.
+            jobs::put_record(store, Bucket::Permanent, &content, &ContentRecord { key: key.into() }).await?;
+            jobs::put_record(store, Bucket::Permanent, &jobs::ref_key(key, key), &record(key)).await?;
+            return Ok(Claim::New { content });
+        }
         let reference = jobs::ref_key(&of, key);
         jobs::put_record(store, Bucket::Permanent, &reference, &record(&of)).await?;
         // The record still names them after our reference is written: a delete that removes them
@@ -240,6 +270,14 @@ pub async fn claim(
         return Ok(Claim::Alias(alias));
     }
     Err(StoreError::Unavailable(format!("the content record {content} kept changing")))
+}
+
+/// Whether anything of `key`'s images is stored: its result, its original waiting, or its
+/// failure record.
+async fn exists(store: &dyn BlobStore, key: &str) -> Result<bool, StoreError> {
+    Ok(jobs::found(store.head(Bucket::Permanent, key).await)?.is_some()
+        || jobs::found(store.head(Bucket::Temp, key).await)?.is_some()
+        || jobs::failure(store, key).await?.is_some())
 }
 
 /// Undoes a claim of an upload that failed after it: nothing of it may stay.
@@ -350,6 +388,10 @@ pub const DIRECT_PREFIX: &str = ".pixbox/direct/";
 /// sweep removes it (a client that sent its object at the last moment still completes); never
 /// longer than the upload's own time to live.
 pub const DIRECT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long past its expiry a direct upload whose object arrived, but was never completed, is
+/// kept at most: its bucket event shares the job queue and may wait behind a backlog; never longer
+/// than the upload's own time to live.
+pub const DIRECT_RECEIVED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// How long a completed direct upload's record is kept, so a repeated completion answers again.
 const DIRECT_KEEP_MS: u64 = 24 * 3600 * 1000;
 
@@ -367,6 +409,9 @@ pub struct Direct {
     pub expires_ms: u64,
     /// When the sweep removes it if it was never completed.
     pub sweep_after_ms: u64,
+    /// When the sweep removes it if its object arrived but it was never completed.
+    #[serde(default)]
+    pub received_sweep_after_ms: u64,
     /// The SHA-256 (hex) of the one-time token of an embedded `PUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<String>,
@@ -472,19 +517,15 @@ pub async fn complete(
     id: &str,
 ) -> Result<Completed, CompleteError> {
     let mut record = direct(store, id).await?.ok_or_else(|| CompleteError::NotFound(id.into()))?;
-    let completed = |record: &Direct| {
-        let (format, width, height, bytes) = record.image.expect("checked before it is queued");
-        Completed {
-            key: record.key.clone().expect("named before it is queued"),
-            format,
-            width,
-            height,
-            bytes,
-            deduplicated: record.deduplicated,
+    let completed = |record: &Direct| match (&record.key, record.image) {
+        (Some(key), Some((format, width, height, bytes))) => {
+            Ok(Completed { key: key.clone(), format, width, height, bytes, deduplicated: record.deduplicated })
         }
+        // Queued without its key and header: a record pixbox did not write.
+        _ => Err(CompleteError::NotFound(record.id.clone())),
     };
     if record.queued {
-        return Ok(completed(&record));
+        return completed(&record);
     }
     let staged = jobs::found(store.get(Bucket::Temp, &incoming_key(id)).await)?
         .ok_or_else(|| CompleteError::NotReceived(id.into()))?;
@@ -515,8 +556,7 @@ pub async fn complete(
     save_direct(store, &record).await?;
     let claim = match crate::sandbox::configured_route(routes, &key).filter(|route| route.dedupe) {
         Some(route) => {
-            use sha2::Digest as _;
-            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            let sha256 = content_hash(&bytes, record.focus.as_deref());
             Some(claim(store, &route.prefix, &sha256, &key, record.owner.clone(), record.webhook.clone()).await?)
         }
         None => None,
@@ -535,11 +575,17 @@ pub async fn complete(
         let job = jobs::Job { webhook: record.webhook.clone(), ..jobs::Job::new(key.clone()) };
         queue.send_batch(&[job.to_body()]).await?;
     }
+    if let Some(Claim::Alias(alias)) = &claim {
+        let route_hook = crate::sandbox::configured_route(routes, &key).and_then(|r| r.webhook.as_ref());
+        for url in [record.webhook.as_ref(), route_hook].into_iter().flatten() {
+            announce_if_settled(store, routes, &key, &alias.of, url).await?;
+        }
+    }
     record.queued = true;
     save_direct(store, &record).await?;
     store.delete(Bucket::Temp, &incoming_key(id)).await?;
     tracing::info!(key, id, deduplicated = record.deduplicated, "direct upload completed");
-    Ok(completed(&record))
+    completed(&record)
 }
 
 /// Removes direct uploads never completed (their object too) once past their expiry, and the
@@ -548,10 +594,21 @@ pub async fn sweep_direct(store: &dyn BlobStore) -> Result<usize, StoreError> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut removed = 0;
     for key in store.list(Bucket::Temp, DIRECT_PREFIX).await? {
+        if key.ends_with(".spent") {
+            continue;
+        }
         let Some(record) = jobs::record::<Direct>(store, Bucket::Temp, &key).await? else { continue };
-        let due = if record.queued { record.expires_ms + DIRECT_KEEP_MS } else { record.sweep_after_ms };
+        let due = if record.queued {
+            record.expires_ms + DIRECT_KEEP_MS
+        } else if jobs::found(store.head(Bucket::Temp, &incoming_key(&record.id)).await)?.is_some() {
+            // Sent, not completed: its bucket event may still wait behind a backlog of jobs.
+            record.sweep_after_ms.max(record.received_sweep_after_ms)
+        } else {
+            record.sweep_after_ms
+        };
         if now > due {
             store.delete(Bucket::Temp, &incoming_key(&record.id)).await?;
+            store.delete(Bucket::Temp, &format!("{key}.spent")).await?;
             store.delete(Bucket::Temp, &key).await?;
             if !record.queued {
                 tracing::info!(id = record.id, "swept a direct upload that was never completed");
@@ -560,6 +617,23 @@ pub async fn sweep_direct(store: &dyn BlobStore) -> Result<usize, StoreError> {
         }
     }
     Ok(removed)
+}
+
+/// Queues the webhook of a duplicate upload `key` for `url` if the images it shares (`of`'s)
+/// are settled already (else their job announces it when it settles).
+pub async fn announce_if_settled(
+    store: &dyn BlobStore,
+    routes: &[RouteConfig],
+    key: &str,
+    of: &str,
+    url: &str,
+) -> Result<(), StoreError> {
+    let (settled, failure) = match jobs::state(store, of).await? {
+        jobs::State::Done(_) => ("done", None),
+        jobs::State::Failed(failure) => ("failed", Some(failure)),
+        jobs::State::Pending | jobs::State::Unknown => return Ok(()),
+    };
+    announce(store, url, key, settled, failure, &crate::sandbox::rendition_names(routes, key)).await
 }
 
 /// The direct uploads an S3 event notification names (`Records[].s3.object.key` under

@@ -139,11 +139,12 @@ impl Allow {
 }
 
 /// Whether an address is on the public internet: not loopback, private (RFC 1918, unique local),
-/// link-local, shared (CGNAT), unspecified, multicast or broadcast.
+/// link-local, shared (CGNAT), benchmarking, reserved, unspecified, multicast or broadcast; an
+/// IPv6 address that carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by it.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -151,15 +152,28 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_broadcast()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b)))
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                is_public(IpAddr::V4(std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo))))
+            };
+            // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96, 64:ff9b:1::/48) and 6to4 (2002::/16).
+            if s[..6] == [0; 6] || (s[0] == 0x64 && s[1] == 0xff9b) {
+                return embedded(s[6], s[7]);
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]);
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
         }
     }
 }
@@ -344,6 +358,8 @@ impl Deliverer {
         let allow = Arc::new(Allow::parse(&settings.allow)?);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve and reach the receiver itself, past the resolver's check.
+            .no_proxy()
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
             .dns_resolver(Arc::new(Guarded { allow: allow.clone() }))
@@ -545,6 +561,11 @@ mod tests {
             "http://[fe80::1]/",
             "http://100.64.0.1/",
             "http://[::ffff:192.168.0.1]/",
+            "http://[64:ff9b::a00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://198.18.0.1/",
+            "http://[::127.0.0.1]/",
+            "http://240.0.0.1/",
         ] {
             assert!(matches!(check_url(url, &none, NamedBy::Route), Err(UrlError::Private { .. })), "{url}");
         }

@@ -17,7 +17,7 @@ use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
 use super::upload::{UploadResponse, Uploaded, check_webhook, new_image_id, normalise_prefix, parse_focus, refusal};
-use super::{ApiError, ApiState, Code};
+use super::{ApiError, ApiState, CallerKey, Code};
 use crate::auth::Caller;
 use crate::lifecycle::{self, CompleteError, Direct};
 use crate::storage::{Bucket, PresignedPost};
@@ -105,6 +105,7 @@ pub async fn create(
         owner,
         expires_ms: expires_at * 1000,
         sweep_after_ms: expires_at * 1000 + ttl.min(lifecycle::DIRECT_GRACE).as_millis() as u64,
+        received_sweep_after_ms: expires_at * 1000 + ttl.min(lifecycle::DIRECT_RECEIVED_GRACE).as_millis() as u64,
         token_sha256,
         received: false,
         key: None,
@@ -148,13 +149,14 @@ pub struct Received {
 )]
 pub async fn put(
     State(state): State<ApiState>,
+    Extension(caller): Extension<CallerKey>,
     Path(id): Path<String>,
     Query(query): Query<TokenQuery>,
     body: Body,
 ) -> Result<Json<Received>, ApiError> {
     let store = &*state.store;
     let no_such = || ApiError::new(Code::NoSuchUpload, format!("no direct upload {id:?}"));
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_id(&id) {
         return Err(no_such());
     }
     let mut record = lifecycle::direct(store, &id).await?.ok_or_else(no_such)?;
@@ -162,11 +164,21 @@ pub async fn put(
     let expected = record.token_sha256.clone().unwrap_or_default();
     let matches = bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) && !expected.is_empty();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    if !matches || record.received || now_ms > record.expires_ms {
-        return Err(ApiError::new(
+    let refused = || {
+        ApiError::new(
             Code::InvalidUploadToken,
             "this upload URL's token does not match, was used already, or expired: ask POST /uploads for a new one",
-        ));
+        )
+    };
+    if !matches || record.received || now_ms > record.expires_ms {
+        return Err(refused());
+    }
+    // Held while the body is read, as for `/upload`.
+    let _slot = state.guards.upload_slot(&caller)?;
+    // Spent before the body is read, by a write-once marker: of two PUTs at once, one goes on.
+    let spent = format!("{}.spent", lifecycle::direct_key(&id));
+    if !crate::jobs::put_record_if_absent(store, Bucket::Temp, &spent, &now_ms).await? {
+        return Err(refused());
     }
     // Read within the limit: the first byte past it refuses the upload, and nothing is stored.
     let limit = state.limits.max_image_bytes;
@@ -218,6 +230,9 @@ pub async fn complete(
     headers: HeaderMap,
 ) -> Result<(StatusCode, [(axum::http::HeaderName, &'static str); 1], Json<UploadResponse>), ApiError> {
     let store = &*state.store;
+    if !is_id(&id) {
+        return Err(ApiError::new(Code::NoSuchUpload, format!("no direct upload {id:?}")));
+    }
     let record = lifecycle::direct(store, &id).await?.ok_or_else(|| {
         ApiError::new(Code::NoSuchUpload, format!("no direct upload {id:?} (or it expired and was swept)"))
     })?;
@@ -237,4 +252,9 @@ pub async fn complete(
         Uploaded::new(&state, completed.key, completed.format, completed.width, completed.height, completed.bytes)
             .deduplicated(completed.deduplicated);
     Ok((StatusCode::ACCEPTED, [(axum::http::header::RETRY_AFTER, "1")], Json(UploadResponse { images: vec![image] })))
+}
+
+/// Whether `id` is shaped as the ids `POST /uploads` makes (32 hex digits).
+fn is_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -32,6 +32,11 @@ pub async fn delete_image(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     checked(&key)?;
+    // A key below an image's key is one of its renditions, not an image: deleted with it only.
+    let segments: Vec<&str> = key.split('/').collect();
+    if segments[..segments.len() - 1].iter().any(|s| crate::jobs::is_image_key(s)) {
+        return Err(not_found(&key));
+    }
     let store = &*state.store;
     let Some(found) = lifecycle::find(store, &key).await? else {
         // Only callers who could delete learn whether a key was there.
@@ -40,17 +45,24 @@ pub async fn delete_image(
         return match lifecycle::deleted_by(store, &key).await? {
             Some(owner) => {
                 auth.require_owner(&headers, owner.as_deref())?;
-                Ok(StatusCode::NO_CONTENT)
+                // A delete cut short before (503 delete-incomplete) is finished now.
+                finish(lifecycle::finish_delete(store, &key).await)
             }
             None => Err(not_found(&key)),
         };
     };
     state.auth.require_owner(&headers, found.owner.as_deref()).map_err(ApiError::from)?;
-    match lifecycle::delete(store, &key, &found).await {
-        Ok(removed) => {
-            tracing::info!(key, removed, "deleted");
-            Ok(StatusCode::NO_CONTENT)
-        }
+    let deleted = lifecycle::delete(store, &key, &found).await;
+    if let Ok(removed) = &deleted {
+        tracing::info!(key, removed, "deleted");
+    }
+    finish(deleted)
+}
+
+/// The answer to a delete that removed objects, or did not finish.
+fn finish(deleted: Result<usize, DeleteError>) -> Result<StatusCode, ApiError> {
+    match deleted {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
         Err(e @ DeleteError::Incomplete { .. }) => Err(ApiError::new(Code::DeleteIncomplete, e.to_string())),
         Err(DeleteError::NotFound(key)) => Err(not_found(&key)),
         Err(DeleteError::Store(e)) => Err(e.into()),

@@ -13,14 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use super::part_headers::{MAX_PART_HEADER_BYTES, PartHeadersTooLong};
 use super::{ApiError, ApiState, CallerKey, Code, read_url};
-use sha2::Digest as _;
-
 use crate::auth::Caller;
 use crate::imaging::{Format, Header};
 use crate::jobs::{self, Job, RESERVED_PREFIX, UploadRef};
 use crate::lifecycle::{self, Claim};
 use crate::queue::MAX_BATCH;
-use crate::sandbox::{configured_route, rendition_names};
+use crate::sandbox::configured_route;
 use crate::storage::Bucket;
 use crate::webhooks;
 
@@ -168,7 +166,10 @@ async fn receive(
                     // Announced now if the images' job settled already; else when it settles.
                     let route_hook = configured_route(&state.routes, &image.key).and_then(|r| r.webhook.as_ref());
                     for url in [image.webhook.as_ref(), route_hook].into_iter().flatten() {
-                        if let Err(e) = announce_if_settled(&state, &image.key, &alias.of, url).await {
+                        if let Err(e) =
+                            lifecycle::announce_if_settled(&*state.store, &state.routes, &image.key, &alias.of, url)
+                                .await
+                        {
                             tracing::warn!(key = image.key, "cannot queue the webhook of a duplicate upload: {e}");
                         }
                     }
@@ -322,21 +323,6 @@ pub(super) fn check_webhook(state: &ApiState, url: &str) -> Result<String, ApiEr
         .map_err(|e| ApiError::new(Code::WebhookNotAllowed, e.to_string()))
 }
 
-/// Queues the webhook of a duplicate upload `key` whose images (`of`'s) are settled already.
-async fn announce_if_settled(
-    state: &ApiState,
-    key: &str,
-    of: &str,
-    url: &str,
-) -> Result<(), crate::storage::StoreError> {
-    let (settled, failure) = match jobs::state(&*state.store, of).await? {
-        jobs::State::Done(_) => ("done", None),
-        jobs::State::Failed(failure) => ("failed", Some(failure)),
-        jobs::State::Pending | jobs::State::Unknown => return Ok(()),
-    };
-    lifecycle::announce(&*state.store, url, key, settled, failure, &rendition_names(&state.routes, key)).await
-}
-
 /// Reads image number `index` (within the image size limit), checks it from its header and
 /// stores it in the temporary bucket under a new key; on a `dedupe` route, a duplicate of an
 /// image stored before becomes an alias of it instead, and nothing is stored.
@@ -373,14 +359,22 @@ async fn store_image(
     let size = bytes.len();
     let claim = match configured_route(&state.routes, &key).filter(|route| route.dedupe) {
         Some(route) => {
-            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            let sha256 = lifecycle::content_hash(&bytes, focus);
             let (owner, webhook) = (owner.map(str::to_string), webhook.map(str::to_string));
             Some(lifecycle::claim(&*state.store, &route.prefix, &sha256, &key, owner, webhook).await?)
         }
         None => None,
     };
-    if !matches!(claim, Some(Claim::Alias(_))) {
-        state.store.put(Bucket::Temp, &key, bytes, &meta).await?;
+    if !matches!(claim, Some(Claim::Alias(_)))
+        && let Err(e) = state.store.put(Bucket::Temp, &key, bytes, &meta).await
+    {
+        // Not among the stored images yet, so the failure path would not undo the claim.
+        if let Some(claim) = &claim
+            && let Err(undo) = lifecycle::release(&*state.store, &key, claim).await
+        {
+            tracing::warn!(key, "cannot undo the duplicate record of a failed upload: {undo}");
+        }
+        return Err(e.into());
     }
     let mut image = Uploaded::new(state, key, header.format, header.width, header.height, size)
         .deduplicated(matches!(claim, Some(Claim::Alias(_))));

@@ -219,7 +219,10 @@ impl BlobStore for S3Store {
             .provide_credentials()
             .await
             .map_err(|e| StoreError::Unavailable(format!("no credentials to sign an upload form: {e}")))?;
-        let now = std::time::SystemTime::now();
+        // Whole seconds: the format writes fractions when there are any, and x-amz-date has none.
+        let seconds = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+        let ttl = std::time::Duration::from_secs(ttl.as_secs());
         let iso = |t: std::time::SystemTime| DateTime::from(t).fmt(DateTimeFormat::DateTime).unwrap_or_default();
         // 20260102T030405Z, and its date.
         let amz_date: String = iso(now).chars().filter(|c| *c != '-' && *c != ':').collect();
