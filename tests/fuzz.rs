@@ -98,7 +98,7 @@ async fn mutated_images_end_as_images_or_typed_errors() {
     let plugin = sandbox.load(common::built_plugin("resize").to_str().unwrap()).await.unwrap();
     let options =
         [Param { name: "width".into(), value: "48".into() }, Param { name: "height".into(), value: "48".into() }];
-    let limits = PixelLimits { max_pixels: 4_000_000, max_side: 4000 };
+    let limits = PixelLimits { max_pixels: 4_000_000, max_side: 4000, ..PixelLimits::default() };
 
     let mut rng = Rng(seed | 1);
     let seeds = seeds();

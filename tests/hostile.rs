@@ -82,6 +82,17 @@ fn animated_gif() -> Vec<u8> {
     out
 }
 
+/// A GIF of `frames` 2x2 frames: tiny, yet over the frame limit past 1000.
+fn gif_of_frames(frames: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut out);
+        let frame = Frame::new(RgbaImage::from_pixel(2, 2, Rgba([9, 9, 9, 255])));
+        encoder.encode_frames(std::iter::repeat_n(frame, frames)).unwrap();
+    }
+    out
+}
+
 /// An animated WebP (VP8X + ANIM + two ANMF frames) built around the image crate's lossless frames.
 fn animated_webp() -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -278,11 +289,18 @@ fn catalogue() -> Vec<Row> {
             end: Some(End::Done),
         },
         Row {
-            name: "animated GIF (first frame)",
+            name: "animated GIF",
             send: upload(one("a.gif", animated_gif())),
             status: 202,
             code: None,
             end: Some(End::Done),
+        },
+        Row {
+            name: "GIF of 1001 frames (over max_frames)",
+            send: upload(one("a.gif", gif_of_frames(1001))),
+            status: 422,
+            code: Some("too-many-frames"),
+            end: None,
         },
         Row {
             name: "animated WebP",

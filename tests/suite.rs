@@ -7,6 +7,7 @@
 
 mod common;
 
+mod animation;
 mod cli;
 mod faults;
 mod fuzz;

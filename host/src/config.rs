@@ -140,6 +140,10 @@ pub struct UploadLimits {
     pub max_pixels: u64,
     /// Longest side one image may have, in pixels.
     pub max_side: u32,
+    /// Most frames an animated GIF or WebP may have (counted from the file, nothing decoded).
+    pub max_frames: u32,
+    /// Most pixels an animation may have over all its frames (canvas x frames).
+    pub max_animation_pixels: u64,
     /// Uploads received at once; more get 503 `too-busy`.
     pub max_concurrent_uploads: u32,
     /// Requests per second per API key (or per address without one); 0 turns the limit off.
@@ -207,6 +211,8 @@ impl Default for UploadLimits {
             max_images: 20,
             max_pixels: pixels.max_pixels,
             max_side: pixels.max_side,
+            max_frames: pixels.max_frames,
+            max_animation_pixels: pixels.max_animation_pixels,
             max_concurrent_uploads: 16,
             rate_per_second: 20,
             rate_burst: 100,
@@ -227,7 +233,12 @@ impl Default for UploadLimits {
 
 impl UploadLimits {
     pub fn pixels(&self) -> PixelLimits {
-        PixelLimits { max_pixels: self.max_pixels, max_side: self.max_side }
+        PixelLimits {
+            max_pixels: self.max_pixels,
+            max_side: self.max_side,
+            max_frames: self.max_frames,
+            max_animation_pixels: self.max_animation_pixels,
+        }
     }
 }
 

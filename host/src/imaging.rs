@@ -5,6 +5,10 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+/// GIF's and WebP's frame counts, read by the same code the plugins' decode reads them with.
+#[path = "../../plugins/kit/src/container.rs"]
+pub mod container;
+
 /// The image formats pixbox accepts, and AVIF, which plugins may write but uploads may not be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,11 +66,23 @@ pub struct Header {
     pub format: Format,
     pub width: u32,
     pub height: u32,
+    /// Frames of an animated GIF or WebP; 1 for a still image.
+    #[serde(default = "one_frame")]
+    pub frames: u32,
+}
+
+fn one_frame() -> u32 {
+    1
 }
 
 impl Header {
     pub fn pixels(&self) -> u64 {
         u64::from(self.width) * u64::from(self.height)
+    }
+
+    /// Pixels decoded over all frames (each frame is the whole canvas).
+    pub fn total_pixels(&self) -> u64 {
+        self.pixels() * u64::from(self.frames)
     }
 }
 
@@ -109,7 +125,16 @@ pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
     let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
         .into_dimensions()
         .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
-    Ok(Header { format, width, height })
+    let scan = match format {
+        Format::Gif => Some(container::gif(bytes)),
+        Format::Webp => Some(container::webp(bytes)),
+        _ => None,
+    };
+    let frames = match scan {
+        Some(scan) => scan.map_err(|reason| HeaderError::Unreadable { format, reason })?.frames.max(1),
+        None => 1,
+    };
+    Ok(Header { format, width, height, frames })
 }
 
 /// [`probe`] for what a plugin returns: the input formats and AVIF (whose header the image crate
@@ -122,7 +147,7 @@ pub fn probe_output(bytes: &[u8]) -> Result<Header, HeaderError> {
         .map_err(|e| HeaderError::Unreadable { format: Format::Avif, reason: e.to_string() })?;
     let side = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);
     match (side(size.width), side(size.height)) {
-        (Some(width), Some(height)) => Ok(Header { format: Format::Avif, width, height }),
+        (Some(width), Some(height)) => Ok(Header { format: Format::Avif, width, height, frames: 1 }),
         _ => Err(HeaderError::Unreadable { format: Format::Avif, reason: format!("{}x{}", size.width, size.height) }),
     }
 }
@@ -155,6 +180,10 @@ pub struct PixelLimits {
     pub max_pixels: u64,
     /// Longest side an input may have, in pixels.
     pub max_side: u32,
+    /// Most frames an animation may have.
+    pub max_frames: u32,
+    /// Most pixels over all frames of an animation (canvas x frames).
+    pub max_animation_pixels: u64,
 }
 
 impl Default for PixelLimits {
@@ -162,7 +191,12 @@ impl Default for PixelLimits {
         // 40 MP (as pict-rs ships) covers any camera photo and bounds the memory a decode takes.
         // The side limit is JPEG's own largest side: phones make panoramas of 12 000 px and more,
         // far under the pixel limit, and a long thin image costs no more than its pixels.
-        PixelLimits { max_pixels: 40_000_000, max_side: 65_535 }
+        // Animations: their time grows with every frame, their memory with one (the plugins decode,
+        // resize and encode a frame at a time). 50 million pixels over all frames (24 frames of
+        // 1080p, 650 of 320x240) is what the default plugin makes into the default 1024-pixel box
+        // in about 4 s, within the default 10 s budget with room for a busy machine
+        // (BENCHMARKS.md); imgproxy counts all frames against its 16.8 MP source limit.
+        PixelLimits { max_pixels: 40_000_000, max_side: 65_535, max_frames: 1_000, max_animation_pixels: 50_000_000 }
     }
 }
 
@@ -172,6 +206,20 @@ pub enum LimitError {
     SideTooLong { width: u32, height: u32, max_side: u32 },
     #[error("image is {width}x{height} = {pixels} pixels, over the limit of {max_pixels} pixels")]
     TooManyPixels { width: u32, height: u32, pixels: u64, max_pixels: u64 },
+    #[error("animation has {frames} frames, over the limit of {max_frames} frames")]
+    TooManyFrames { frames: u32, max_frames: u32 },
+    #[error(
+        "animation has {frames} frames of {width}x{height} = {pixels} pixels over all frames, over the limit of \
+         {max_animation_pixels} pixels"
+    )]
+    AnimationTooLarge { width: u32, height: u32, frames: u32, pixels: u64, max_animation_pixels: u64 },
+}
+
+impl LimitError {
+    /// Whether the animation limits (frames, pixels over all frames) refused it.
+    pub fn is_animation(&self) -> bool {
+        matches!(self, LimitError::TooManyFrames { .. } | LimitError::AnimationTooLarge { .. })
+    }
 }
 
 impl PixelLimits {
@@ -188,6 +236,18 @@ impl PixelLimits {
                 max_pixels: self.max_pixels,
             });
         }
+        if header.frames > self.max_frames {
+            return Err(LimitError::TooManyFrames { frames: header.frames, max_frames: self.max_frames });
+        }
+        if header.frames > 1 && header.total_pixels() > self.max_animation_pixels {
+            return Err(LimitError::AnimationTooLarge {
+                width,
+                height,
+                frames: header.frames,
+                pixels: header.total_pixels(),
+                max_animation_pixels: self.max_animation_pixels,
+            });
+        }
         Ok(())
     }
 }
@@ -202,12 +262,16 @@ mod tests {
     #[test]
     fn the_host_and_the_plugins_refuse_the_same_sizes() {
         let defaults = PixelLimits::default();
-        let kit = pixbox_kit::PixelLimits::default();
-        assert_eq!((defaults.max_pixels, defaults.max_side), (kit.max_pixels, kit.max_side));
-        let plugin = imagekit::Options::default().limits();
-        assert_eq!((defaults.max_pixels, defaults.max_side), (plugin.max_pixels, plugin.max_side));
-        let limits =
-            [defaults, PixelLimits { max_pixels: 100, max_side: 20 }, PixelLimits { max_pixels: 1, max_side: 1 }];
+        let in_kit = |l: PixelLimits| pixbox_kit::PixelLimits {
+            max_pixels: l.max_pixels,
+            max_side: l.max_side,
+            max_frames: l.max_frames,
+            max_animation_pixels: l.max_animation_pixels,
+        };
+        assert_eq!(in_kit(defaults), pixbox_kit::PixelLimits::default());
+        assert_eq!(in_kit(defaults), imagekit::Options::default().limits());
+        let small = PixelLimits { max_pixels: 100, max_side: 20, max_frames: 3, max_animation_pixels: 250 };
+        let limits = [defaults, small, PixelLimits { max_pixels: 1, max_side: 1, ..small }];
         let sizes = [
             (1, 1),
             (10, 10),
@@ -223,11 +287,16 @@ mod tests {
             (6_325, 6_324),
         ];
         for limits in limits {
-            let kit = pixbox_kit::PixelLimits { max_pixels: limits.max_pixels, max_side: limits.max_side };
+            let kit = in_kit(limits);
             for (width, height) in sizes {
-                let host = limits.check(&Header { format: Format::Png, width, height }).is_ok();
-                let guest = kit.check(width, height).is_ok();
-                assert_eq!(host, guest, "{width}x{height} under {limits:?}: host {host}, plugins {guest}");
+                for frames in [1, 2, 3, 4, 1_000, 1_001] {
+                    let header = Header { format: Format::Gif, width, height, frames };
+                    let host = limits.check(&header).is_ok();
+                    // The kit reads a one-frame file as a still: no animation limits.
+                    let guest = kit.check(width, height).is_ok()
+                        && (frames == 1 || kit.check_animation(frames, header.total_pixels()).is_ok());
+                    assert_eq!(host, guest, "{width}x{height}x{frames} under {limits:?}: host {host}, plugins {guest}");
+                }
             }
         }
     }

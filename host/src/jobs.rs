@@ -358,6 +358,7 @@ pub mod codes {
         IMAGE_TOO_LARGE = "image-too-large", "The original is larger than the worker reads.";
         UNREADABLE_IMAGE = "unreadable-image", "The original's header cannot be read.";
         TOO_MANY_PIXELS = "too-many-pixels", "The original is over the pixel limits in force.";
+        TOO_MANY_FRAMES = "too-many-frames", "The original animation is over the frame limits in force.";
         GAVE_UP = "gave-up", "The queue gave up on the job after its last attempt (it is dead-lettered).";
         RETRYING = "retrying", "`pixbox jobs retry` queued the job again: it reads as pending until a worker takes it.";
         FAILED = "failed", "A failure record pixbox cannot read (written by something else).";

@@ -449,6 +449,8 @@ pub enum Refused {
     #[error("{0}")]
     TooManyPixels(String),
     #[error("{0}")]
+    TooManyFrames(String),
+    #[error("{0}")]
     Truncated(String),
     #[error("{0}")]
     TooLarge(String),
@@ -464,7 +466,10 @@ pub fn inspect(bytes: &[u8], pixels: &PixelLimits, label: &str) -> Result<Header
             Refused::Unreadable(format!("{label}: {}", e.public_reason()))
         }
     })?;
-    pixels.check(&header).map_err(|e| Refused::TooManyPixels(format!("{label}: {e}")))?;
+    pixels.check(&header).map_err(|e| match e.is_animation() {
+        true => Refused::TooManyFrames(format!("{label}: {e}")),
+        false => Refused::TooManyPixels(format!("{label}: {e}")),
+    })?;
     if !imaging::is_complete(bytes, header.format) {
         let kind = match header.format {
             Format::Jpeg => "JPEG",

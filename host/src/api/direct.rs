@@ -220,7 +220,7 @@ pub async fn put(
         (status = 409, description = "`upload-not-received`: the image is not in the bucket yet", body = ApiError),
         (status = 413, description = "`image-too-large`", body = ApiError),
         (status = 415, description = "`unsupported-format`", body = ApiError),
-        (status = 422, description = "`unreadable-image`, `too-many-pixels`, `truncated-image`: the object is removed", body = ApiError),
+        (status = 422, description = "`unreadable-image`, `too-many-pixels`, `too-many-frames`, `truncated-image`: the object is removed", body = ApiError),
         (status = 503, description = "`unavailable`", body = ApiError),
     )
 )]

@@ -80,6 +80,7 @@ codes! {
     ProcessingFailed = "processing-failed", UNPROCESSABLE_ENTITY, "The job failed for good; the body's `status` says why.";
     RenderFailed = "render-failed", UNPROCESSABLE_ENTITY, "A preset's render failed; the message says why (and is repeated for `renders.failure_ttl_secs`).";
     TooManyPixels = "too-many-pixels", UNPROCESSABLE_ENTITY, "The image's header claims more pixels than the limit.";
+    TooManyFrames = "too-many-frames", UNPROCESSABLE_ENTITY, "The animation has more frames, or more pixels over all frames, than the limits.";
     TruncatedImage = "truncated-image", UNPROCESSABLE_ENTITY, "The image does not end as its format ends.";
     UnreadableImage = "unreadable-image", UNPROCESSABLE_ENTITY, "The image's header cannot be read.";
     RateLimited = "rate-limited", TOO_MANY_REQUESTS, "Over the caller's request rate; `Retry-After` says when to try again.";

@@ -112,7 +112,7 @@ pub struct Uploaded {
         (status = 413, description = "`body-too-large`, `image-too-large`, `too-many-images`, `too-many-parts`", body = ApiError),
         (status = 429, description = "`rate-limited`, with `Retry-After`", body = ApiError),
         (status = 415, description = "`unsupported-format`, `not-multipart`", body = ApiError),
-        (status = 422, description = "`unreadable-image`, `too-many-pixels`, `truncated-image`", body = ApiError),
+        (status = 422, description = "`unreadable-image`, `too-many-pixels`, `too-many-frames`, `truncated-image`", body = ApiError),
         (status = 503, description = "`unavailable`: the store or the queue is not answering; `too-busy` (with `Retry-After`): max_concurrent_uploads are being received, or the caller's max_uploads_per_caller", body = ApiError),
     )
 )]
@@ -510,6 +510,7 @@ pub(super) fn refusal(refused: lifecycle::Refused) -> ApiError {
         Refused::UnsupportedFormat(_) => Code::UnsupportedFormat,
         Refused::Unreadable(_) => Code::UnreadableImage,
         Refused::TooManyPixels(_) => Code::TooManyPixels,
+        Refused::TooManyFrames(_) => Code::TooManyFrames,
         Refused::Truncated(_) => Code::TruncatedImage,
         Refused::TooLarge(_) => Code::ImageTooLarge,
     };

@@ -427,7 +427,8 @@ impl Worker {
             }
         };
         if let Err(e) = self.limits.check(&header) {
-            return self.fail(key, codes::TOO_MANY_PIXELS, e.to_string(), None, delivery).await.map(Err);
+            let code = if e.is_animation() { codes::TOO_MANY_FRAMES } else { codes::TOO_MANY_PIXELS };
+            return self.fail(key, code, e.to_string(), None, delivery).await.map(Err);
         }
         Ok(Ok((original, header, uploaded)))
     }

@@ -25,6 +25,8 @@ pub enum OutputFormat {
     Webp,
     WebpLossless,
     Avif,
+    /// GIF, 256 colours per frame: for animations.
+    Gif,
 }
 
 /// How an image is brought to the box.
@@ -98,6 +100,10 @@ pub struct Options {
     pub gravity: Gravity,
     /// RGBA.
     pub background: [u8; 4],
+    /// Keep every frame of an animated GIF or WebP (else: the first frame).
+    pub animation: bool,
+    pub max_frames: u32,
+    pub max_animation_pixels: u64,
 }
 
 impl Default for Options {
@@ -113,6 +119,9 @@ impl Default for Options {
             mode: Mode::Fit,
             gravity: Gravity::CENTRE,
             background: [255, 255, 255, 255],
+            animation: true,
+            max_frames: pixbox_kit::DEFAULT_MAX_FRAMES,
+            max_animation_pixels: pixbox_kit::DEFAULT_MAX_ANIMATION_PIXELS,
         }
     }
 }
@@ -123,8 +132,10 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     ("height", "Height of the box the image must fit in, in pixels (1..=10000).", "1024"),
     (
         "format",
-        "Output format: same, jpeg, png, webp (lossy), webp-lossless or avif. `same` keeps the input format \
-         (GIF becomes PNG, WebP is written lossy).",
+        "Output format: same, jpeg, png, webp (lossy), webp-lossless, avif or gif. `same` keeps the input \
+         format (a still GIF becomes PNG, an animated one an animated WebP; WebP is written lossy). \
+         Animations stay animated in webp, webp-lossless and gif (and avif, written as animated WebP); \
+         jpeg and png get the first frame.",
         "same",
     ),
     ("quality", "Quality of lossy outputs (JPEG, WebP, AVIF), 1..=100, on each format's own scale.", "85"),
@@ -146,12 +157,29 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
         "centre",
     ),
     ("background", "The colour pad fills with, as rrggbb or rrggbbaa hex (alpha needs PNG or WebP).", "ffffff"),
+    (
+        "animation",
+        "What an animated GIF or WebP becomes: keep (every frame resized, delays and loop count kept; \
+         smart gravity uses the centre) or first-frame (a still).",
+        "keep",
+    ),
+    ("max-frames", "Refuse animations with more frames than this, before decoding them.", "1000"),
+    (
+        "max-animation-pixels",
+        "Refuse animations with more pixels than this over all frames (canvas x frames), before decoding them.",
+        "50000000",
+    ),
 ];
 
 impl Options {
     /// The decode limits these options set.
     pub fn limits(&self) -> PixelLimits {
-        PixelLimits { max_pixels: self.max_pixels, max_side: self.max_side }
+        PixelLimits {
+            max_pixels: self.max_pixels,
+            max_side: self.max_side,
+            max_frames: self.max_frames,
+            max_animation_pixels: self.max_animation_pixels,
+        }
     }
 
     /// Parses name/value pairs on top of the defaults; unknown names and bad values are refused.
@@ -177,9 +205,10 @@ impl Options {
                         "webp" => OutputFormat::Webp,
                         "webp-lossless" => OutputFormat::WebpLossless,
                         "avif" => OutputFormat::Avif,
+                        "gif" => OutputFormat::Gif,
                         _ => {
                             return Err(Error::Unsupported(format!(
-                                "option format must be same, jpeg, png, webp, webp-lossless or avif, got {value:?}"
+                                "option format must be same, jpeg, png, webp, webp-lossless, avif or gif, got {value:?}"
                             )));
                         }
                     }
@@ -198,6 +227,19 @@ impl Options {
                     }
                 }
                 "gravity" => o.gravity = Gravity::parse(value)?,
+                "max-frames" => o.max_frames = parse_in(name, value, 1..=u32::MAX)?,
+                "max-animation-pixels" => o.max_animation_pixels = parse_in(name, value, 1..=u64::MAX)?,
+                "animation" => {
+                    o.animation = match value.to_ascii_lowercase().as_str() {
+                        "keep" => true,
+                        "first-frame" => false,
+                        _ => {
+                            return Err(Error::Unsupported(format!(
+                                "option animation must be keep or first-frame, got {value:?}"
+                            )));
+                        }
+                    }
+                }
                 "background" => o.background = parse_colour(value)?,
                 _ => return Err(Error::Unsupported(format!("unknown option {name:?}"))),
             }
@@ -264,14 +306,100 @@ pub fn renditions_with_placeholder(
     let limits = Options {
         max_pixels: requests.iter().map(|o| o.max_pixels).min().unwrap_or(first.max_pixels),
         max_side: requests.iter().map(|o| o.max_side).min().unwrap_or(first.max_side),
+        max_frames: requests.iter().map(|o| o.max_frames).min().unwrap_or(first.max_frames),
+        max_animation_pixels: requests
+            .iter()
+            .map(|o| o.max_animation_pixels)
+            .min()
+            .unwrap_or(first.max_animation_pixels),
         ..first.clone()
     };
+    if requests.iter().any(|o| o.animation)
+        && let Some(frames) = pixbox_kit::animation::open(input, limits.limits())?
+    {
+        return animated_renditions(input, frames, requests, placeholder);
+    }
     let image = decode_at_least(input, &limits, |w, h| {
         requests.iter().map(|o| needed(w, h, o)).fold((1, 1), |(a, b), (c, d)| (a.max(c), b.max(d)))
     })?;
     let encoded = requests.iter().map(|options| fit_and_encode(input, &image, options)).collect::<Result<_, _>>()?;
     let placeholder = if placeholder { Some(self::placeholder(&image)?) } else { None };
     Ok((encoded, placeholder))
+}
+
+/// [`renditions_with_placeholder`] for an animation: frames are decoded one at a time and each is
+/// resized for every rendition and appended to its animation at once, so memory follows one frame.
+/// Renditions in JPEG or PNG, or with `animation = first-frame`, get the first frame; so does the
+/// placeholder.
+fn animated_renditions(
+    input: &[u8],
+    frames: pixbox_kit::animation::Animation<'_>,
+    requests: &[Options],
+    want_placeholder: bool,
+) -> Result<(Vec<Encoded>, Option<Placeholder>), Error> {
+    use pixbox_kit::animation::{GifAnimation, WebpAnimation};
+    enum Out {
+        Webp(WebpAnimation, bool),
+        Gif(GifAnimation),
+        Still(Option<Encoded>),
+    }
+    let loops = frames.scan.loops;
+    let mut outs: Vec<Out> = requests
+        .iter()
+        .map(|o| match (o.animation, animation_format(o.format)) {
+            (true, Some(OutputFormat::Gif)) => Out::Gif(GifAnimation::new(loops)),
+            (true, Some(format)) => Out::Webp(WebpAnimation::new(loops), format == OutputFormat::WebpLossless),
+            _ => Out::Still(None),
+        })
+        .collect();
+    // Smart gravity would follow the content from frame to frame and make the picture jump.
+    let steady: Vec<Options> = requests
+        .iter()
+        .map(|o| match o.gravity {
+            Gravity::Smart => Options { gravity: Gravity::CENTRE, ..o.clone() },
+            _ => o.clone(),
+        })
+        .collect();
+    let mut placeholder = None;
+    for frame in frames {
+        let frame = frame?;
+        let image = DynamicImage::ImageRgba8(frame.image);
+        if want_placeholder && placeholder.is_none() {
+            placeholder = Some(self::placeholder(&image)?);
+        }
+        for (out, options) in outs.iter_mut().zip(&steady) {
+            match out {
+                Out::Webp(webp, lossless) => {
+                    let format = if *lossless { OutputFormat::WebpLossless } else { OutputFormat::Webp };
+                    let still = encode(fit_image(&image, options)?, format, options.quality)?;
+                    webp.push(&still.bytes, frame.delay_ms)?;
+                }
+                Out::Gif(gif) => gif.push(&fit_image(&image, options)?, frame.delay_ms)?,
+                Out::Still(still @ None) => *still = Some(fit_and_encode(input, &image, options)?),
+                Out::Still(Some(_)) => {}
+            }
+        }
+    }
+    let encoded = outs
+        .into_iter()
+        .map(|out| match out {
+            Out::Webp(webp, _) => Ok(Encoded { bytes: webp.finish()?, media_type: "image/webp" }),
+            Out::Gif(gif) => Ok(Encoded { bytes: gif.finish()?, media_type: "image/gif" }),
+            Out::Still(still) => still.ok_or_else(|| Error::BadInput("the animation has no frame".into())),
+        })
+        .collect::<Result<_, Error>>()?;
+    Ok((encoded, placeholder))
+}
+
+/// The format an animation is written in for `format`: `same` is lossy WebP (from GIF or WebP),
+/// and so is AVIF, whose encoder here writes stills (with `format = "auto"`, a browser that takes
+/// AVIF would otherwise get a still); `None` for JPEG and PNG, which get the first frame.
+fn animation_format(format: OutputFormat) -> Option<OutputFormat> {
+    match format {
+        OutputFormat::Same | OutputFormat::Webp | OutputFormat::Avif => Some(OutputFormat::Webp),
+        OutputFormat::WebpLossless | OutputFormat::Gif => Some(format),
+        OutputFormat::Jpeg | OutputFormat::Png => None,
+    }
 }
 
 /// A stand-in for the image while it loads: its average colour and a ThumbHash.
@@ -338,7 +466,12 @@ fn cover_scale(width: u32, height: u32, options: &Options) -> f64 {
 
 /// Brings an already decoded (and oriented) image to `options`' box in its mode and encodes it.
 fn fit_and_encode(input: &[u8], image: &DynamicImage, options: &Options) -> Result<Encoded, Error> {
-    let out = match options.mode {
+    encode(fit_image(image, options)?, output_format(input, options.format), options.quality)
+}
+
+/// Brings an already decoded (and oriented) image to `options`' box in its mode.
+fn fit_image(image: &DynamicImage, options: &Options) -> Result<DynamicImage, Error> {
+    Ok(match options.mode {
         Mode::Fit => {
             let (width, height) = fit(image.width(), image.height(), options);
             resize_region(image, (0.0, 0.0, f64::from(image.width()), f64::from(image.height())), width, height)?
@@ -385,8 +518,7 @@ fn fit_and_encode(input: &[u8], image: &DynamicImage, options: &Options) -> Resu
                 DynamicImage::ImageRgba8(canvas)
             }
         }
-    };
-    encode(out, output_format(input, options.format), options.quality)
+    })
 }
 
 /// The point a `window_w` x `window_h` window of `image` is centred on.
@@ -545,6 +677,12 @@ pub fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<
             formats::avif(&image, quality, &mut bytes)?;
             (Ok(()), "image/avif")
         }
+        OutputFormat::Gif => {
+            let mut gif = pixbox_kit::animation::GifAnimation::new(Some(1));
+            gif.push(&image, 0)?;
+            bytes = gif.finish()?;
+            (Ok(()), "image/gif")
+        }
         OutputFormat::Png | OutputFormat::Same => {
             let encoder = image::codecs::png::PngEncoder::new(&mut bytes);
             (image.write_with_encoder(encoder), "image/png")
@@ -552,4 +690,46 @@ pub fn encode(image: DynamicImage, format: OutputFormat, quality: u8) -> Result<
     };
     result.map_err(|e| Error::Internal(format!("encoding failed: {e}")))?;
     Ok(Encoded { bytes, media_type })
+}
+
+#[cfg(test)]
+mod tests {
+    use pixbox_kit::Format;
+    use pixbox_kit::container;
+    use pixbox_kit::testing::animated_sample;
+
+    use super::{Options, renditions};
+
+    #[test]
+    fn an_animation_keeps_its_frames_in_every_animated_format_and_is_a_still_in_the_others() {
+        let input = animated_sample(Format::Gif, 80, 60, 4);
+        let options = |pairs: &[(&'static str, &'static str)]| {
+            Options::parse([("width", "40"), ("height", "40")].into_iter().chain(pairs.iter().copied())).unwrap()
+        };
+        let requests = [
+            options(&[]),
+            options(&[("format", "webp-lossless")]),
+            options(&[("format", "gif")]),
+            options(&[("format", "jpeg")]),
+            options(&[("animation", "first-frame")]),
+            options(&[("mode", "cover"), ("gravity", "smart")]),
+            options(&[("format", "avif")]),
+        ];
+        let out = renditions(&input, &requests).unwrap();
+        let webp = |i: usize| container::webp(&out[i].bytes).unwrap();
+        assert_eq!((webp(0).width, webp(0).height, webp(0).frames, webp(0).loops), (40, 30, 4, None));
+        assert_eq!(webp(1).frames, 4);
+        assert_eq!(container::gif(&out[2].bytes).unwrap().frames, 4);
+        assert_eq!(out[3].media_type, "image/jpeg");
+        assert_eq!(out[4].media_type, "image/png");
+        assert_eq!((webp(5).width, webp(5).height, webp(5).frames), (40, 40, 4));
+        assert_eq!((out[6].media_type, webp(6).frames), ("image/webp", 4));
+    }
+
+    #[test]
+    fn an_animation_over_the_frame_limit_is_refused_before_decoding() {
+        let input = animated_sample(Format::Webp, 20, 20, 3);
+        let refused = renditions(&input, &[Options::parse([("max-frames", "2")]).unwrap()]).unwrap_err();
+        assert!(refused.to_string().contains("3 frames"), "{refused}");
+    }
 }

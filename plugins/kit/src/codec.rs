@@ -52,13 +52,27 @@ impl Format {
 pub struct PixelLimits {
     pub max_pixels: u64,
     pub max_side: u32,
+    /// Most frames an animation may have.
+    pub max_frames: u32,
+    /// Most pixels over all frames of an animation (each frame counts the whole canvas).
+    pub max_animation_pixels: u64,
 }
 
 impl Default for PixelLimits {
     fn default() -> Self {
-        PixelLimits { max_pixels: 40_000_000, max_side: 65_535 }
+        PixelLimits {
+            max_pixels: 40_000_000,
+            max_side: 65_535,
+            max_frames: DEFAULT_MAX_FRAMES,
+            max_animation_pixels: DEFAULT_MAX_ANIMATION_PIXELS,
+        }
     }
 }
+
+/// pixbox's own `[limits] max_frames`.
+pub const DEFAULT_MAX_FRAMES: u32 = 1_000;
+/// pixbox's own `[limits] max_animation_pixels`.
+pub const DEFAULT_MAX_ANIMATION_PIXELS: u64 = 50_000_000;
 
 impl PixelLimits {
     /// Refuses a size over these limits (as `bad-input`), before any pixel buffer exists.
@@ -79,9 +93,32 @@ impl PixelLimits {
         Ok(())
     }
 
+    /// Refuses an animation of `frames` frames and `pixels` pixels over all of them (as
+    /// `bad-input`), before any frame is decoded.
+    pub fn check_animation(self, frames: u32, pixels: u64) -> Result<(), Error> {
+        if frames > self.max_frames {
+            return Err(Error::BadInput(format!(
+                "animation has {frames} frames, over the limit of {} frames",
+                self.max_frames
+            )));
+        }
+        if pixels > self.max_animation_pixels {
+            return Err(Error::BadInput(format!(
+                "animation has {pixels} pixels over all its frames, over the limit of {} pixels",
+                self.max_animation_pixels
+            )));
+        }
+        Ok(())
+    }
+
     /// The stricter of both on each axis.
     pub fn min(self, other: PixelLimits) -> PixelLimits {
-        PixelLimits { max_pixels: self.max_pixels.min(other.max_pixels), max_side: self.max_side.min(other.max_side) }
+        PixelLimits {
+            max_pixels: self.max_pixels.min(other.max_pixels),
+            max_side: self.max_side.min(other.max_side),
+            max_frames: self.max_frames.min(other.max_frames),
+            max_animation_pixels: self.max_animation_pixels.min(other.max_animation_pixels),
+        }
     }
 }
 

@@ -28,15 +28,17 @@
 //! and encodes each result like the input (or as the `format` option says), mapping every failure
 //! to the error case the host expects. [`testing`] runs the same path natively, without wasm.
 
+pub mod animation;
 mod codec;
 mod colour;
+pub mod container;
 mod decode;
 mod jpeg;
 mod options;
 mod png;
 pub mod testing;
 
-pub use codec::{Format, PixelLimits, eight_bit, encode};
+pub use codec::{DEFAULT_MAX_ANIMATION_PIXELS, DEFAULT_MAX_FRAMES, Format, PixelLimits, eight_bit, encode};
 pub use decode::{decode, decode_at_least};
 pub use image::{self, DynamicImage};
 pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
@@ -163,6 +165,12 @@ pub(crate) fn render<P: Plugin>(input: &[u8], requests: &[Vec<(String, String)>]
     let options = requests.iter().map(|pairs| Options::parse(&info, pairs)).collect::<Result<Vec<_>, _>>()?;
     // One decode for every rendition, under the strictest limits any of them sets.
     let limits = options.iter().map(Options::pixel_limits).reduce(|a, b| a.min(b)).unwrap_or_default();
+    if info.frames
+        && options.iter().map(Options::keeps_animation).any(|keep| keep.unwrap_or(false))
+        && let Some(frames) = animation::open(input, limits)?
+    {
+        return render_animation::<P>(frames, &options);
+    }
     let (image, format) = decode(input, limits)?;
     let mut image = Some(image);
     let mut out = Vec::with_capacity(options.len());
@@ -173,6 +181,52 @@ pub(crate) fn render<P: Plugin>(input: &[u8], requests: &[Vec<(String, String)>]
         out.push(encode(result, options.output_format(format)?, options.quality()?)?);
     }
     Ok(out)
+}
+
+/// [`render`] for an animation and a plugin that asked for frames: each frame goes through
+/// `P::transform` once per rendition and is appended to that rendition's animation at once, so
+/// memory holds one frame and the outputs so far. A rendition with `animation = first-frame` or a
+/// format without animation (JPEG, PNG) gets the first frame as a still.
+fn render_animation<P: Plugin>(frames: animation::Animation<'_>, options: &[Options]) -> Result<Vec<Encoded>, Error> {
+    enum Out {
+        Webp(animation::WebpAnimation),
+        Gif(animation::GifAnimation),
+        Still(Option<Encoded>),
+    }
+    let (format, loops) = (frames.format, frames.scan.loops);
+    let mut outs = Vec::with_capacity(options.len());
+    for o in options {
+        outs.push(match (o.keeps_animation()?, o.animation_format(format)?) {
+            (true, Some(Format::Gif)) => Out::Gif(animation::GifAnimation::new(loops)),
+            (true, Some(_)) => Out::Webp(animation::WebpAnimation::new(loops)),
+            _ => Out::Still(None),
+        });
+    }
+    for frame in frames {
+        let frame = frame?;
+        let image = DynamicImage::ImageRgba8(frame.image);
+        for (out, o) in outs.iter_mut().zip(options) {
+            match out {
+                Out::Webp(webp) => {
+                    let made = encode(P::transform(image.clone(), o)?, Format::Webp, o.quality()?)?;
+                    webp.push(&made.bytes, frame.delay_ms)?;
+                }
+                Out::Gif(gif) => gif.push(&P::transform(image.clone(), o)?, frame.delay_ms)?,
+                Out::Still(still @ None) => {
+                    let made = P::transform(image.clone(), o)?;
+                    *still = Some(encode(made, o.output_format(format)?, o.quality()?)?);
+                }
+                Out::Still(Some(_)) => {}
+            }
+        }
+    }
+    outs.into_iter()
+        .map(|out| match out {
+            Out::Webp(webp) => Ok(Encoded { bytes: webp.finish()?, media_type: Format::Webp.media_type() }),
+            Out::Gif(gif) => Ok(Encoded { bytes: gif.finish()?, media_type: Format::Gif.media_type() }),
+            Out::Still(still) => still.ok_or_else(|| Error::BadInput("the animation has no frame".into())),
+        })
+        .collect()
 }
 
 /// Writes a message to the host's log, tagged with the plugin's name (`pixbox transform` shows

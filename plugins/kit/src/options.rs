@@ -33,7 +33,27 @@ pub const STANDARD_OPTIONS: &[(&str, &str, &str)] = &[
         "40000000",
     ),
     ("max-side", "Refuse inputs wider or taller than this many pixels ([limits] max_side, same default).", "65535"),
+    (
+        "max-frames",
+        "Refuse animations with more frames than this, counted from the container before decoding \
+         ([limits] max_frames, same default).",
+        "1000",
+    ),
+    (
+        "max-animation-pixels",
+        "Refuse animations with more pixels than this over all frames (canvas x frames), before \
+         decoding ([limits] max_animation_pixels, same default).",
+        "50000000",
+    ),
 ];
+
+/// The option a plugin gets by asking for frames ([`Info::animated`]).
+const ANIMATION_OPTION: (&str, &str, &str) = (
+    "animation",
+    "What an animated GIF or WebP becomes: keep (every frame made by the plugin, delays and loop \
+     count kept, written as an animated WebP, or GIF with format = gif) or first-frame (a still).",
+    "keep",
+);
 
 /// Name, version, description and options of a plugin: what `pixbox plugin info` prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +63,8 @@ pub struct Info {
     pub description: String,
     /// The plugin's own options, then [`STANDARD_OPTIONS`] (those the plugin did not declare).
     pub options: Vec<OptionSpec>,
+    /// Whether the plugin is given every frame of an animation ([`Info::animated`]).
+    pub frames: bool,
 }
 
 impl Info {
@@ -57,7 +79,18 @@ impl Info {
             version: version.into(),
             description: description.into(),
             options: standard.collect(),
+            frames: false,
         }
+    }
+
+    /// Asks for every frame of an animated GIF or WebP: `transform` is called once per frame (on
+    /// the whole canvas, in order), and the results are written as an animation with the input's
+    /// delays and loop count. Adds the option `animation` (keep, or first-frame for a still).
+    /// Without it, a plugin is given the first frame only.
+    pub fn animated(mut self) -> Info {
+        let (name, description, default) = ANIMATION_OPTION;
+        self.frames = true;
+        self.declare(OptionSpec { name: name.into(), description: description.into(), default: Some(default.into()) })
     }
 
     /// Declares an option with a default value (listed before the standard ones).
@@ -130,6 +163,7 @@ impl Options {
         }
         let options = Options { given: given.to_vec(), specs: info.options.clone() };
         options.pixel_limits_checked()?;
+        options.keeps_animation()?;
         options.output_format(Format::Png)?;
         options.quality()?;
         Ok(options)
@@ -187,6 +221,39 @@ impl Options {
         Ok(PixelLimits {
             max_pixels: self.standard("max-pixels", 1..=u64::MAX, 40_000_000)?,
             max_side: self.standard("max-side", 1..=u32::MAX, 65_535)?,
+            max_frames: self.standard("max-frames", 1..=u32::MAX, crate::codec::DEFAULT_MAX_FRAMES)?,
+            max_animation_pixels: self.standard(
+                "max-animation-pixels",
+                1..=u64::MAX,
+                crate::codec::DEFAULT_MAX_ANIMATION_PIXELS,
+            )?,
+        })
+    }
+
+    /// Whether an animation keeps its frames (the plugin asked for them and `animation` is keep).
+    pub(crate) fn keeps_animation(&self) -> Result<bool, Error> {
+        let (name, description, _) = ANIMATION_OPTION;
+        match self.specs.iter().find(|o| o.name == name) {
+            Some(spec) if spec.description == description => match self.text(name).unwrap_or("keep") {
+                "keep" => Ok(true),
+                "first-frame" => Ok(false),
+                other => {
+                    Err(Error::Unsupported(format!("option animation must be keep or first-frame, got {other:?}")))
+                }
+            },
+            _ => Ok(false),
+        }
+    }
+
+    /// The format an animation of `input` format is written in: WebP (lossless, as the kit writes
+    /// WebP) unless `format` asks for GIF; `None` when `format` names a format without animation
+    /// (JPEG, PNG), which gets the first frame.
+    pub(crate) fn animation_format(&self, input: Format) -> Result<Option<Format>, Error> {
+        Ok(match self.output_format(input)? {
+            Format::Gif => Some(Format::Gif),
+            Format::Webp => Some(Format::Webp),
+            _ if self.text("format").unwrap_or("same").eq_ignore_ascii_case("same") => Some(Format::Webp),
+            _ => None,
         })
     }
 

@@ -57,3 +57,29 @@ pub fn picture(width: u32, height: u32) -> DynamicImage {
 pub fn sample(format: Format, width: u32, height: u32) -> Vec<u8> {
     crate::encode(picture(width, height), format, 90).expect("the sample encodes").bytes
 }
+
+/// An animation of `frames` frames of [`picture`] (each shifted a little further to the right,
+/// shown 100 ms, looping for ever) as a GIF or a lossless WebP: a sample input for plugins that
+/// ask for frames ([`crate::Info::animated`]).
+pub fn animated_sample(format: Format, width: u32, height: u32, frames: u32) -> Vec<u8> {
+    let frame = |i: u32| {
+        let mut image = picture(width, height).to_rgba8();
+        image::imageops::overlay(&mut image, &picture(width, height).to_rgba8(), i64::from(i * 4), 0);
+        DynamicImage::ImageRgba8(image)
+    };
+    match format {
+        Format::Gif => {
+            let mut gif = crate::animation::GifAnimation::new(None);
+            (0..frames).for_each(|i| gif.push(&frame(i), 100).expect("a GIF frame"));
+            gif.finish().expect("the sample GIF")
+        }
+        _ => {
+            let mut webp = crate::animation::WebpAnimation::new(None);
+            for i in 0..frames {
+                let still = crate::encode(frame(i), Format::Webp, 90).expect("a WebP frame");
+                webp.push(&still.bytes, 100).expect("a WebP frame");
+            }
+            webp.finish().expect("the sample WebP")
+        }
+    }
+}

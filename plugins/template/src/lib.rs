@@ -9,11 +9,10 @@ struct Brighten;
 
 impl Plugin for Brighten {
     fn info() -> Info {
-        Info::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), "Makes images brighter or darker.").option(
-            "amount",
-            "What to add to every colour channel, -255..=255 (below 0 darkens).",
-            "40",
-        )
+        Info::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), "Makes images brighter or darker.")
+            .option("amount", "What to add to every colour channel, -255..=255 (below 0 darkens).", "40")
+            // Every frame of an animated GIF or WebP, one call each (else: the first frame only).
+            .animated()
     }
 
     fn transform(mut image: DynamicImage, options: &Options) -> Result<DynamicImage, Error> {
@@ -31,7 +30,7 @@ pixbox_kit::plugin!(Brighten);
 /// encoding as in pixbox.
 #[cfg(test)]
 mod tests {
-    use pixbox_kit::testing::{picture, run, sample};
+    use pixbox_kit::testing::{animated_sample, picture, run, sample};
     use pixbox_kit::{Error, Format};
 
     use super::Brighten;
@@ -43,6 +42,18 @@ mod tests {
             assert_eq!((out.image.width(), out.image.height()), (64, 48), "{format:?}");
             let before = picture(64, 48).to_rgb8().get_pixel(5, 5)[2];
             assert!(out.image.to_rgb8().get_pixel(5, 5)[2] > before, "{format:?} got brighter");
+        }
+    }
+
+    #[test]
+    fn keeps_every_frame_of_an_animation() {
+        for format in [Format::Gif, Format::Webp] {
+            let input = animated_sample(format, 40, 30, 3);
+            let out = run::<Brighten>(&input, &[]).unwrap();
+            let scan = pixbox_kit::container::webp(&out.bytes).unwrap();
+            assert_eq!((scan.width, scan.height, scan.frames), (40, 30, 3), "{format:?}");
+            let first = run::<Brighten>(&input, &[("animation", "first-frame")]).unwrap();
+            assert_eq!(pixbox_kit::container::webp(&first.bytes).map(|s| s.frames).unwrap_or(1), 1, "{format:?}");
         }
     }
 
