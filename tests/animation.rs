@@ -14,6 +14,11 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
+// The benchmark's generated animation (benches/animation.rs), the same file for both.
+#[path = "../host/benches/support/striped_gif.rs"]
+mod striped_gif;
+use striped_gif::striped_gif;
+
 const GIF: &[u8] = include_bytes!("fixtures/animated-3.gif");
 const WEBP: &[u8] = include_bytes!("fixtures/animated-3.webp");
 
@@ -136,32 +141,7 @@ async fn animations_over_the_frame_limits_are_refused_at_upload_with_nothing_sto
     }
 }
 
-/// A `frames`-frame `width` x `height` GIF of diagonal stripes moving over bands of colour (as the
-/// benchmark's): every frame covers the canvas and differs from the one before.
-fn striped_gif(width: u16, height: u16, frames: u16) -> Vec<u8> {
-    let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
-    let mut out = Vec::new();
-    {
-        let mut encoder = gif::Encoder::new(&mut out, width, height, &palette).unwrap();
-        encoder.set_repeat(gif::Repeat::Infinite).unwrap();
-        for f in 0..frames {
-            let pixels: Vec<u8> = (0..height)
-                .flat_map(|y| {
-                    (0..width).map(move |x| {
-                        let band = (u32::from(x) * 8 / u32::from(width)) as u8;
-                        if (x + y + f * 8) / 24 % 2 == 0 { band * 30 } else { 255 - band * 10 }
-                    })
-                })
-                .collect();
-            let mut frame = gif::Frame::from_indexed_pixels(width, height, pixels, None);
-            frame.delay = 4;
-            encoder.write_frame(&frame).unwrap();
-        }
-    }
-    out
-}
-
-/// The worst case the issue names: 200 frames of 1920x1080, 415 million pixels. Under the default
+/// A worst case: 200 frames of 1920x1080, 415 million pixels. Under the default
 /// limits it is refused from its header at upload (422, nothing stored, nothing decoded); with the
 /// limit raised, the default plugin makes it within the default memory cap, holding about one
 /// frame at a time (the high-water from the call's stats), never killed half-way.

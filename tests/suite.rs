@@ -11,6 +11,7 @@ mod animation;
 mod cli;
 mod faults;
 mod fuzz;
+mod inputs;
 mod lifecycle;
 mod operations;
 mod pipeline;

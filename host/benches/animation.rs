@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 
 use pixbox::sandbox::{Param, Sandbox, SandboxSettings};
 
+#[path = "support/peer.rs"]
+mod peer;
+use peer::{median, run};
+
+#[path = "support/striped_gif.rs"]
+mod striped_gif;
+use striped_gif::striped_gif;
+
 const TURNS: usize = 3;
 
 /// (label, width, height, frames, the box it is fitted into).
@@ -111,61 +119,10 @@ fn main() {
     }
 }
 
-/// Runs a peer to its end under GNU time: wall time, and the peer's own peak resident set in
-/// bytes. (Reaped here with `wait4`, a child would report at least this process's size: it starts
-/// as a copy of it, and Linux keeps that high-water across `exec`.)
-fn run(command: &mut Command) -> (Duration, usize) {
-    let rss = tempfile::NamedTempFile::new().unwrap();
-    let mut timed = Command::new("/usr/bin/time");
-    timed.args(["-f", "%M", "-o"]).arg(rss.path()).arg(command.get_program()).args(command.get_args());
-    for (name, value) in command.get_envs() {
-        if let Some(value) = value {
-            timed.env(name, value);
-        }
-    }
-    let started = Instant::now();
-    let status = timed.status().expect("run GNU time (Debian: time) and the peer (libvips-tools, gifsicle)");
-    let took = started.elapsed();
-    assert!(status.success(), "{command:?} failed: {status}");
-    let kib: usize = std::fs::read_to_string(rss.path()).unwrap().trim().parse().unwrap();
-    (took, kib * 1024)
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
 /// Frames of an animated WebP or GIF, from its container.
 fn frame_count(bytes: &[u8]) -> u32 {
     match &bytes[..4] {
         b"RIFF" => pixbox::imaging::container::webp(bytes).unwrap().frames,
         _ => pixbox::imaging::container::gif(bytes).unwrap().frames,
     }
-}
-
-/// A `frames`-frame GIF of diagonal stripes moving over bands of colour, 16 colours: every frame
-/// covers the canvas and differs from the one before, and it compresses as drawn animations do.
-fn striped_gif(width: u16, height: u16, frames: u16) -> Vec<u8> {
-    let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
-    let mut out = Vec::new();
-    {
-        let mut encoder = gif::Encoder::new(&mut out, width, height, &palette).unwrap();
-        encoder.set_repeat(gif::Repeat::Infinite).unwrap();
-        for f in 0..frames {
-            let pixels: Vec<u8> = (0..height)
-                .flat_map(|y| {
-                    (0..width).map(move |x| {
-                        let stripe = (x + y + f * 8) / 24 % 2 == 0;
-                        let band = (u32::from(x) * 8 / u32::from(width)) as u8;
-                        if stripe { band * 30 } else { 255 - band * 10 }
-                    })
-                })
-                .collect();
-            let mut frame = gif::Frame::from_indexed_pixels(width, height, pixels, None);
-            frame.delay = 4;
-            encoder.write_frame(&frame).unwrap();
-        }
-    }
-    out
 }

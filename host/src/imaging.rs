@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[path = "../../plugins/kit/src/container.rs"]
 pub mod container;
 
-/// The image formats pixbox accepts, and AVIF, which plugins may write but uploads may not be.
+/// The image formats pixbox accepts (JPEG XL is read, never written), and AVIF, which plugins may
+/// write but uploads may not be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -18,6 +19,7 @@ pub enum Format {
     Webp,
     Gif,
     Avif,
+    Jxl,
 }
 
 impl Format {
@@ -28,6 +30,7 @@ impl Format {
             Format::Webp => "image/webp",
             Format::Gif => "image/gif",
             Format::Avif => "image/avif",
+            Format::Jxl => "image/jxl",
         }
     }
 
@@ -39,23 +42,26 @@ impl Format {
             Format::Webp => "webp",
             Format::Gif => "gif",
             Format::Avif => "avif",
+            Format::Jxl => "jxl",
         }
     }
 
     /// The format of a media type pixbox writes.
     pub fn from_media_type(media_type: &str) -> Option<Format> {
-        [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Avif]
+        [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Avif, Format::Jxl]
             .into_iter()
             .find(|f| f.media_type() == media_type)
     }
 
-    fn image_format(self) -> image::ImageFormat {
+    /// The image crate's name for it; `None` for JPEG XL, whose header imagesize reads.
+    fn image_format(self) -> Option<image::ImageFormat> {
         match self {
-            Format::Jpeg => image::ImageFormat::Jpeg,
-            Format::Png => image::ImageFormat::Png,
-            Format::Webp => image::ImageFormat::WebP,
-            Format::Gif => image::ImageFormat::Gif,
-            Format::Avif => image::ImageFormat::Avif,
+            Format::Jpeg => Some(image::ImageFormat::Jpeg),
+            Format::Png => Some(image::ImageFormat::Png),
+            Format::Webp => Some(image::ImageFormat::WebP),
+            Format::Gif => Some(image::ImageFormat::Gif),
+            Format::Avif => Some(image::ImageFormat::Avif),
+            Format::Jxl => None,
         }
     }
 }
@@ -89,8 +95,13 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderError {
-    #[error("not a supported image: expected JPEG, PNG, WebP or GIF")]
+    #[error("not a supported image: expected JPEG, PNG, WebP, GIF or JPEG XL")]
     UnknownFormat,
+    #[error(
+        "{0} images are not read yet: its decoder (libheif with libde265, C++) is not built for the \
+         sandbox; convert to JPEG or JPEG XL first"
+    )]
+    NotReadYet(&'static str),
     #[error("unreadable {} header: {reason}", format.media_type())]
     Unreadable { format: Format, reason: String },
 }
@@ -109,6 +120,10 @@ impl HeaderError {
 
 /// Recognises a supported format from the first bytes; names and declared types are ignored.
 pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    // JPEG XL: a bare codestream, or the ISO-BMFF container's signature box.
+    if bytes.starts_with(&[0xFF, 0x0A]) || bytes.starts_with(b"\0\0\0\x0CJXL \r\n\x87\n") {
+        return Some(Format::Jxl);
+    }
     match image::guess_format(bytes).ok()? {
         image::ImageFormat::Jpeg => Some(Format::Jpeg),
         image::ImageFormat::Png => Some(Format::Png),
@@ -118,13 +133,28 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     }
 }
 
+/// Whether the file is HEIC/HEIF (an ISO-BMFF `ftyp` box naming a HEIF brand), which phones write
+/// and pixbox refuses by name.
+fn is_heif(bytes: &[u8]) -> bool {
+    bytes.get(4..8) == Some(b"ftyp")
+        && bytes
+            .get(8..12)
+            .is_some_and(|brand| [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"].iter().any(|b| brand == *b))
+}
+
 /// Reads format and dimensions from the header only; no pixel buffer is allocated, so a tiny file
 /// that claims to be 100000x100000 costs microseconds. Input formats only (see [`probe_output`]).
 pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
-    let format = sniff(bytes).ok_or(HeaderError::UnknownFormat)?;
-    let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format.image_format())
-        .into_dimensions()
-        .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
+    let format = sniff(bytes).ok_or_else(|| match is_heif(bytes) {
+        true => HeaderError::NotReadYet("HEIC/HEIF"),
+        false => HeaderError::UnknownFormat,
+    })?;
+    let (width, height) = match format.image_format() {
+        Some(image_format) => image::ImageReader::with_format(Cursor::new(bytes), image_format)
+            .into_dimensions()
+            .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?,
+        None => sides(format, bytes)?,
+    };
     let scan = match format {
         Format::Gif => Some(container::gif(bytes)),
         Format::Webp => Some(container::webp(bytes)),
@@ -143,12 +173,18 @@ pub fn probe_output(bytes: &[u8]) -> Result<Header, HeaderError> {
     if !matches!(imagesize::image_type(bytes), Ok(imagesize::ImageType::Heif(imagesize::Compression::Av1))) {
         return probe(bytes);
     }
-    let size = imagesize::blob_size(bytes)
-        .map_err(|e| HeaderError::Unreadable { format: Format::Avif, reason: e.to_string() })?;
+    let (width, height) = sides(Format::Avif, bytes)?;
+    Ok(Header { format: Format::Avif, width, height, frames: 1 })
+}
+
+/// Width and height from imagesize, for the formats whose header the image crate does not read
+/// without a decoder of its own (AVIF's `ispe` box, JPEG XL's size header).
+fn sides(format: Format, bytes: &[u8]) -> Result<(u32, u32), HeaderError> {
+    let size = imagesize::blob_size(bytes).map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
     let side = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);
     match (side(size.width), side(size.height)) {
-        (Some(width), Some(height)) => Ok(Header { format: Format::Avif, width, height, frames: 1 }),
-        _ => Err(HeaderError::Unreadable { format: Format::Avif, reason: format!("{}x{}", size.width, size.height) }),
+        (Some(width), Some(height)) => Ok((width, height)),
+        _ => Err(HeaderError::Unreadable { format, reason: format!("{}x{}", size.width, size.height) }),
     }
 }
 
@@ -170,6 +206,9 @@ pub fn is_complete(bytes: &[u8], format: Format) -> bool {
             .is_some_and(|riff| bytes.len() >= riff),
         // Never uploaded (not sniffed); outputs are checked by `probe_output`.
         Format::Avif => false,
+        // A codestream has no end marker, and the container's last box may run to the end of the
+        // file: a cut-off JPEG XL is found by the plugin's decoder (`bad-input`).
+        Format::Jxl => true,
     }
 }
 

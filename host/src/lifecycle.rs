@@ -460,7 +460,9 @@ pub enum Refused {
 /// pixel limits from the header, completeness from the trailer.
 pub fn inspect(bytes: &[u8], pixels: &PixelLimits, label: &str) -> Result<Header, Refused> {
     let header = imaging::probe(bytes).map_err(|e| match e {
-        imaging::HeaderError::UnknownFormat => Refused::UnsupportedFormat(format!("{label}: {e}")),
+        imaging::HeaderError::UnknownFormat | imaging::HeaderError::NotReadYet(_) => {
+            Refused::UnsupportedFormat(format!("{label}: {e}"))
+        }
         e => {
             tracing::info!("{label}: {e}");
             Refused::Unreadable(format!("{label}: {}", e.public_reason()))
@@ -477,6 +479,7 @@ pub fn inspect(bytes: &[u8], pixels: &PixelLimits, label: &str) -> Result<Header
             Format::Webp => "WebP",
             Format::Gif => "GIF",
             Format::Avif => "AVIF",
+            Format::Jxl => "JPEG XL",
         };
         return Err(Refused::Truncated(format!("{label}: the {kind} file is cut off (its end is missing)")));
     }

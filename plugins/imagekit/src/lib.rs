@@ -133,7 +133,8 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     (
         "format",
         "Output format: same, jpeg, png, webp (lossy), webp-lossless, avif or gif. `same` keeps the input \
-         format (a still GIF becomes PNG, an animated one an animated WebP; WebP is written lossy). \
+         format (a still GIF becomes PNG, an animated one an animated WebP, JPEG XL becomes JPEG; WebP \
+         is written lossy). \
          Animations stay animated in webp, webp-lossless and gif (and avif, written as animated WebP); \
          jpeg and png get the first frame.",
         "same",
@@ -561,9 +562,11 @@ fn resize_region(
     Ok(dst)
 }
 
-/// Resolves `Same` to the input's format; GIF (which pixbox does not write) becomes PNG.
+/// Resolves `Same` to the input's format; a GIF becomes PNG, a JPEG XL JPEG.
 fn output_format(input: &[u8], format: OutputFormat) -> OutputFormat {
     match format {
+        // JPEG XL is read, not written: its photos are written as JPEG.
+        OutputFormat::Same if pixbox_kit::Format::sniff(input) == Some(pixbox_kit::Format::Jxl) => OutputFormat::Jpeg,
         OutputFormat::Same => match sniff(input) {
             Some(ImageFormat::Jpeg) => OutputFormat::Jpeg,
             Some(ImageFormat::WebP) if webp_is_lossless(input) => OutputFormat::WebpLossless,

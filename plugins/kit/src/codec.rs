@@ -14,11 +14,20 @@ pub enum Format {
     Png,
     Webp,
     Gif,
+    /// JPEG XL: read, never written.
+    Jxl,
 }
+
+/// JPEG XL's two signatures: a bare codestream, and the ISO-BMFF container's first box.
+const JXL_CODESTREAM: &[u8] = &[0xFF, 0x0A];
+const JXL_CONTAINER: &[u8] = b"\0\0\0\x0CJXL \r\n\x87\n";
 
 impl Format {
     /// Recognised from the magic bytes, never from a name.
     pub fn sniff(bytes: &[u8]) -> Option<Format> {
+        if bytes.starts_with(JXL_CODESTREAM) || bytes.starts_with(JXL_CONTAINER) {
+            return Some(Format::Jxl);
+        }
         match image::guess_format(bytes).ok()? {
             ImageFormat::Jpeg => Some(Format::Jpeg),
             ImageFormat::Png => Some(Format::Png),
@@ -34,15 +43,18 @@ impl Format {
             Format::Png => "image/png",
             Format::Webp => "image/webp",
             Format::Gif => "image/gif",
+            Format::Jxl => "image/jxl",
         }
     }
 
-    pub(crate) fn image_format(self) -> ImageFormat {
+    /// The image crate's name for it; `None` for JPEG XL, which the kit decodes with jxl-oxide.
+    pub(crate) fn image_format(self) -> Option<ImageFormat> {
         match self {
-            Format::Jpeg => ImageFormat::Jpeg,
-            Format::Png => ImageFormat::Png,
-            Format::Webp => ImageFormat::WebP,
-            Format::Gif => ImageFormat::Gif,
+            Format::Jpeg => Some(ImageFormat::Jpeg),
+            Format::Png => Some(ImageFormat::Png),
+            Format::Webp => Some(ImageFormat::WebP),
+            Format::Gif => Some(ImageFormat::Gif),
+            Format::Jxl => None,
         }
     }
 }
@@ -124,6 +136,9 @@ impl PixelLimits {
 
 /// Encodes pixels only (no metadata). JPEG drops an alpha channel; `quality` is JPEG's.
 pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encoded, Error> {
+    if format == Format::Jxl {
+        return Err(Error::Unsupported("pixbox reads JPEG XL but does not write it".into()));
+    }
     let image = eight_bit(image);
     let image = match format {
         Format::Jpeg if image.color().has_alpha() => match image {
@@ -149,6 +164,7 @@ pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encode
         Format::Png => image.write_with_encoder(image::codecs::png::PngEncoder::new(&mut bytes)),
         Format::Webp => image.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)),
         Format::Gif => image.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Gif),
+        Format::Jxl => unreachable!("refused above"),
     };
     written.map_err(|e| Error::Internal(format!("encoding {} failed: {e}", format.media_type())))?;
     Ok(Encoded { bytes, media_type: format.media_type() })

@@ -22,7 +22,7 @@ pub const STANDARD_OPTIONS: &[(&str, &str, &str)] = &[
     (
         "format",
         "Output format: same, jpeg, png, webp (lossless) or gif. `same` writes the input's format \
-         (a GIF as PNG: one frame, every colour kept).",
+         (a still GIF as PNG, every colour kept; JPEG XL, which pixbox reads but does not write, as JPEG).",
         "same",
     ),
     ("quality", "JPEG quality, 1..=100.", "85"),
@@ -266,6 +266,8 @@ impl Options {
         let value = self.text("format").unwrap_or("same");
         Ok(match value.to_ascii_lowercase().as_str() {
             "same" if input == Format::Gif => Format::Png,
+            // Photos: JPEG XL, which pixbox does not write, is written as JPEG.
+            "same" if input == Format::Jxl => Format::Jpeg,
             "same" => input,
             "jpeg" | "jpg" => Format::Jpeg,
             "png" => Format::Png,
