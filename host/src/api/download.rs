@@ -399,8 +399,15 @@ async fn download(
                     let message = format!("{key} could not be processed: {reason}");
                     (code.status(), Json(FailedDownload { code, message, status })).into_response()
                 }
-                // Pending, or finished between the two reads: the client may simply ask again.
-                JobStatus::Pending | JobStatus::Done => {
+                // Finished between the two reads: the result is there now.
+                JobStatus::Done => match state.store.get(Bucket::Permanent, &object_key).await {
+                    Ok(object) => serve(state, object, headers, !variants.is_empty()),
+                    Err(StoreError::NotFound { .. }) => {
+                        (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response()
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                JobStatus::Pending => {
                     (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(status)).into_response()
                 }
             });
