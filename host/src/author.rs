@@ -45,6 +45,8 @@ const KIT_FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../plugins/kit/src/lib.rs")),
     ("src/options.rs", include_str!("../../plugins/kit/src/options.rs")),
     ("src/codec.rs", include_str!("../../plugins/kit/src/codec.rs")),
+    ("src/error.rs", include_str!("../../plugins/kit/src/error.rs")),
+    ("src/bindings.rs", include_str!("../../plugins/kit/src/bindings.rs")),
     ("src/animation.rs", include_str!("../../plugins/kit/src/animation.rs")),
     ("src/container.rs", include_str!("../../plugins/kit/src/container.rs")),
     ("src/decode.rs", include_str!("../../plugins/kit/src/decode.rs")),

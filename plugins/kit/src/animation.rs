@@ -9,9 +9,9 @@ use image::codecs::gif::GifDecoder;
 use image::codecs::webp::WebPDecoder;
 use image::{AnimationDecoder, Delay, DynamicImage, RgbaImage};
 
-use crate::Error;
 use crate::codec::{Format, PixelLimits};
 use crate::container::{self, Scan};
+use crate::error::Error;
 
 /// One frame: the whole canvas as it shows at that point of the animation, and how long it shows.
 #[derive(Debug, Clone)]

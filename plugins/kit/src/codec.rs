@@ -5,7 +5,7 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageFormat};
 
-use crate::{Encoded, Error};
+use crate::error::Error;
 
 /// The formats pixbox accepts for upload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,13 @@ impl Format {
             Format::Jxl => None,
         }
     }
+}
+
+/// One encoded output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    pub media_type: &'static str,
 }
 
 /// The largest input a decode accepts; the defaults are pixbox's own upload limits.

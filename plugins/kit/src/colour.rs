@@ -8,7 +8,7 @@
 use image::DynamicImage;
 use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions, Xyzd};
 
-use crate::Error;
+use crate::error::Error;
 
 /// How far (in XYZ) a profile's primaries may be from sRGB's and still count as sRGB; ICC stores
 /// them as s15.16 fixed point, and profiles written by different tools round differently.

@@ -8,8 +8,9 @@ use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
-use crate::codec::{Format, eight_bit};
-use crate::{Error, PixelLimits, colour, jpeg, png};
+use crate::codec::{Format, PixelLimits, eight_bit};
+use crate::error::Error;
+use crate::{colour, jpeg, png};
 
 /// Decodes a JPEG, PNG, WebP or GIF (its first frame) at full size: refused as `bad-input` when
 /// the header says it is over `limits`, before any pixel buffer is allocated (a 1 KiB file

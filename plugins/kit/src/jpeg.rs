@@ -11,7 +11,8 @@
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, RgbImage};
 
-use crate::{Error, PixelLimits};
+use crate::codec::PixelLimits;
+use crate::error::Error;
 
 /// How much larger than the fitted size the decoded image must stay. The scaled IDCT keeps more
 /// detail near the new Nyquist limit than Lanczos does, which the JPEG encoder then pays for:

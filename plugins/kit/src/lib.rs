@@ -33,13 +33,15 @@ mod codec;
 mod colour;
 pub mod container;
 mod decode;
+mod error;
 mod jpeg;
 mod options;
 mod png;
 pub mod testing;
 
-pub use codec::{DEFAULT_MAX_ANIMATION_PIXELS, DEFAULT_MAX_FRAMES, Format, PixelLimits, eight_bit, encode};
+pub use codec::{DEFAULT_MAX_ANIMATION_PIXELS, DEFAULT_MAX_FRAMES, Encoded, Format, PixelLimits, eight_bit, encode};
 pub use decode::{decode, decode_at_least};
+pub use error::Error;
 pub use image::{self, DynamicImage};
 pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
 
@@ -48,58 +50,7 @@ pub use options::{Info, OptionSpec, Options, STANDARD_OPTIONS};
 /// `pixbox_kit::bindings::export!(MyPlugin with_types_in pixbox_kit::bindings)`.
 // The generated glue is unsafe FFI (the kit's own code has none).
 #[allow(unsafe_code)]
-pub mod bindings {
-    wit_bindgen::generate!({
-        path: "wit",
-        world: "plugin",
-        pub_export_macro: true,
-        default_bindings_module: "pixbox_kit::bindings",
-    });
-}
-
-/// Why a transform did not give an image; the host decides on retries by the case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
-    /// The input can never be processed (broken, truncated, too large): failed for good.
-    BadInput(String),
-    /// An option, or the input or output format, is not supported: the configuration must change.
-    Unsupported(String),
-    /// Anything else; the host may retry.
-    Internal(String),
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Error::BadInput(m) => write!(f, "bad input: {m}"),
-            Error::Unsupported(m) => write!(f, "unsupported: {m}"),
-            Error::Internal(m) => write!(f, "internal: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<Error> for bindings::TransformError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::BadInput(m) => bindings::TransformError::BadInput(m),
-            Error::Unsupported(m) => bindings::TransformError::Unsupported(m),
-            Error::Internal(m) => bindings::TransformError::Internal(m),
-        }
-    }
-}
-
-/// Decoder errors are about the input, except a feature the decoder lacks or a size limit.
-impl From<image::ImageError> for Error {
-    fn from(e: image::ImageError) -> Self {
-        match e {
-            image::ImageError::Unsupported(e) => Error::Unsupported(e.to_string()),
-            image::ImageError::Limits(e) => Error::BadInput(format!("image too large: {e}")),
-            e => Error::BadInput(format!("cannot decode image: {e}")),
-        }
-    }
-}
+pub mod bindings;
 
 /// A plugin made of one image-to-image function.
 pub trait Plugin {
@@ -135,13 +86,6 @@ macro_rules! plugin {
     $crate::bindings::export!(Exported with_types_in $crate::bindings);
         };
     };
-}
-
-/// One encoded output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encoded {
-    pub bytes: Vec<u8>,
-    pub media_type: &'static str,
 }
 
 /// The whole `transform` call of a [`Plugin`]: every request's options checked first (a bad one

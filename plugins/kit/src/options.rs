@@ -5,8 +5,9 @@ use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
+use crate::bindings;
 use crate::codec::{Format, PixelLimits};
-use crate::{Error, bindings};
+use crate::error::Error;
 
 /// One option a plugin accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
