@@ -8,9 +8,10 @@
 //! the table gives the share of the subject's box inside the window chosen by `smart` and by
 //! `centre`. It runs the plugin's own code (`imagekit`), natively.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
+
+#[path = "support/corpus.rs"]
+mod corpus;
 
 /// (photo, subject box: left, top, right, bottom as fractions).
 const SUBJECTS: [(&str, [f64; 4]); 6] = [
@@ -23,10 +24,7 @@ const SUBJECTS: [(&str, [f64; 4]); 6] = [
 ];
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fetched = Command::new(root.join("scripts/fetch-photos")).output().expect("run scripts/fetch-photos");
-    assert!(fetched.status.success(), "scripts/fetch-photos failed: {}", String::from_utf8_lossy(&fetched.stderr));
-    let cache = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim());
+    let cache = corpus::cache();
 
     println!("| photo | square: smart | square: centre | 1:2: smart | 1:2: centre | smart ms |");
     println!("|---|---:|---:|---:|---:|---:|");

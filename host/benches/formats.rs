@@ -9,9 +9,12 @@
 //! AVIF the lowest `quality` (in steps of 5) whose output reaches it is used. AVIF outputs are
 //! decoded with `vips` (pixbox has no AV1 decoder).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "support/corpus.rs"]
+mod corpus;
 
 use image::GrayImage;
 use pixbox::sandbox::{Param, Sandbox, SandboxSettings};
@@ -30,10 +33,7 @@ const PHOTOS: [&str; 6] = [
 ];
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fetched = Command::new(root.join("scripts/fetch-photos")).output().expect("run scripts/fetch-photos");
-    assert!(fetched.status.success(), "scripts/fetch-photos failed: {}", String::from_utf8_lossy(&fetched.stderr));
-    let cache = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim());
+    let cache = corpus::cache();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Sandbox::new(SandboxSettings { time_budget_ms: 60_000, ..SandboxSettings::default() }).unwrap();
     let plugin = runtime.block_on(sandbox.load("resize")).unwrap();

@@ -8,9 +8,12 @@
 //! converters write), then each is fitted into 1024x1024 as JPEG q85 by pixbox and by vips, and
 //! decoded to PPM by djxl. Medians of 3 turns, taken in turns.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "support/corpus.rs"]
+mod corpus;
 
 use pixbox::sandbox::{Param, Sandbox, SandboxSettings};
 
@@ -22,10 +25,7 @@ const TURNS: usize = 3;
 const PHOTOS: usize = 7;
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fetched = Command::new(root.join("scripts/fetch-photos")).output().expect("run scripts/fetch-photos");
-    assert!(fetched.status.success(), "scripts/fetch-photos failed: {}", String::from_utf8_lossy(&fetched.stderr));
-    let cache = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim());
+    let cache = corpus::cache();
     let mut photos: Vec<PathBuf> = std::fs::read_dir(cache.join("mate-backgrounds"))
         .unwrap()
         .map(|entry| entry.unwrap().path())

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use image::GrayImage;
 use pixbox::sandbox::{LoadedPlugin, Param, Sandbox, SandboxSettings};
 
@@ -46,10 +49,7 @@ struct Run {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fetched = Command::new(root.join("scripts/fetch-photos")).output().expect("run scripts/fetch-photos");
-    assert!(fetched.status.success(), "scripts/fetch-photos failed: {}", String::from_utf8_lossy(&fetched.stderr));
-    let cache = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim());
+    let cache = corpus::cache();
     let photos = corpus(&cache);
     let vips = which("vipsthumbnail").expect("vipsthumbnail is needed (apt-get install libvips-tools)");
 

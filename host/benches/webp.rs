@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
 use image::RgbImage;
 use pixbox::sandbox::{Param, Sandbox, SandboxSettings};
 
@@ -21,10 +24,7 @@ mod quality;
 const QUALITIES: [u32; 3] = [50, 75, 90];
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fetched = Command::new(root.join("scripts/fetch-photos")).output().expect("run scripts/fetch-photos");
-    assert!(fetched.status.success(), "scripts/fetch-photos failed: {}", String::from_utf8_lossy(&fetched.stderr));
-    let cache = PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim());
+    let cache = corpus::cache();
     let mut photos: Vec<PathBuf> = ["mate-backgrounds", "plasma"]
         .iter()
         .flat_map(|dir| std::fs::read_dir(cache.join(dir)).unwrap().map(|entry| entry.unwrap().path()))
