@@ -67,7 +67,7 @@ async fn animated_gif_and_webp_come_back_animated_with_frames_delays_and_loops()
         async move { client.get(format!("{base}/download/{key}")).send().await.unwrap().bytes().await.unwrap().to_vec() }
     };
 
-    // The sources: 120x80, blue 20, 120, 220, shown 100, 200, 300 ms, three loops.
+    // The sources: 120x80, blue 20, 120, 220, shown 100, 200, 300 ms, playing three times.
     let source: Vec<_> = frames(GIF).into_iter().map(|(w, h, delay, _)| (w, h, delay)).collect();
     assert_eq!(source, [(120, 80, 100), (120, 80, 200), (120, 80, 300)]);
 

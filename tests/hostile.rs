@@ -82,6 +82,14 @@ fn animated_gif() -> Vec<u8> {
     out
 }
 
+/// A 16x16 GIF whose one frame claims 65535x65535: decoders allocate a frame at its own size.
+fn gif_with_a_frame_past_its_screen() -> Vec<u8> {
+    let mut out = b"GIF89a\x10\x00\x10\x00\x80\x00\x00".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+    out.extend_from_slice(b"\x2C\x00\x00\x00\x00\xFF\xFF\xFF\xFF\x00\x02\x02\x44\x01\x00\x3B");
+    out
+}
+
 /// A GIF of `frames` 2x2 frames: tiny, yet over the frame limit past 1000.
 fn gif_of_frames(frames: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -294,6 +302,13 @@ fn catalogue() -> Vec<Row> {
             status: 202,
             code: None,
             end: Some(End::Done),
+        },
+        Row {
+            name: "GIF whose frame reaches far past its 16x16 screen (65535x65535)",
+            send: upload(one("a.gif", gif_with_a_frame_past_its_screen())),
+            status: 422,
+            code: Some("too-many-pixels"),
+            end: None,
         },
         Row {
             name: "GIF of 1001 frames (over max_frames)",

@@ -53,7 +53,7 @@ impl Format {
             .find(|f| f.media_type() == media_type)
     }
 
-    /// The image crate's name for it; `None` for JPEG XL, whose header imagesize reads.
+    /// The image crate's name for it; `None` for JPEG XL, whose header `container::jxl` reads.
     fn image_format(self) -> Option<image::ImageFormat> {
         match self {
             Format::Jpeg => Some(image::ImageFormat::Jpeg),
@@ -153,16 +153,20 @@ pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
         Some(image_format) => image::ImageReader::with_format(Cursor::new(bytes), image_format)
             .into_dimensions()
             .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?,
-        None => sides(format, bytes)?,
+        None => container::jxl(bytes).map_err(|reason| HeaderError::Unreadable { format, reason })?,
     };
     let scan = match format {
         Format::Gif => Some(container::gif(bytes)),
         Format::Webp => Some(container::webp(bytes)),
         _ => None,
     };
-    let frames = match scan {
-        Some(scan) => scan.map_err(|reason| HeaderError::Unreadable { format, reason })?.frames.max(1),
-        None => 1,
+    // The container's canvas: a GIF's frames may reach past its logical screen.
+    let (width, height, frames) = match scan {
+        Some(scan) => {
+            let scan = scan.map_err(|reason| HeaderError::Unreadable { format, reason })?;
+            (width.max(scan.width), height.max(scan.height), scan.frames.max(1))
+        }
+        None => (width, height, 1),
     };
     Ok(Header { format, width, height, frames })
 }
@@ -177,8 +181,8 @@ pub fn probe_output(bytes: &[u8]) -> Result<Header, HeaderError> {
     Ok(Header { format: Format::Avif, width, height, frames: 1 })
 }
 
-/// Width and height from imagesize, for the formats whose header the image crate does not read
-/// without a decoder of its own (AVIF's `ispe` box, JPEG XL's size header).
+/// Width and height from imagesize, for AVIF (the image crate reads its `ispe` box only with its
+/// C decoder).
 fn sides(format: Format, bytes: &[u8]) -> Result<(u32, u32), HeaderError> {
     let size = imagesize::blob_size(bytes).map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
     let side = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);

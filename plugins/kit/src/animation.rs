@@ -183,7 +183,7 @@ fn image_chunks(still: &[u8]) -> Result<ImageChunks<'_>, Error> {
     let (mut start, mut alpha, mut at) = (None, false, 12usize);
     while let Some(header) = still.get(at..at + 8) {
         let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        let end = at.checked_add(8 + size + (size & 1)).ok_or_else(bad)?;
+        let end = size.checked_add(8 + (size & 1)).and_then(|step| at.checked_add(step)).ok_or_else(bad)?;
         match &header[..4] {
             b"ALPH" => {
                 alpha = true;
@@ -209,6 +209,8 @@ fn image_chunks(still: &[u8]) -> Result<ImageChunks<'_>, Error> {
 pub struct GifAnimation {
     loops: Option<u16>,
     encoder: Option<gif::Encoder<Vec<u8>>>,
+    /// The first frame's size, which every frame must have.
+    size: Option<(u16, u16)>,
 }
 
 impl std::fmt::Debug for GifAnimation {
@@ -222,9 +224,10 @@ impl std::fmt::Debug for GifAnimation {
 const GIF_SPEED: i32 = 10;
 
 impl GifAnimation {
-    /// An animation playing `loops` times (`None`: for ever; once writes no loop extension).
+    /// An animation playing `loops` times (`None`: for ever; once writes no loop extension, and
+    /// GIF's NETSCAPE count is the repeats after the first play).
     pub fn new(loops: Option<u16>) -> GifAnimation {
-        GifAnimation { loops, encoder: None }
+        GifAnimation { loops, encoder: None, size: None }
     }
 
     /// Appends one frame (GIF keeps delays in hundredths of a second); the first sets the size.
@@ -232,13 +235,21 @@ impl GifAnimation {
         let side =
             |n: u32| u16::try_from(n).map_err(|_| Error::Internal(format!("a GIF side is at most 65535, not {n}")));
         let (w, h) = (side(image.width())?, side(image.height())?);
+        if let Some((first_w, first_h)) = self.size
+            && (first_w, first_h) != (w, h)
+        {
+            return Err(Error::Internal(format!(
+                "an animation's frames must all be {first_w}x{first_h}, this one is {w}x{h}"
+            )));
+        }
+        self.size = Some((w, h));
         let encoder = match &mut self.encoder {
             Some(encoder) => encoder,
             empty => {
                 let mut encoder = gif::Encoder::new(Vec::with_capacity(64 << 10), w, h, &[]).map_err(encoding)?;
                 match self.loops {
-                    Some(1) => {}
-                    Some(n) => encoder.set_repeat(gif::Repeat::Finite(n)).map_err(encoding)?,
+                    Some(0 | 1) => {}
+                    Some(plays) => encoder.set_repeat(gif::Repeat::Finite(plays - 1)).map_err(encoding)?,
                     None => encoder.set_repeat(gif::Repeat::Infinite).map_err(encoding)?,
                 }
                 empty.insert(encoder)

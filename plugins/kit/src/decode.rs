@@ -122,6 +122,12 @@ fn decode_jxl(input: &[u8], limits: PixelLimits) -> Result<DynamicImage, Error> 
 
 /// PNG, WebP and GIF, through the image crate's decoders.
 fn decode_other(input: &[u8], limits: PixelLimits, format: Format) -> Result<DynamicImage, Error> {
+    // A GIF's frames may reach past its logical screen, and the decoder allocates them at their
+    // own size: the limits apply to the canvas that holds them all.
+    if format == Format::Gif {
+        let scan = crate::container::gif(input).map_err(|e| Error::BadInput(format!("cannot read the GIF: {e}")))?;
+        limits.check(scan.width, scan.height)?;
+    }
     let input = png::mask_grey_key(input);
     let mut reader = ImageReader::new(Cursor::new(&input[..]));
     reader.set_format(format.image_format().ok_or_else(|| Error::Internal(format!("{format:?} has its own decoder")))?);
