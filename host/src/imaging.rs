@@ -279,7 +279,8 @@ impl PixelLimits {
                 max_pixels: self.max_pixels,
             });
         }
-        if header.frames > self.max_frames {
+        // Stills pass whatever the frame limit: 0 or 1 refuses animations only.
+        if header.frames > 1 && header.frames > self.max_frames {
             return Err(LimitError::TooManyFrames { frames: header.frames, max_frames: self.max_frames });
         }
         if header.frames > 1 && header.total_pixels() > self.max_animation_pixels {
@@ -314,7 +315,8 @@ mod tests {
         assert_eq!(in_kit(defaults), pixbox_kit::PixelLimits::default());
         assert_eq!(in_kit(defaults), imagekit::Options::default().limits());
         let small = PixelLimits { max_pixels: 100, max_side: 20, max_frames: 3, max_animation_pixels: 250 };
-        let limits = [defaults, small, PixelLimits { max_pixels: 1, max_side: 1, ..small }];
+        let no_animations = PixelLimits { max_frames: 0, ..small };
+        let limits = [defaults, small, no_animations, PixelLimits { max_pixels: 1, max_side: 1, ..small }];
         let sizes = [
             (1, 1),
             (10, 10),
