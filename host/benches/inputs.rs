@@ -8,7 +8,6 @@
 //! converters write), then each is fitted into 1024x1024 as JPEG q85 by pixbox and by vips, and
 //! decoded to PPM by djxl. Medians of 3 turns, taken in turns.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,13 +24,7 @@ const TURNS: usize = 3;
 const PHOTOS: usize = 7;
 
 fn main() {
-    let cache = corpus::cache();
-    let mut photos: Vec<PathBuf> = std::fs::read_dir(cache.join("mate-backgrounds"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "jpg"))
-        .collect();
-    photos.sort();
+    let photos = corpus::jpegs(&["mate-backgrounds"]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Sandbox::new(SandboxSettings { time_budget_ms: 60_000, ..SandboxSettings::default() }).unwrap();
     let plugin = runtime.block_on(sandbox.load("resize")).unwrap();

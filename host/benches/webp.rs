@@ -7,7 +7,7 @@
 //! each quality; `cwebp -q <quality>` (its defaults otherwise) encodes the PNG. Both outputs are
 //! decoded by `dwebp`, libwebp's own decoder, and compared with the PNG: PSNR over RGB and luma SSIM.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,7 @@ mod quality;
 const QUALITIES: [u32; 3] = [50, 75, 90];
 
 fn main() {
-    let cache = corpus::cache();
-    let mut photos: Vec<PathBuf> = ["mate-backgrounds", "plasma"]
-        .iter()
-        .flat_map(|dir| std::fs::read_dir(cache.join(dir)).unwrap().map(|entry| entry.unwrap().path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "jpg"))
-        .collect();
-    photos.sort();
+    let photos = corpus::jpegs(&["mate-backgrounds", "plasma"]);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sandbox = Sandbox::new(SandboxSettings { time_budget_ms: 60_000, ..SandboxSettings::default() }).unwrap();
     let plugin = runtime.block_on(sandbox.load("resize")).unwrap();

@@ -11,3 +11,16 @@ pub fn cache() -> PathBuf {
     assert!(fetched.status.success(), "scripts/fetch-photos failed: {}", String::from_utf8_lossy(&fetched.stderr));
     PathBuf::from(String::from_utf8(fetched.stdout).unwrap().trim())
 }
+
+/// The JPEG photos of these folders of the corpus, in name order.
+#[allow(dead_code)] // not every benchmark lists photos this way
+pub fn jpegs(dirs: &[&str]) -> Vec<PathBuf> {
+    let cache = cache();
+    let mut photos: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(cache.join(dir)).unwrap().map(|entry| entry.unwrap().path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "jpg"))
+        .collect();
+    photos.sort();
+    photos
+}
