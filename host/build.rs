@@ -21,6 +21,8 @@ fn main() {
     for entry in std::fs::read_dir(&plugins).unwrap().flatten() {
         if entry.path().join("Cargo.toml").exists() {
             watch(&entry.path().join("src"));
+            watch(&entry.path().join("csrc"));
+            watch(&entry.path().join("patches"));
             println!("cargo:rerun-if-changed={}", entry.path().join("Cargo.toml").display());
         }
     }
@@ -28,14 +30,25 @@ fn main() {
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: keep the plugin build in <target> so
     // debug, release and clippy builds of the host share one (incremental) plugin build.
     let target_dir = out_dir.ancestors().nth(4).unwrap_or(&out_dir).join("wasm-plugins");
-    // The resize plugin's WebP encoder is libwebp, C compiled for the guest: say what is missing
-    // instead of leaving it to a cc error deep inside the plugin build.
+    // The resize plugin's WebP encoder (libwebp, C) and HEIC decoder (libheif, C++) are compiled
+    // for the guest: say what is missing instead of leaving it to a cc error deep inside the build.
     if Command::new("clang-19").arg("--version").output().is_err() {
         panic!(
-            "the default plugins compile libwebp (C) for wasm32-wasip2 with clang-19 and wasi-libc, \
-             and clang-19 is not on PATH: run scripts/c-toolchain (Debian: apt-get install clang-19 llvm-19 wasi-libc)"
+            "the default plugins compile libwebp (C) and libheif (C++) for wasm32-wasip2 with clang-19, \
+             wasi-libc and libc++, and clang-19 is not on PATH: run scripts/c-toolchain (Debian: apt-get install \
+             clang-19 llvm-19 wasi-libc libc++-19-dev-wasm32 libc++abi-19-dev-wasm32)"
         );
     }
+    // The HEIC decoder's C++ sources (libheif, libde265) come from Debian, checked and patched by
+    // scripts/c-sources; it does nothing when they are there already.
+    let sources = Command::new(root.join("scripts/c-sources")).status();
+    if !sources.is_ok_and(|status| status.success()) {
+        panic!(
+            "scripts/c-sources could not fetch libheif and libde265 into plugins/heif/vendor (it needs curl, \
+             tar, xz, patch and deb.debian.org): run it by hand to see why"
+        );
+    }
+    println!("cargo:rerun-if-changed={}", plugins.join("heif/vendor/.stamp").display());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&plugins)

@@ -42,6 +42,7 @@ impl Rig {
             queue: self.queue.clone(),
             guards: pixbox::api::Guards::new(&limits),
             limits,
+            formats: Default::default(),
             auth: pixbox::auth::Auth::open(),
             cors: None,
             routes: Vec::new().into(),

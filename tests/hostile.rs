@@ -61,6 +61,34 @@ fn upload(parts: Vec<(String, Vec<u8>)>) -> Send {
     Send::Upload { parts, query: "", part_header: None }
 }
 
+/// A 320x200 HEIC photo (scripts/make-inputs).
+const HEIC: &[u8] = include_bytes!("fixtures/cups.heic");
+
+/// The HEIC photo with its `ispe` box (the image's size) claiming `width` x `height`.
+fn heic_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut out = HEIC.to_vec();
+    let at = out.windows(4).position(|w| w == b"ispe").expect("an ispe box") + 8; // type, version and flags
+    out[at..at + 4].copy_from_slice(&width.to_be_bytes());
+    out[at + 4..at + 8].copy_from_slice(&height.to_be_bytes());
+    out
+}
+
+/// The HEIC photo with the second half of its coded image (the `mdat` box's payload) replaced by
+/// noise: the container is intact, the HEVC slice data is not.
+fn heic_with_garbage_data() -> Vec<u8> {
+    let mut out = HEIC.to_vec();
+    let mdat = out.windows(4).position(|w| w == b"mdat").expect("an mdat box") + 4;
+    let half = mdat + (out.len() - mdat) / 2;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for byte in &mut out[half..] {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    out
+}
+
 /// A GIF whose logical screen claims 65535 x 65535 around a 1x1 frame.
 fn gif_claiming_huge_screen() -> Vec<u8> {
     let mut out = b"GIF89a".to_vec();
@@ -261,6 +289,27 @@ fn catalogue() -> Vec<Row> {
             status: 422,
             code: Some("truncated-image"),
             end: None,
+        },
+        Row {
+            name: "HEIC whose ispe box claims 100000x100000",
+            send: upload(one("a.heic", heic_claiming(100_000, 100_000))),
+            status: 422,
+            code: Some("too-many-pixels"),
+            end: None,
+        },
+        Row {
+            name: "truncated HEIC",
+            send: upload(one("a.heic", HEIC[..HEIC.len() - 1000].to_vec())),
+            status: 422,
+            code: Some("truncated-image"),
+            end: None,
+        },
+        Row {
+            name: "HEIC whose HEVC data is garbage",
+            send: upload(one("a.heic", heic_with_garbage_data())),
+            status: 202,
+            code: None,
+            end: Some(End::Failed("bad-input")),
         },
         Row {
             name: "PNG whose IDAT is garbage",

@@ -127,6 +127,7 @@ impl Bench {
             routes: self.routes.clone(),
             settings: config.worker.clone(),
             limits: config.limits.pixels(),
+            formats: config.formats,
             max_input_bytes: config.limits.max_image_bytes as usize,
         };
         let jobs = bodies.len();

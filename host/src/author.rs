@@ -221,7 +221,7 @@ fn jobs(input: &Path, output: &Path) -> anyhow::Result<Vec<Job>> {
         .map(|p| Job { output: output.join(p.file_name().unwrap_or_default()), input: p })
         .collect();
     if jobs.is_empty() {
-        bail!("{} holds no JPEG, PNG, WebP, GIF or JPEG XL files", input.display());
+        bail!("{} holds no JPEG, PNG, WebP, GIF, JPEG XL or HEIC files", input.display());
     }
     Ok(jobs)
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthSettings;
-use crate::imaging::PixelLimits;
+use crate::imaging::{Format, PixelLimits};
 use crate::render::urls::TransformUrlSettings;
 use crate::render::{PresetConfig, RenderSettings};
 use crate::sandbox::{RouteConfig, SandboxSettings};
@@ -79,6 +79,7 @@ pub struct Config {
     pub endpoint_url: Option<String>,
     pub auth: AuthSettings,
     pub limits: UploadLimits,
+    pub formats: FormatSettings,
     pub worker: WorkerSettings,
     pub sandbox: SandboxSettings,
     pub routes: Vec<RouteConfig>,
@@ -112,6 +113,7 @@ impl Default for Config {
             endpoint_url: None,
             auth: AuthSettings::default(),
             limits: UploadLimits::default(),
+            formats: FormatSettings::default(),
             worker: WorkerSettings::default(),
             sandbox: SandboxSettings::default(),
             routes: Vec::new(),
@@ -120,6 +122,30 @@ impl Default for Config {
             transform_urls: TransformUrlSettings::default(),
             webhooks: WebhookSettings::default(),
         }
+    }
+}
+
+/// Input formats an operator may turn off (`[formats]`); the others are always read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FormatSettings {
+    /// Read HEIC (HEIF with HEVC) uploads: the default plugin decodes them with libheif and
+    /// libde265. Off: refused at upload with 415 `unsupported-format`, and queued ones fail with
+    /// `unsupported` (HEVC decoding may need a patent licence in some places; see the README).
+    pub heic: bool,
+}
+
+impl Default for FormatSettings {
+    fn default() -> Self {
+        FormatSettings { heic: true }
+    }
+}
+
+impl FormatSettings {
+    /// Why an input of `format` is refused, if it is.
+    pub fn refusal(&self, format: Format) -> Option<String> {
+        (format == Format::Heic && !self.heic)
+            .then(|| "HEIC images are turned off on this server (formats.heic = false)".to_string())
     }
 }
 

@@ -5,12 +5,13 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-/// GIF's and WebP's frame counts, read by the same code the plugins' decode reads them with.
+/// GIF's and WebP's frame counts, JPEG XL's size and whether a file is HEIC, read by the same code
+/// the plugins' decode reads them with.
 #[path = "../../plugins/kit/src/container.rs"]
 pub mod container;
 
-/// The image formats pixbox accepts (JPEG XL is read, never written), and AVIF, which plugins may
-/// write but uploads may not be.
+/// The image formats pixbox accepts (JPEG XL and HEIC are read, never written), and AVIF, which
+/// plugins may write but uploads may not be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
@@ -20,6 +21,7 @@ pub enum Format {
     Gif,
     Avif,
     Jxl,
+    Heic,
 }
 
 impl Format {
@@ -31,6 +33,7 @@ impl Format {
             Format::Gif => "image/gif",
             Format::Avif => "image/avif",
             Format::Jxl => "image/jxl",
+            Format::Heic => "image/heic",
         }
     }
 
@@ -43,17 +46,19 @@ impl Format {
             Format::Gif => "gif",
             Format::Avif => "avif",
             Format::Jxl => "jxl",
+            Format::Heic => "heic",
         }
     }
 
     /// The format of a media type pixbox writes.
     pub fn from_media_type(media_type: &str) -> Option<Format> {
-        [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Avif, Format::Jxl]
+        [Format::Jpeg, Format::Png, Format::Webp, Format::Gif, Format::Avif, Format::Jxl, Format::Heic]
             .into_iter()
             .find(|f| f.media_type() == media_type)
     }
 
-    /// The image crate's name for it; `None` for JPEG XL, whose header `container::jxl` reads.
+    /// The image crate's name for it; `None` for JPEG XL, whose header `container::jxl` reads, and
+    /// HEIC, whose size imagesize reads.
     fn image_format(self) -> Option<image::ImageFormat> {
         match self {
             Format::Jpeg => Some(image::ImageFormat::Jpeg),
@@ -61,7 +66,7 @@ impl Format {
             Format::Webp => Some(image::ImageFormat::WebP),
             Format::Gif => Some(image::ImageFormat::Gif),
             Format::Avif => Some(image::ImageFormat::Avif),
-            Format::Jxl => None,
+            Format::Jxl | Format::Heic => None,
         }
     }
 }
@@ -95,13 +100,8 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderError {
-    #[error("not a supported image: expected JPEG, PNG, WebP, GIF or JPEG XL")]
+    #[error("not a supported image: expected JPEG, PNG, WebP, GIF, JPEG XL or HEIC")]
     UnknownFormat,
-    #[error(
-        "{0} images are not read yet: its decoder (libheif with libde265, C++) is not built for the \
-         sandbox; convert to JPEG or JPEG XL first"
-    )]
-    NotReadYet(&'static str),
     #[error("unreadable {} header: {reason}", format.media_type())]
     Unreadable { format: Format, reason: String },
 }
@@ -124,6 +124,9 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     if bytes.starts_with(&[0xFF, 0x0A]) || bytes.starts_with(b"\0\0\0\x0CJXL \r\n\x87\n") {
         return Some(Format::Jxl);
     }
+    if container::is_heic(bytes) {
+        return Some(Format::Heic);
+    }
     match image::guess_format(bytes).ok()? {
         image::ImageFormat::Jpeg => Some(Format::Jpeg),
         image::ImageFormat::Png => Some(Format::Png),
@@ -133,26 +136,17 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     }
 }
 
-/// Whether the file is HEIC/HEIF (an ISO-BMFF `ftyp` box naming a HEIF brand), which phones write
-/// and pixbox refuses by name.
-fn is_heif(bytes: &[u8]) -> bool {
-    bytes.get(4..8) == Some(b"ftyp")
-        && bytes
-            .get(8..12)
-            .is_some_and(|brand| [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"].iter().any(|b| brand == *b))
-}
-
 /// Reads format and dimensions from the header only; no pixel buffer is allocated, so a tiny file
 /// that claims to be 100000x100000 costs microseconds. Input formats only (see [`probe_output`]).
 pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
-    let format = sniff(bytes).ok_or_else(|| match is_heif(bytes) {
-        true => HeaderError::NotReadYet("HEIC/HEIF"),
-        false => HeaderError::UnknownFormat,
-    })?;
+    let format = sniff(bytes).ok_or(HeaderError::UnknownFormat)?;
     let (width, height) = match format.image_format() {
         Some(image_format) => image::ImageReader::with_format(Cursor::new(bytes), image_format)
             .into_dimensions()
             .map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?,
+        // The largest image in the file (the primary one; tiles, thumbnails and gain maps are
+        // smaller), rotated as its `irot` box says.
+        None if format == Format::Heic => sides(format, bytes)?,
         None => container::jxl(bytes).map_err(|reason| HeaderError::Unreadable { format, reason })?,
     };
     let scan = match format {
@@ -181,8 +175,8 @@ pub fn probe_output(bytes: &[u8]) -> Result<Header, HeaderError> {
     Ok(Header { format: Format::Avif, width, height, frames: 1 })
 }
 
-/// Width and height from imagesize, for AVIF (the image crate reads its `ispe` box only with its
-/// C decoder).
+/// Width and height from imagesize, for AVIF and HEIC (the image crate reads their `ispe` boxes
+/// only with its C decoders).
 fn sides(format: Format, bytes: &[u8]) -> Result<(u32, u32), HeaderError> {
     let size = imagesize::blob_size(bytes).map_err(|e| HeaderError::Unreadable { format, reason: e.to_string() })?;
     let side = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);
@@ -213,7 +207,31 @@ pub fn is_complete(bytes: &[u8], format: Format) -> bool {
         // A codestream has no end marker, and the container's last box may run to the end of the
         // file: a cut-off JPEG XL is found by the plugin's decoder (`bad-input`).
         Format::Jxl => true,
+        // ISO-BMFF: the top-level boxes must add up to the file (the last may run to its end).
+        Format::Heic => bmff_complete(bytes),
     }
+}
+
+/// Whether an ISO-BMFF file's top-level boxes reach exactly its end: each box starts with its size
+/// (32 bits, or 1 and a 64-bit size after the type, or 0 for "to the end of the file").
+fn bmff_complete(bytes: &[u8]) -> bool {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let Some(head) = bytes.get(at..at + 8) else { return false };
+        let size = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
+            0 => return true,
+            1 => match bytes.get(at + 8..at + 16) {
+                Some(large) => u64::from_be_bytes(large.try_into().expect("8 bytes")),
+                None => return false,
+            },
+            size => u64::from(size),
+        };
+        let Some(next) = usize::try_from(size).ok().filter(|&s| s >= 8).and_then(|s| at.checked_add(s)) else {
+            return false;
+        };
+        at = next;
+    }
+    at == bytes.len()
 }
 
 /// Size limits checked against the header before any plugin runs (`[limits]` in pixbox.toml).

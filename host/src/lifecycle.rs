@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::FormatSettings;
 use crate::imaging::{self, Format, Header, PixelLimits};
 use crate::jobs::{self, Alias};
 use crate::sandbox::RouteConfig;
@@ -458,16 +459,17 @@ pub enum Refused {
 
 /// The header-only checks every image passes before it is stored: format from magic bytes, the
 /// pixel limits from the header, completeness from the trailer.
-pub fn inspect(bytes: &[u8], pixels: &PixelLimits, label: &str) -> Result<Header, Refused> {
+pub fn inspect(bytes: &[u8], pixels: &PixelLimits, formats: &FormatSettings, label: &str) -> Result<Header, Refused> {
     let header = imaging::probe(bytes).map_err(|e| match e {
-        imaging::HeaderError::UnknownFormat | imaging::HeaderError::NotReadYet(_) => {
-            Refused::UnsupportedFormat(format!("{label}: {e}"))
-        }
+        imaging::HeaderError::UnknownFormat => Refused::UnsupportedFormat(format!("{label}: {e}")),
         e => {
             tracing::info!("{label}: {e}");
             Refused::Unreadable(format!("{label}: {}", e.public_reason()))
         }
     })?;
+    if let Some(refusal) = formats.refusal(header.format) {
+        return Err(Refused::UnsupportedFormat(format!("{label}: {refusal}")));
+    }
     pixels.check(&header).map_err(|e| match e.is_animation() {
         true => Refused::TooManyFrames(format!("{label}: {e}")),
         false => Refused::TooManyPixels(format!("{label}: {e}")),
@@ -480,6 +482,7 @@ pub fn inspect(bytes: &[u8], pixels: &PixelLimits, label: &str) -> Result<Header
             Format::Gif => "GIF",
             Format::Avif => "AVIF",
             Format::Jxl => "JPEG XL",
+            Format::Heic => "HEIC",
         };
         return Err(Refused::Truncated(format!("{label}: the {kind} file is cut off (its end is missing)")));
     }
@@ -521,6 +524,7 @@ pub async fn complete(
     queue: &dyn crate::queue::JobQueue,
     routes: &[RouteConfig],
     pixels: &PixelLimits,
+    formats: &FormatSettings,
     max_bytes: u64,
     id: &str,
 ) -> Result<Completed, CompleteError> {
@@ -540,7 +544,7 @@ pub async fn complete(
     let label = format!("direct upload {id}");
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let checked = match staged.bytes(limit).await {
-        Ok(bytes) => inspect(&bytes, pixels, &label).map(|header| (bytes, header)),
+        Ok(bytes) => inspect(&bytes, pixels, formats, &label).map(|header| (bytes, header)),
         Err(StoreError::TooLarge { limit }) => {
             Err(Refused::TooLarge(format!("{label} is larger than the limit of {limit} bytes")))
         }

@@ -457,6 +457,7 @@ pub async fn worker(
         routes: std::sync::Arc::new(routes),
         settings: config.worker.clone(),
         limits: config.limits.pixels(),
+        formats: config.formats,
         max_input_bytes: 1 << 20,
     }
 }

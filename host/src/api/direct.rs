@@ -238,8 +238,16 @@ pub async fn complete(
     })?;
     state.auth.require_owner(&headers, record.owner.as_deref())?;
     let pixels = state.limits.pixels();
-    let completed =
-        lifecycle::complete(store, &*state.queue, &state.routes, &pixels, state.limits.max_image_bytes, &id).await;
+    let completed = lifecycle::complete(
+        store,
+        &*state.queue,
+        &state.routes,
+        &pixels,
+        &state.formats,
+        state.limits.max_image_bytes,
+        &id,
+    )
+    .await;
     let completed = completed.map_err(|e| match e {
         CompleteError::NotFound(_) => ApiError::new(Code::NoSuchUpload, e.to_string()),
         CompleteError::NotReceived(_) => ApiError::new(Code::UploadNotReceived, e.to_string()),

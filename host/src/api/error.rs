@@ -76,7 +76,7 @@ codes! {
     TooManyImages = "too-many-images", PAYLOAD_TOO_LARGE, "The upload holds more images than one request may.";
     TooManyParts = "too-many-parts", PAYLOAD_TOO_LARGE, "The upload holds more multipart parts than one request may.";
     NotMultipart = "not-multipart", UNSUPPORTED_MEDIA_TYPE, "The upload is not `multipart/form-data`.";
-    UnsupportedFormat = "unsupported-format", UNSUPPORTED_MEDIA_TYPE, "Not a JPEG, PNG, WebP, GIF or JPEG XL (judged from the bytes).";
+    UnsupportedFormat = "unsupported-format", UNSUPPORTED_MEDIA_TYPE, "Not a JPEG, PNG, WebP, GIF, JPEG XL or HEIC (judged from the bytes), or a format turned off (`[formats]`).";
     ProcessingFailed = "processing-failed", UNPROCESSABLE_ENTITY, "The job failed for good; the body's `status` says why.";
     RenderFailed = "render-failed", UNPROCESSABLE_ENTITY, "A preset's render failed; the message says why (and is repeated for `renders.failure_ttl_secs`).";
     TooManyPixels = "too-many-pixels", UNPROCESSABLE_ENTITY, "The image's header claims more pixels than the limit.";

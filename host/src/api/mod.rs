@@ -30,7 +30,7 @@ pub use error::{ApiError, Code};
 pub use guard::{CallerKey, Guards, PerKey, Slot, client_key};
 
 use crate::auth::{Auth, Scope};
-use crate::config::{CorsOrigins, UploadLimits};
+use crate::config::{CorsOrigins, FormatSettings, UploadLimits};
 pub use crate::jobs::key_path;
 use crate::queue::JobQueue;
 use crate::storage::BlobStore;
@@ -41,6 +41,8 @@ pub struct ApiState {
     pub store: Arc<dyn BlobStore>,
     pub queue: Arc<dyn JobQueue>,
     pub limits: UploadLimits,
+    /// The input formats read (`[formats]`).
+    pub formats: FormatSettings,
     pub auth: Auth,
     pub guards: Guards,
     /// Browser access, when configured.

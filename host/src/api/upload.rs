@@ -43,7 +43,7 @@ pub struct UploadQuery {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct UploadForm {
-    /// One or more image files (JPEG, PNG, WebP, GIF); any field name works.
+    /// One or more image files (JPEG, PNG, WebP, GIF, JPEG XL, HEIC); any field name works.
     #[schema(value_type = Vec<String>, format = Binary)]
     images: Vec<Vec<u8>>,
     /// Optional route prefix (e.g. `avatars/`); must come before the images.
@@ -500,7 +500,7 @@ async fn read_limited(mut field: Field<'_>, limit: u64, label: &str) -> Result<B
 
 /// The header-only checks every image passes before it is stored.
 fn check(bytes: &[u8], state: &ApiState, label: &str) -> Result<Header, ApiError> {
-    lifecycle::inspect(bytes, &state.limits.pixels(), label).map_err(refusal)
+    lifecycle::inspect(bytes, &state.limits.pixels(), &state.formats, label).map_err(refusal)
 }
 
 /// The api's answer to an image the checks refuse.

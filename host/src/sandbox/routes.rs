@@ -206,6 +206,8 @@ pub fn result_format(configs: &[RouteConfig], key: &str, input: Format) -> Forma
         Some("avif") => Format::Avif,
         Some("gif") => Format::Gif,
         _ if input == Format::Gif => Format::Png,
+        // Read, never written: photos in these formats are written as JPEG.
+        _ if input == Format::Jxl || input == Format::Heic => Format::Jpeg,
         _ => input,
     }
 }

@@ -155,6 +155,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             routes,
             settings: config.worker.clone(),
             limits: config.limits.pixels(),
+            formats: config.formats,
             max_input_bytes: usize::try_from(config.limits.max_image_bytes).unwrap_or(usize::MAX),
         };
         // Only the embedded queue can be searched for a key; on SQS an S3 lifecycle rule does it.
@@ -186,6 +187,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             store,
             queue,
             limits: config.limits.clone(),
+            formats: config.formats,
             auth,
             guards,
             cors,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::WorkerSettings;
+use crate::config::{FormatSettings, WorkerSettings};
 use crate::imaging::{self, Header, PixelLimits};
 use crate::jobs::codes::{self, GAVE_UP};
 use crate::jobs::{self, Failure, Job};
@@ -66,6 +66,8 @@ pub struct Worker {
     pub routes: Arc<Routes>,
     pub settings: WorkerSettings,
     pub limits: PixelLimits,
+    /// The input formats read (`[formats]`): one turned off since the upload fails `unsupported`.
+    pub formats: FormatSettings,
     /// Largest original read from the temp bucket.
     pub max_input_bytes: usize,
 }
@@ -215,8 +217,16 @@ impl Worker {
         let ids = lifecycle::incoming_ids(&delivery.body);
         let max_bytes = self.max_input_bytes as u64;
         for id in &ids {
-            match lifecycle::complete(&*self.store, &*self.queue, self.routes.configs(), &self.limits, max_bytes, id)
-                .await
+            match lifecycle::complete(
+                &*self.store,
+                &*self.queue,
+                self.routes.configs(),
+                &self.limits,
+                &self.formats,
+                max_bytes,
+                id,
+            )
+            .await
             {
                 Ok(done) => tracing::info!(id, key = done.key, "direct upload received from the bucket's event"),
                 // Completed and swept before, never created, or refused (its object is removed).
@@ -426,6 +436,9 @@ impl Worker {
                 return self.fail(key, codes::UNREADABLE_IMAGE, e.public_reason(), None, delivery).await.map(Err);
             }
         };
+        if let Some(refusal) = self.formats.refusal(header.format) {
+            return self.fail(key, codes::UNSUPPORTED, refusal, None, delivery).await.map(Err);
+        }
         if let Err(e) = self.limits.check(&header) {
             let code = if e.is_animation() { codes::TOO_MANY_FRAMES } else { codes::TOO_MANY_PIXELS };
             return self.fail(key, code, e.to_string(), None, delivery).await.map(Err);

@@ -5,6 +5,7 @@
 //! the sandboxed plugin) and inside the `resize` and `thumbnail` components.
 
 mod formats;
+mod heif;
 mod jpeg;
 mod smart;
 
@@ -565,8 +566,12 @@ fn resize_region(
 /// Resolves `Same` to the input's format; a GIF becomes PNG, a JPEG XL JPEG.
 fn output_format(input: &[u8], format: OutputFormat) -> OutputFormat {
     match format {
-        // JPEG XL is read, not written: its photos are written as JPEG.
-        OutputFormat::Same if pixbox_kit::Format::sniff(input) == Some(pixbox_kit::Format::Jxl) => OutputFormat::Jpeg,
+        // JPEG XL and HEIC are read, not written: their photos are written as JPEG.
+        OutputFormat::Same
+            if matches!(pixbox_kit::Format::sniff(input), Some(pixbox_kit::Format::Jxl | pixbox_kit::Format::Heic)) =>
+        {
+            OutputFormat::Jpeg
+        }
         OutputFormat::Same => match sniff(input) {
             Some(ImageFormat::Jpeg) => OutputFormat::Jpeg,
             Some(ImageFormat::WebP) if webp_is_lossless(input) => OutputFormat::WebpLossless,
@@ -631,11 +636,17 @@ pub fn decode_at_least(
     options: &Options,
     need: impl Fn(u32, u32) -> (u32, u32),
 ) -> Result<DynamicImage, Error> {
+    if pixbox_kit::Format::sniff(input) == Some(pixbox_kit::Format::Heic) {
+        return heif::decode(input, options.limits());
+    }
     Ok(pixbox_kit::decode_at_least(input, options.limits(), need)?.0)
 }
 
 /// Decodes at full size, in display orientation, 8 bits per channel, in sRGB (the kit's decode).
 pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
+    if pixbox_kit::Format::sniff(input) == Some(pixbox_kit::Format::Heic) {
+        return heif::decode(input, options.limits());
+    }
     Ok(pixbox_kit::decode(input, options.limits())?.0)
 }
 

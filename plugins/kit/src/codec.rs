@@ -16,6 +16,9 @@ pub enum Format {
     Gif,
     /// JPEG XL: read, never written.
     Jxl,
+    /// HEIC (HEIF with HEVC), as phones save photos: read, never written. The kit recognises it;
+    /// decoding it takes a decoder the kit does not carry (pixbox's default plugins have one).
+    Heic,
 }
 
 /// JPEG XL's two signatures: a bare codestream, and the ISO-BMFF container's first box.
@@ -27,6 +30,9 @@ impl Format {
     pub fn sniff(bytes: &[u8]) -> Option<Format> {
         if bytes.starts_with(JXL_CODESTREAM) || bytes.starts_with(JXL_CONTAINER) {
             return Some(Format::Jxl);
+        }
+        if crate::container::is_heic(bytes) {
+            return Some(Format::Heic);
         }
         match image::guess_format(bytes).ok()? {
             ImageFormat::Jpeg => Some(Format::Jpeg),
@@ -44,17 +50,19 @@ impl Format {
             Format::Webp => "image/webp",
             Format::Gif => "image/gif",
             Format::Jxl => "image/jxl",
+            Format::Heic => "image/heic",
         }
     }
 
-    /// The image crate's name for it; `None` for JPEG XL, which the kit decodes with jxl-oxide.
+    /// The image crate's name for it; `None` for JPEG XL, which the kit decodes with jxl-oxide, and
+    /// HEIC.
     pub(crate) fn image_format(self) -> Option<ImageFormat> {
         match self {
             Format::Jpeg => Some(ImageFormat::Jpeg),
             Format::Png => Some(ImageFormat::Png),
             Format::Webp => Some(ImageFormat::WebP),
             Format::Gif => Some(ImageFormat::Gif),
-            Format::Jxl => None,
+            Format::Jxl | Format::Heic => None,
         }
     }
 }
@@ -143,8 +151,8 @@ impl PixelLimits {
 
 /// Encodes pixels only (no metadata). JPEG drops an alpha channel; `quality` is JPEG's.
 pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encoded, Error> {
-    if format == Format::Jxl {
-        return Err(Error::Unsupported("pixbox reads JPEG XL but does not write it".into()));
+    if format == Format::Jxl || format == Format::Heic {
+        return Err(Error::Unsupported(format!("pixbox reads {} but does not write it", format.media_type())));
     }
     let image = eight_bit(image);
     let image = match format {
@@ -171,7 +179,7 @@ pub fn encode(image: DynamicImage, format: Format, quality: u8) -> Result<Encode
         Format::Png => image.write_with_encoder(image::codecs::png::PngEncoder::new(&mut bytes)),
         Format::Webp => image.write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)),
         Format::Gif => image.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Gif),
-        Format::Jxl => unreachable!("refused above"),
+        Format::Jxl | Format::Heic => unreachable!("refused above"),
     };
     written.map_err(|e| Error::Internal(format!("encoding {} failed: {e}", format.media_type())))?;
     Ok(Encoded { bytes, media_type: format.media_type() })

@@ -18,6 +18,21 @@ const SAME_PRIMARIES: f64 = 0.002;
 /// EXIF block), a non-RGB profile or sRGB's own primaries leave the pixels as they are.
 pub fn to_srgb(image: DynamicImage, icc: Option<&[u8]>) -> Result<DynamicImage, Error> {
     let Some(profile) = icc.and_then(|icc| ColorProfile::new_from_slice(icc).ok()) else { return Ok(image) };
+    convert(image, profile)
+}
+
+/// `image` in sRGB, for pixels described by coding-independent code points (ISO/IEC 23091-2, as
+/// HEIF's `nclx` colour box and video headers give them) rather than an ICC profile: Display P3
+/// (primaries 12) with the sRGB tone curve (transfer 13, or 1 as phones also write it) is
+/// converted; anything else is shown as stored, sRGB (primaries 1 or unspecified) included.
+pub fn cicp_to_srgb(image: DynamicImage, primaries: u8, transfer: u8) -> Result<DynamicImage, Error> {
+    match (primaries, transfer) {
+        (12, 1 | 13) => convert(image, ColorProfile::new_display_p3()),
+        _ => Ok(image),
+    }
+}
+
+fn convert(image: DynamicImage, profile: ColorProfile) -> Result<DynamicImage, Error> {
     if profile.color_space != DataColorSpace::Rgb || is_srgb(&profile) {
         return Ok(image);
     }

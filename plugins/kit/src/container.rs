@@ -1,7 +1,35 @@
 //! What an animated file's container says without decoding a pixel: the canvas, the number of
 //! frames and the loop count of a GIF (its blocks walked, image data skipped) or a WebP (its RIFF
 //! chunks). The host's header probe and the plugins' decode both read it from this one file (the
-//! host includes it by path), so they count frames the same way. Standard library only.
+//! host includes it by path), so they count frames the same way. Also JPEG XL's size header and
+//! whether a file is HEIC, for the same reason. Standard library only.
+
+/// HEIF brands of HEVC-coded images (`heic`, `heix`: still images; `hevc`, `hevx`: sequences;
+/// `heim`, `heis`: multi-layer), as the `ftyp` box names them.
+const HEIC_BRANDS: [&[u8; 4]; 6] = [b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"];
+
+/// Whether the file is HEIC: an ISO-BMFF `ftyp` box whose major brand is a HEVC brand of HEIF, or
+/// whose major brand is HEIF's generic one (`mif1`, `msf1`) with a HEVC brand among the compatible
+/// ones and no AVIF brand (AVIF shares the container; pixbox does not read it).
+pub fn is_heic(bytes: &[u8]) -> bool {
+    if bytes.get(4..8) != Some(b"ftyp") {
+        return false;
+    }
+    let Some(size) = bytes.get(0..4).map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize) else {
+        return false;
+    };
+    let Some(major) = bytes.get(8..12) else { return false };
+    if HEIC_BRANDS.iter().any(|brand| major == *brand) {
+        return true;
+    }
+    if major != b"mif1" && major != b"msf1" {
+        return false;
+    }
+    // Compatible brands follow the major brand and its 4-byte version, to the box's end.
+    let compatible = bytes.get(16..size.min(bytes.len())).unwrap_or(&[]);
+    let brands = || compatible.chunks_exact(4);
+    brands().any(|b| HEIC_BRANDS.iter().any(|brand| b == *brand)) && !brands().any(|b| b == b"avif" || b == b"avis")
+}
 
 /// The animation facts of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +265,33 @@ impl Bits<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ftyp(major: &[u8; 4], compatible: &[&[u8; 4]]) -> Vec<u8> {
+        let size = 16 + 4 * compatible.len() as u32;
+        let mut out = size.to_be_bytes().to_vec();
+        out.extend_from_slice(b"ftyp");
+        out.extend_from_slice(major);
+        out.extend_from_slice(&[0; 4]);
+        compatible.iter().for_each(|brand| out.extend_from_slice(*brand));
+        out.extend_from_slice(b"\0\0\0\x08meta");
+        out
+    }
+
+    /// HEIC by its major brand, or HEIF's generic brand with a HEVC one among the compatible
+    /// brands; AVIF (the same container) is not HEIC.
+    #[test]
+    fn heic_is_known_by_its_brands() {
+        assert!(is_heic(&ftyp(b"heic", &[b"mif1", b"heic"])));
+        assert!(is_heic(&ftyp(b"mif1", &[b"mif1", b"heic", b"hevc"])));
+        assert!(!is_heic(&ftyp(b"avif", &[b"mif1", b"avif"])));
+        assert!(!is_heic(&ftyp(b"mif1", &[b"mif1", b"avif", b"heic"])));
+        assert!(!is_heic(&ftyp(b"mif1", &[b"mif1", b"miaf"])));
+        // The compatible brands end with the box, not with the file.
+        let mut cut = ftyp(b"mif1", &[b"mif1"]);
+        cut.extend_from_slice(b"heic");
+        assert!(!is_heic(&cut));
+        assert!(!is_heic(b"\0\0\0\x0Cftyphe"));
+    }
 
     /// A GIF of `frames` 2x2 frames, looping `loops` times (`None`: no NETSCAPE extension).
     fn gif_file(frames: u32, loops: Option<u16>) -> Vec<u8> {

@@ -12,9 +12,10 @@ use crate::codec::{Format, PixelLimits, eight_bit};
 use crate::error::Error;
 use crate::{colour, jpeg, png};
 
-/// Decodes a JPEG, PNG, WebP or GIF (its first frame) at full size: refused as `bad-input` when
-/// the header says it is over `limits`, before any pixel buffer is allocated (a 1 KiB file
-/// claiming 100000x100000 costs nothing). Returns the image in display orientation, 8 bits per
+/// Decodes a JPEG, PNG, WebP, GIF (its first frame) or JPEG XL at full size (HEIC is
+/// `unsupported`: see [`Format::Heic`]): refused as `bad-input` when the header says it is over
+/// `limits`, before any pixel buffer is allocated (a 1 KiB file claiming 100000x100000 costs
+/// nothing). Returns the image in display orientation, 8 bits per
 /// channel, in sRGB, and the input's format.
 pub fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format), Error> {
     // Straight to the full-size decoder: asking the scaled one first would only read the
@@ -22,6 +23,9 @@ pub fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format
     match sniff(input)? {
         Format::Jpeg => Ok((jpeg::decode_full(input, limits)?, Format::Jpeg)),
         Format::Jxl => Ok((decode_jxl(input, limits)?, Format::Jxl)),
+        Format::Heic => Err(Error::Unsupported(
+            "HEIC: this plugin is built without a HEIC decoder (pixbox's default plugins have one)".into(),
+        )),
         format => Ok((decode_other(input, limits, format)?, format)),
     }
 }
@@ -48,7 +52,7 @@ pub fn decode_at_least(
 /// The format, or `bad-input` for anything pixbox does not read.
 fn sniff(input: &[u8]) -> Result<Format, Error> {
     Format::sniff(input).ok_or_else(|| {
-        Error::BadInput("not an image pixbox can read (expected JPEG, PNG, WebP, GIF or JPEG XL)".into())
+        Error::BadInput("not an image pixbox can read (expected JPEG, PNG, WebP, GIF, JPEG XL or HEIC)".into())
     })
 }
 

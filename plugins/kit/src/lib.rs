@@ -40,6 +40,7 @@ mod png;
 pub mod testing;
 
 pub use codec::{DEFAULT_MAX_ANIMATION_PIXELS, DEFAULT_MAX_FRAMES, Encoded, Format, PixelLimits, eight_bit, encode};
+pub use colour::{cicp_to_srgb, to_srgb};
 pub use decode::{decode, decode_at_least};
 pub use error::Error;
 pub use image::{self, DynamicImage};

@@ -267,8 +267,8 @@ impl Options {
         let value = self.text("format").unwrap_or("same");
         Ok(match value.to_ascii_lowercase().as_str() {
             "same" if input == Format::Gif => Format::Png,
-            // Photos: JPEG XL, which pixbox does not write, is written as JPEG.
-            "same" if input == Format::Jxl => Format::Jpeg,
+            // Photos: JPEG XL and HEIC, which pixbox does not write, are written as JPEG.
+            "same" if input == Format::Jxl || input == Format::Heic => Format::Jpeg,
             "same" => input,
             "jpeg" | "jpg" => Format::Jpeg,
             "png" => Format::Png,
