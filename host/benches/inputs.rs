@@ -68,7 +68,7 @@ const INPUTS: [Input; 2] = [
         },
         decode: |input, dir| {
             let mut command = Command::new("heif-convert");
-            command.args(["-q", "85"]).arg(input).arg(dir.join("native.jpg"));
+            command.args(["-q", "85"]).arg(input).arg(dir.join("native.jpg")).stdout(std::process::Stdio::null());
             command
         },
     },
