@@ -11,6 +11,10 @@ use pixbox::imaging::Format;
 /// `scripts/make-inputs`: cups-srgb.jpg as lossy JPEG XL (`cjxl -d 1`), and djxl's decode of it.
 const JXL: &[u8] = include_bytes!("fixtures/cups.jxl");
 const JXL_BY_DJXL: &[u8] = include_bytes!("fixtures/cups.jxl.png");
+/// The same photo whose codestream says "turn 90 degrees clockwise" (orientation 6), and djxl's
+/// upright decode of it.
+const JXL_TURNED: &[u8] = include_bytes!("fixtures/cups-turned.jxl");
+const JXL_TURNED_BY_DJXL: &[u8] = include_bytes!("fixtures/cups-turned.jxl.png");
 
 /// PSNR over RGB, in dB.
 fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
@@ -22,7 +26,7 @@ fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jpeg_xl_photo_comes_out_with_the_colours_libjxl_decodes() {
+async fn a_jpeg_xl_photo_comes_out_in_the_orientation_and_colours_libjxl_gives() {
     let header = pixbox::imaging::probe(JXL).unwrap();
     assert_eq!((header.format, header.width, header.height, header.frames), (Format::Jxl, 320, 200, 1));
 
@@ -44,6 +48,20 @@ async fn a_jpeg_xl_photo_comes_out_with_the_colours_libjxl_decodes() {
     let db = psnr(&ours, &reference);
     assert!(db >= 35.0, "pixbox's decode is {db:.1} dB from djxl's");
     eprintln!("JPEG XL photo, pixbox vs djxl: {db:.1} dB");
+
+    // Its orientation applied once (the header's size is already turned; the EXIF block cjxl
+    // keeps says the same and is not applied again): upright as djxl shows it, and the same
+    // picture as the unturned file turned a quarter clockwise.
+    let turned = pixbox::imaging::probe(JXL_TURNED).unwrap();
+    assert_eq!((turned.width, turned.height), (200, 320));
+    let key = common::upload_done(&client, &base, "png/", JXL_TURNED.to_vec()).await;
+    let out = client.get(format!("{base}/download/{key}")).send().await.unwrap().bytes().await.unwrap();
+    let upright = common::decode(&out).to_rgb8();
+    assert_eq!(upright.dimensions(), (200, 320));
+    let db = psnr(&upright, &common::decode(JXL_TURNED_BY_DJXL).to_rgb8());
+    assert!(db >= 35.0, "the turned JPEG XL is {db:.1} dB from djxl's");
+    let db = psnr(&upright, &image::imageops::rotate90(&ours));
+    assert!(db >= 35.0, "the turned JPEG XL is {db:.1} dB from the photo turned a quarter clockwise");
 
     // `same`: JPEG XL is read, not written, so a photo comes out as JPEG.
     let key = common::upload_done(&client, &base, "", JXL.to_vec()).await;
