@@ -5,10 +5,13 @@
 FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
-COPY . .
 # The default plugin's C and C++ (libwebp, libheif with libde265) for the guest: the compilers
 # and libc++ for wasm32 from Debian, and libheif's and libde265's sources (scripts/c-sources).
+# Copied first, so a change elsewhere does not install them again.
+COPY scripts/c-toolchain scripts/c-sources scripts/
+COPY plugins/heif/patches plugins/heif/patches
 RUN apt-get update && scripts/c-toolchain && rm -rf /var/lib/apt/lists/*
+COPY . .
 # The crate registry and the target folder are BuildKit cache mounts: after a source change a
 # rebuild recompiles pixbox and its plugins, not the ~450 dependencies (a cold build is about
 # 16 minutes on 2 cores; see BENCHMARKS.md). The binary is copied out of the cache in the same step.

@@ -90,6 +90,9 @@ const HEIC: &[u8] = include_bytes!("fixtures/cups.heic");
 const HEIC_BY_LIBHEIF: &[u8] = include_bytes!("fixtures/cups.heic.png");
 const HEIC_TURNED: &[u8] = include_bytes!("fixtures/cups-turned.heic");
 const HEIC_TURNED_BY_LIBHEIF: &[u8] = include_bytes!("fixtures/cups-turned.heic.png");
+/// The photo as a grid of 2x2 tiles, as phones store photos, and heif-convert's decode.
+const HEIC_GRID: &[u8] = include_bytes!("fixtures/cups-grid.heic");
+const HEIC_GRID_BY_LIBHEIF: &[u8] = include_bytes!("fixtures/cups-grid.heic.png");
 
 /// HEIC (an iPhone's default) is probed at upload from its header, decoded inside the sandbox by
 /// libheif with libde265, and comes out with heif-convert's colours and orientation (`irot` applied,
@@ -132,6 +135,13 @@ async fn a_heic_photo_comes_out_in_the_orientation_and_colours_libheif_gives() {
     assert!(db >= 35.0, "the turned photo is {db:.1} dB from heif-convert's");
     let db = psnr(&upright, &image::imageops::rotate270(&ours));
     assert!(db >= 35.0, "the turned photo is {db:.1} dB from the photo turned a quarter anticlockwise");
+
+    // A grid of tiles, as phones store photos: the tiles put together as heif-convert does.
+    let key = common::upload_done(&client, &base, "png/", HEIC_GRID.to_vec()).await;
+    let grid = common::decode(&download(key).await.bytes().await.unwrap()).to_rgb8();
+    assert_eq!(grid.dimensions(), (320, 192));
+    let db = psnr(&grid, &common::decode(HEIC_GRID_BY_LIBHEIF).to_rgb8());
+    assert!(db >= 35.0, "the grid is {db:.1} dB from heif-convert's");
 
     // `same`: HEIC is read, not written, so a photo comes out as JPEG (and its key says so).
     let key = common::upload_done(&client, &base, "", HEIC.to_vec()).await;

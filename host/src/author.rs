@@ -290,6 +290,9 @@ async fn transform_one(
     // The header check runs before any plugin, exactly as for uploads.
     let header = imaging::probe(&bytes).context("not a usable image")?;
     config.limits.pixels().check(&header).context("refused by [limits] in pixbox.toml")?;
+    if let Some(refusal) = config.formats.refusal(header.format) {
+        anyhow::bail!("{}: {refusal}", job.input.display());
+    }
     let media_type = header.format.media_type();
     let (images, stats) = match renditions {
         None => {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthSettings;
-use crate::imaging::{Format, PixelLimits};
+use crate::imaging::{FormatSettings, PixelLimits};
 use crate::render::urls::TransformUrlSettings;
 use crate::render::{PresetConfig, RenderSettings};
 use crate::sandbox::{RouteConfig, SandboxSettings};
@@ -122,30 +122,6 @@ impl Default for Config {
             transform_urls: TransformUrlSettings::default(),
             webhooks: WebhookSettings::default(),
         }
-    }
-}
-
-/// Input formats an operator may turn off (`[formats]`); the others are always read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FormatSettings {
-    /// Read HEIC (HEIF with HEVC) uploads: the default plugin decodes them with libheif and
-    /// libde265. Off: refused at upload with 415 `unsupported-format`, and queued ones fail with
-    /// `unsupported` (HEVC decoding may need a patent licence in some places; see the README).
-    pub heic: bool,
-}
-
-impl Default for FormatSettings {
-    fn default() -> Self {
-        FormatSettings { heic: true }
-    }
-}
-
-impl FormatSettings {
-    /// Why an input of `format` is refused, if it is.
-    pub fn refusal(&self, format: Format) -> Option<String> {
-        (format == Format::Heic && !self.heic)
-            .then(|| "HEIC images are turned off on this server (formats.heic = false)".to_string())
     }
 }
 
@@ -347,7 +323,7 @@ fn resolve_plugin_paths(file: &mut toml::Table, dir: &Path) {
 }
 
 /// Sections whose keys are reachable as `PIXBOX_<SECTION>_<KEY>`.
-const SECTIONS: &[&str] = &["auth", "limits", "worker", "sandbox", "renders", "transform_urls", "webhooks"];
+const SECTIONS: &[&str] = &["auth", "limits", "formats", "worker", "sandbox", "renders", "transform_urls", "webhooks"];
 /// `PIXBOX_*` variables that are not settings.
 const NOT_SETTINGS: &[&str] = &["PIXBOX_CONFIG"];
 
@@ -658,6 +634,20 @@ mod tests {
         let config =
             Config::load(None, env(&[("PIXBOX_ENDPOINT_URL", "http://127.0.0.1:1")]), toml::Table::new()).unwrap();
         assert_eq!(config.endpoint_url.as_deref(), Some("http://127.0.0.1:1"));
+    }
+
+    /// Every `[section]` takes its `PIXBOX_<SECTION>_<KEY>` variables: a section missing from
+    /// SECTIONS would make them unknown variables, and pixbox would refuse to start.
+    #[test]
+    fn every_section_is_settable_from_the_environment() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (key, value) in &defaults {
+            if value.is_table() {
+                assert!(SECTIONS.contains(&key.as_str()), "[{key}] is not in SECTIONS");
+            }
+        }
+        let config = Config::load(None, env(&[("PIXBOX_FORMATS_HEIC", "false")]), toml::Table::new()).unwrap();
+        assert!(!config.formats.heic);
     }
 
     /// The annotated pixbox.toml at the repository root documents every key with its default: it

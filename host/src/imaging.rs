@@ -104,6 +104,8 @@ pub enum HeaderError {
     UnknownFormat,
     #[error("unreadable {} header: {reason}", format.media_type())]
     Unreadable { format: Format, reason: String },
+    #[error("{} is read, never written: a plugin may not return it", .0.media_type())]
+    NotAnOutput(Format),
 }
 
 impl HeaderError {
@@ -165,11 +167,16 @@ pub fn probe(bytes: &[u8]) -> Result<Header, HeaderError> {
     Ok(Header { format, width, height, frames })
 }
 
-/// [`probe`] for what a plugin returns: the input formats and AVIF (whose header the image crate
-/// cannot read without its C decoder; imagesize reads the `ispe` box).
+/// [`probe`] for what a plugin returns: the formats pixbox writes (JPEG XL and HEIC are read
+/// only: pixbox serves no such file) and AVIF (whose header the image crate cannot read without
+/// its C decoder; imagesize reads the `ispe` box).
 pub fn probe_output(bytes: &[u8]) -> Result<Header, HeaderError> {
     if !matches!(imagesize::image_type(bytes), Ok(imagesize::ImageType::Heif(imagesize::Compression::Av1))) {
-        return probe(bytes);
+        let header = probe(bytes)?;
+        return match header.format {
+            Format::Jxl | Format::Heic => Err(HeaderError::NotAnOutput(header.format)),
+            _ => Ok(header),
+        };
     }
     let (width, height) = sides(Format::Avif, bytes)?;
     Ok(Header { format: Format::Avif, width, height, frames: 1 })
@@ -232,6 +239,30 @@ fn bmff_complete(bytes: &[u8]) -> bool {
         at = next;
     }
     at == bytes.len()
+}
+
+/// Input formats an operator may turn off (`[formats]`); the others are always read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FormatSettings {
+    /// Read HEIC (HEIF with HEVC) uploads: the default plugin decodes them with libheif and
+    /// libde265. Off: refused at upload with 415 `unsupported-format`, and queued ones fail with
+    /// `unsupported` (HEVC decoding may need a patent licence in some places; see the README).
+    pub heic: bool,
+}
+
+impl Default for FormatSettings {
+    fn default() -> Self {
+        FormatSettings { heic: true }
+    }
+}
+
+impl FormatSettings {
+    /// Why an input of `format` is refused, if it is.
+    pub fn refusal(&self, format: Format) -> Option<String> {
+        (format == Format::Heic && !self.heic)
+            .then(|| "HEIC images are turned off on this server (formats.heic = false)".to_string())
+    }
 }
 
 /// Size limits checked against the header before any plugin runs (`[limits]` in pixbox.toml).
@@ -316,7 +347,24 @@ impl PixelLimits {
 
 #[cfg(test)]
 mod tests {
-    use super::{Format, Header, PixelLimits};
+    use super::{Format, Header, HeaderError, PixelLimits};
+
+    /// HEIC's size comes from its header; it is complete when its boxes reach the end of the file
+    /// exactly; a plugin may not return it (pixbox reads HEIC, never writes it).
+    #[test]
+    fn heic_is_probed_checked_for_its_end_and_never_an_output() {
+        let heic = include_bytes!("../../tests/fixtures/cups.heic");
+        let header = super::probe(heic).unwrap();
+        assert_eq!((header.format, header.width, header.height), (Format::Heic, 320, 200));
+        assert!(super::is_complete(heic, Format::Heic));
+        assert!(!super::is_complete(&heic[..heic.len() - 1], Format::Heic));
+        let mut longer = heic.to_vec();
+        longer.extend_from_slice(b"\0\0\0\x08free");
+        assert!(super::is_complete(&longer, Format::Heic));
+        longer.push(0);
+        assert!(!super::is_complete(&longer, Format::Heic));
+        assert_eq!(super::probe_output(heic), Err(HeaderError::NotAnOutput(Format::Heic)));
+    }
 
     /// The host refuses an upload from its header; the plugins' decode (the kit's, which the
     /// default plugin uses too) refuses it again before decoding. Both must draw the line at the

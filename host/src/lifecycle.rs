@@ -10,8 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::FormatSettings;
-use crate::imaging::{self, Format, Header, PixelLimits};
+use crate::imaging::{self, Format, FormatSettings, Header, PixelLimits};
 use crate::jobs::{self, Alias};
 use crate::sandbox::RouteConfig;
 use crate::storage::{BlobStore, Bucket, StoreError};

@@ -71,9 +71,16 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-changed=patches");
     println!("cargo:rerun-if-changed=vendor/.stamp");
-    if !vendor.join(".stamp").exists() {
+    println!("cargo:rerun-if-changed=vendor/.patches");
+    // scripts/c-sources keeps a copy of the patches it applied: they must be today's.
+    let mut patches: Vec<PathBuf> =
+        std::fs::read_dir(manifest.join("patches")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    patches.sort();
+    let today: Vec<u8> = patches.iter().flat_map(|patch| std::fs::read(patch).unwrap()).collect();
+    if std::fs::read(vendor.join(".patches")).ok() != Some(today) {
         panic!(
-            "{} is missing: run scripts/c-sources (it fetches libheif and libde265 from Debian and patches them)",
+            "{} is missing or was patched with other patches than patches/: run scripts/c-sources (it \
+             fetches libheif and libde265 from Debian and patches them; the host's build runs it itself)",
             vendor.display()
         );
     }
@@ -92,6 +99,9 @@ fn main() {
         .define("LIBHEIF_STATIC_BUILD", None)
         .define("HAVE_LIBDE265", "1")
         .define("HAVE_POSIX_MEMALIGN", None)
+        // Damaged data in grid tiles, alpha planes and derived images is an error too (libheif
+        // decodes those without the caller's options; see patches/libheif-sandbox.patch).
+        .define("LIBHEIF_STRICT_DECODING_DEFAULT", "true")
         // Only the header is wanted (libde265 includes <signal.h> and calls nothing in it).
         .define("_WASI_EMULATED_SIGNAL", None)
         .warnings(false);

@@ -30,7 +30,8 @@ pub use error::{ApiError, Code};
 pub use guard::{CallerKey, Guards, PerKey, Slot, client_key};
 
 use crate::auth::{Auth, Scope};
-use crate::config::{CorsOrigins, FormatSettings, UploadLimits};
+use crate::config::{CorsOrigins, UploadLimits};
+use crate::imaging::FormatSettings;
 pub use crate::jobs::key_path;
 use crate::queue::JobQueue;
 use crate::storage::BlobStore;

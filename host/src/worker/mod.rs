@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::{FormatSettings, WorkerSettings};
-use crate::imaging::{self, Header, PixelLimits};
+use crate::config::WorkerSettings;
+use crate::imaging::{self, FormatSettings, Header, PixelLimits};
 use crate::jobs::codes::{self, GAVE_UP};
 use crate::jobs::{self, Failure, Job};
 use crate::queue::{Delivery, JobQueue};

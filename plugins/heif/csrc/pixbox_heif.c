@@ -56,9 +56,11 @@ static int outcome(struct heif_error error, char *message, size_t message_len) {
   }
 }
 
-/* Reads the container (no pixels yet) and finds the primary image. `data` must outlive the
- * handle: libheif reads it in place. */
-int pixbox_heif_open(const uint8_t *data, size_t len, struct pixbox_heif **out, char *message, size_t message_len) {
+/* Reads the container (no pixels yet) and finds the primary image; images wider or taller than
+ * `max_side` are refused by libheif as it reads their sizes (tiles and grids included). `data`
+ * must outlive the handle: libheif reads it in place. */
+int pixbox_heif_open(const uint8_t *data, size_t len, uint32_t max_side, struct pixbox_heif **out, char *message,
+                     size_t message_len) {
   struct pixbox_heif *heif = calloc(1, sizeof *heif);
   if (heif == NULL) {
     return PIXBOX_HEIF_OUT_OF_MEMORY;
@@ -73,6 +75,7 @@ int pixbox_heif_open(const uint8_t *data, size_t len, struct pixbox_heif **out, 
   if (heif->context == NULL) {
     return PIXBOX_HEIF_OUT_OF_MEMORY;
   }
+  heif_context_set_maximum_image_size_limit(heif->context, max_side > INT32_MAX ? INT32_MAX : (int) max_side);
   result = outcome(heif_context_read_from_memory_without_copy(heif->context, data, len, NULL), message, message_len);
   if (result != PIXBOX_HEIF_OK) {
     return result;
@@ -152,19 +155,13 @@ int pixbox_heif_copy(const struct pixbox_heif *heif, uint8_t *out, size_t out_le
   return PIXBOX_HEIF_OK;
 }
 
-/* Frees the decoded image (so its memory is back before the caller goes on). */
-void pixbox_heif_drop_image(struct pixbox_heif *heif) {
-  if (heif->image != NULL) {
-    heif_image_release(heif->image);
-    heif->image = NULL;
-  }
-}
-
 void pixbox_heif_close(struct pixbox_heif *heif) {
   if (heif == NULL) {
     return;
   }
-  pixbox_heif_drop_image(heif);
+  if (heif->image != NULL) {
+    heif_image_release(heif->image);
+  }
   if (heif->handle != NULL) {
     heif_image_handle_release(heif->handle);
   }

@@ -50,10 +50,12 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Decodes the primary image of a HEIC/HEIF file. `allow(width, height)` sees the size in display
-/// orientation once the container is read, before any pixel is decoded; false refuses it.
-pub fn decode(input: &[u8], allow: impl FnOnce(u32, u32) -> bool) -> Result<Decoded, Error> {
-    let mut heif = Handle::open(input)?;
+/// Decodes the primary image of a HEIC/HEIF file. Any image in it (a grid's tiles included) wider
+/// or taller than `max_side` is refused while the container is read; `allow(width, height)` then
+/// sees the primary image's size in display orientation, before any pixel is decoded, and false
+/// refuses it.
+pub fn decode(input: &[u8], max_side: u32, allow: impl FnOnce(u32, u32) -> bool) -> Result<Decoded, Error> {
+    let mut heif = Handle::open(input, max_side)?;
     let (width, height, has_alpha) = heif.size();
     if !allow(width, height) {
         return Err(Error::TooLarge { width, height });
@@ -87,6 +89,7 @@ unsafe extern "C" {
     fn pixbox_heif_open(
         data: *const u8,
         len: usize,
+        max_side: u32,
         out: *mut *mut RawHeif,
         message: *mut c_char,
         message_len: usize,
@@ -116,13 +119,14 @@ struct Handle<'a> {
 
 #[allow(unsafe_code)] // Every call passes the live handle and buffers of the lengths it states.
 impl<'a> Handle<'a> {
-    fn open(input: &'a [u8]) -> Result<Handle<'a>, Error> {
+    fn open(input: &'a [u8], max_side: u32) -> Result<Handle<'a>, Error> {
         let mut raw = std::ptr::null_mut();
         let mut message = [0 as c_char; MESSAGE_LEN];
         // SAFETY: `input` outlives the handle (the lifetime says so); `raw` receives the handle
         // even on failure, and it is closed by drop.
-        let result =
-            unsafe { pixbox_heif_open(input.as_ptr(), input.len(), &mut raw, message.as_mut_ptr(), MESSAGE_LEN) };
+        let result = unsafe {
+            pixbox_heif_open(input.as_ptr(), input.len(), max_side, &mut raw, message.as_mut_ptr(), MESSAGE_LEN)
+        };
         let handle = Handle { raw, _input: std::marker::PhantomData };
         check(result, &message)?;
         Ok(handle)

@@ -8,7 +8,7 @@ use pixbox_kit::{DynamicImage, Error, PixelLimits};
 /// libheif (they win over an EXIF orientation, which is not applied again).
 pub fn decode(input: &[u8], limits: PixelLimits) -> Result<DynamicImage, Error> {
     let mut refused = None;
-    let decoded = pixbox_heif::decode(input, |width, height| match limits.check(width, height) {
+    let decoded = pixbox_heif::decode(input, limits.max_side, |width, height| match limits.check(width, height) {
         Ok(()) => true,
         Err(e) => {
             refused = Some(e);

@@ -5,7 +5,7 @@
 //! the sandboxed plugin) and inside the `resize` and `thumbnail` components.
 
 mod formats;
-mod heif;
+pub mod heif;
 mod jpeg;
 mod smart;
 

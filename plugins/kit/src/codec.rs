@@ -17,7 +17,8 @@ pub enum Format {
     /// JPEG XL: read, never written.
     Jxl,
     /// HEIC (HEIF with HEVC), as phones save photos: read, never written. The kit recognises it;
-    /// decoding it takes a decoder the kit does not carry (pixbox's default plugins have one).
+    /// decoding it takes a decoder the kit does not carry (pixbox's default plugins have one, and
+    /// a plugin can bring one through [`crate::Plugin::decode`]).
     Heic,
 }
 

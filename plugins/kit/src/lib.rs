@@ -63,6 +63,13 @@ pub trait Plugin {
     /// 8 bits per channel; `options` holds this rendition's options, already checked against
     /// [`Plugin::info`]. Called once per rendition the route asks for.
     fn transform(image: DynamicImage, options: &Options) -> Result<DynamicImage, Error>;
+
+    /// Decodes the input once for every rendition: the kit's decode layer ([`decode`]). A plugin
+    /// that carries a decoder of its own (pixbox's thumbnail plugin, for HEIC) overrides this and
+    /// hands every other format to [`decode`].
+    fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format), Error> {
+        decode(input, limits)
+    }
 }
 
 /// Exports a [`Plugin`] as the component's `info` and `transform`.
@@ -116,7 +123,7 @@ pub(crate) fn render<P: Plugin>(input: &[u8], requests: &[Vec<(String, String)>]
     {
         return render_animation::<P>(frames, &options);
     }
-    let (image, format) = decode(input, limits)?;
+    let (image, format) = P::decode(input, limits)?;
     let mut image = Some(image);
     let mut out = Vec::with_capacity(options.len());
     for (i, options) in options.iter().enumerate() {

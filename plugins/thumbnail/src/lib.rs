@@ -1,8 +1,9 @@
 //! A sample plugin written on pixbox-kit: a square, centre-cropped grayscale thumbnail. The kit
-//! checks the options, decodes (any accepted format, EXIF orientation applied) and encodes.
+//! checks the options, decodes (any accepted format, EXIF orientation applied) and encodes; HEIC,
+//! which the kit does not decode, goes to the default plugins' decoder (`Plugin::decode`).
 
 use pixbox_kit::image::imageops::FilterType;
-use pixbox_kit::{DynamicImage, Error, Info, Options, Plugin};
+use pixbox_kit::{DynamicImage, Error, Format, Info, Options, PixelLimits, Plugin};
 
 struct Thumbnail;
 
@@ -22,6 +23,13 @@ impl Plugin for Thumbnail {
         let side = size.min(image.width()).min(image.height());
         Ok(image.resize_to_fill(side, side, FilterType::Lanczos3).grayscale())
     }
+
+    fn decode(input: &[u8], limits: PixelLimits) -> Result<(DynamicImage, Format), Error> {
+        match Format::sniff(input) {
+            Some(Format::Heic) => Ok((imagekit::heif::decode(input, limits)?, Format::Heic)),
+            _ => pixbox_kit::decode(input, limits),
+        }
+    }
 }
 
 pixbox_kit::plugin!(Thumbnail);
@@ -39,8 +47,18 @@ mod tests {
             let out = run::<Thumbnail>(&sample(format, 300, 200), &[("size", "64")]).unwrap();
             assert_eq!((out.image.width(), out.image.height()), (64, 64));
             assert_eq!(out.media_type, format.media_type());
-            assert!(!out.image.color().has_color(), "{:?}", out.image.color());
+            // Gray pixels (WebP stores them as RGB, losslessly: equal channels).
+            let rgb = out.image.to_rgb8();
+            assert!(rgb.pixels().all(|p| p[0] == p[1] && p[1] == p[2]), "{format:?} came out in colour");
         }
+    }
+
+    /// HEIC through the plugin's own decoder; written as JPEG (`same`: HEIC is read, not written).
+    #[test]
+    fn a_heic_photo_becomes_a_jpeg_thumbnail() {
+        let heic = include_bytes!("../../../tests/fixtures/cups.heic");
+        let out = run::<Thumbnail>(heic, &[("size", "64")]).unwrap();
+        assert_eq!((out.image.width(), out.image.height(), out.media_type), (64, 64, "image/jpeg"));
     }
 
     #[test]
