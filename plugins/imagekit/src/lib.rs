@@ -324,9 +324,47 @@ pub fn renditions_with_placeholder(
     let image = decode_at_least(input, &limits, |w, h| {
         requests.iter().map(|o| needed(w, h, o)).fold((1, 1), |(a, b), (c, d)| (a.max(c), b.max(d)))
     })?;
-    let encoded = requests.iter().map(|options| fit_and_encode(input, &image, options)).collect::<Result<_, _>>()?;
+    let encoded = cascade(input, &image, requests)?;
     let placeholder = if placeholder { Some(self::placeholder(&image)?) } else { None };
     Ok((encoded, placeholder))
+}
+
+/// Makes every rendition of one decoded image, the largest first: a `fit` rendition is resized
+/// from the smallest `fit` rendition already made (before its encoding) that is still at least
+/// twice its size on both sides, not from the decode. A page's 256-pixel image resized from its
+/// 1024-pixel one reads a sixteenth of the pixels of a 12 MP decode, and two Lanczos3 passes with
+/// a factor of 2 or more each lose nothing visible (`a_cascade_of_fits_looks_like_direct_fits`).
+/// Other modes crop or pad around `gravity`, so they are made from the decode.
+fn cascade(input: &[u8], image: &DynamicImage, requests: &[Options]) -> Result<Vec<Encoded>, Error> {
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    let area = |o: &Options| {
+        let (w, h) = needed(image.width(), image.height(), o);
+        u64::from(w) * u64::from(h)
+    };
+    order.sort_by_key(|&i| std::cmp::Reverse(area(&requests[i])));
+    let mut made: Vec<Option<Encoded>> = requests.iter().map(|_| None).collect();
+    let mut fitted: Vec<DynamicImage> = Vec::new();
+    for i in order {
+        let options = &requests[i];
+        let out = if options.mode == Mode::Fit {
+            let (w, h) = fit(image.width(), image.height(), options);
+            let source = cascade_source(&fitted, w, h).unwrap_or(image);
+            // The size the decode gives, whatever the source: the same as without the cascade.
+            let whole = (0.0, 0.0, f64::from(source.width()), f64::from(source.height()));
+            let out = resize_region(source, whole, w, h)?;
+            fitted.push(out.clone());
+            out
+        } else {
+            fit_image(image, options)?
+        };
+        made[i] = Some(encode(out, output_format(input, options.format), options.quality)?);
+    }
+    Ok(made.into_iter().map(|e| e.expect("every rendition made")).collect())
+}
+
+/// The smallest of the `fit` renditions made so far that is at least twice `width` x `height`.
+fn cascade_source(fitted: &[DynamicImage], width: u32, height: u32) -> Option<&DynamicImage> {
+    fitted.iter().filter(|f| f.width() >= 2 * width && f.height() >= 2 * height).min_by_key(|f| f.width())
 }
 
 /// [`renditions_with_placeholder`] for an animation: frames are decoded one at a time and each is
@@ -712,7 +750,51 @@ mod tests {
     use pixbox_kit::container;
     use pixbox_kit::testing::animated_sample;
 
+    use image::DynamicImage;
+
     use super::{Options, renditions};
+
+    /// A 600-pixel and a 150-pixel fit made in one call (the 150 resized from the 600) look like
+    /// the 150 made alone from the decode: same size, and more than 40 dB apart (PSNR over RGB)
+    /// on a picture full of edges and texture, where a second resampling would show first.
+    #[test]
+    fn a_cascade_of_fits_looks_like_direct_fits() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let picture = image::RgbImage::from_fn(1200, 800, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state % 64) as u8;
+            let stripes = if (x / 7 + y / 11) % 2 == 0 { 150 } else { 40 };
+            image::Rgb([stripes + noise, (x % 256) as u8, (y % 256) as u8])
+        });
+        let mut png = Vec::new();
+        picture.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let fit = |side: &'static str| {
+            Options::parse([("width", side), ("height", side), ("format", "png")].into_iter()).unwrap()
+        };
+        let both = renditions(&png, &[fit("600"), fit("150")]).unwrap();
+        let alone = renditions(&png, &[fit("150")]).unwrap();
+        let decode = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8();
+        let (cascaded, direct) = (decode(&both[1].bytes), decode(&alone[0].bytes));
+        assert_eq!(cascaded.dimensions(), (150, 100));
+        assert_eq!(cascaded.dimensions(), direct.dimensions());
+        let squared: f64 =
+            cascaded.as_raw().iter().zip(direct.as_raw()).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
+        let db = 10.0 * (255.0f64 * 255.0 / (squared / cascaded.as_raw().len() as f64)).log10();
+        assert!(db > 40.0, "the cascaded 150 is {db:.1} dB from the direct one");
+        eprintln!("150 px from the 600 px rendition vs from the decode: {db:.1} dB");
+    }
+
+    /// The cascade takes the smallest rendition made that is twice the size or more, else none.
+    #[test]
+    fn a_cascade_starts_from_the_smallest_rendition_twice_the_size() {
+        let made = [DynamicImage::new_rgb8(2048, 1365), DynamicImage::new_rgb8(1024, 683)];
+        assert_eq!(super::cascade_source(&made, 256, 171).map(|s| s.width()), Some(1024));
+        assert_eq!(super::cascade_source(&made, 600, 400).map(|s| s.width()), Some(2048));
+        assert_eq!(super::cascade_source(&made, 1100, 733).map(|s| s.width()), None);
+        assert_eq!(super::cascade_source(&[], 10, 10).map(|s| s.width()), None);
+    }
 
     #[test]
     fn an_animation_keeps_its_frames_in_every_animated_format_and_is_a_still_in_the_others() {
