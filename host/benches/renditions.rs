@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 #[path = "support/corpus.rs"]
 mod corpus;
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
 
 use pixbox::sandbox::{Param, RenditionRequest, Sandbox, SandboxSettings};
 
@@ -136,17 +139,4 @@ fn vips(photos: &[PathBuf], size: u32, pattern: &Path) -> (Duration, Duration) {
     let text = std::fs::read_to_string(times.path()).unwrap();
     let cpu: f64 = text.split_whitespace().filter_map(|s| s.parse::<f64>().ok()).sum();
     (wall, Duration::from_secs_f64(cpu))
-}
-
-/// This process's CPU time (user + system).
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    #[allow(unsafe_code)]
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

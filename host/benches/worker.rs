@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
 use pixbox::config::Config;
 use pixbox::jobs::Job;
 use pixbox::sandbox::{Routes, Sandbox};
@@ -211,19 +215,6 @@ impl Measured {
         rounds.sort_by_key(|m| m.wall);
         rounds[rounds.len() / 2]
     }
-}
-
-/// CPU time (user + system) this process has used so far, all threads.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage only writes the struct it is given.
-    #[allow(unsafe_code)]
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn median(mut times: Vec<Duration>) -> Duration {

@@ -770,9 +770,7 @@ mod tests {
         });
         let mut png = Vec::new();
         picture.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-        let fit = |side: &'static str| {
-            Options::parse([("width", side), ("height", side), ("format", "png")].into_iter()).unwrap()
-        };
+        let fit = |side: &'static str| Options::parse([("width", side), ("height", side), ("format", "png")]).unwrap();
         let both = renditions(&png, &[fit("600"), fit("150")]).unwrap();
         let alone = renditions(&png, &[fit("150")]).unwrap();
         let decode = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8();
