@@ -16,6 +16,19 @@ const JXL_BY_DJXL: &[u8] = include_bytes!("fixtures/cups.jxl.png");
 const JXL_TURNED: &[u8] = include_bytes!("fixtures/cups-turned.jxl");
 const JXL_TURNED_BY_DJXL: &[u8] = include_bytes!("fixtures/cups-turned.jxl.png");
 
+/// A pixbox with two routes: `png/` writes a lossless PNG at the photos' own size (320 pixels),
+/// so its pixels are the decoder's; the default route writes `same`.
+async fn photo_routes(dir: &std::path::Path) -> (pixbox::server::Running, String) {
+    let mut config = common::config(dir);
+    config.routes = vec![
+        route("", "resize", &[]),
+        route("png/", "resize", &[("width", int(320)), ("height", int(320)), ("format", text("png"))]),
+    ];
+    let running = pixbox::server::start(&config).await.unwrap();
+    let base = format!("http://{}", running.addr.unwrap());
+    (running, base)
+}
+
 /// PSNR over RGB, in dB.
 fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
@@ -31,13 +44,7 @@ async fn a_jpeg_xl_photo_comes_out_in_the_orientation_and_colours_libjxl_gives()
     assert_eq!((header.format, header.width, header.height, header.frames), (Format::Jxl, 320, 200, 1));
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path());
-    config.routes = vec![
-        route("", "resize", &[]),
-        route("png/", "resize", &[("width", int(320)), ("height", int(320)), ("format", text("png"))]),
-    ];
-    let running = pixbox::server::start(&config).await.unwrap();
-    let base = format!("http://{}", running.addr.unwrap());
+    let (running, base) = photo_routes(dir.path()).await;
     let client = reqwest::Client::new();
 
     // At its own size, losslessly out: the pixels are the decoder's.
@@ -105,13 +112,7 @@ async fn a_heic_photo_comes_out_in_the_orientation_and_colours_libheif_gives() {
     assert_eq!((turned.format, turned.width, turned.height), (Format::Heic, 200, 320));
 
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path());
-    config.routes = vec![
-        route("", "resize", &[]),
-        route("png/", "resize", &[("width", int(320)), ("height", int(320)), ("format", text("png"))]),
-    ];
-    let running = pixbox::server::start(&config).await.unwrap();
-    let base = format!("http://{}", running.addr.unwrap());
+    let (running, base) = photo_routes(dir.path()).await;
     let client = reqwest::Client::new();
     let download = |key: String| {
         let client = client.clone();
