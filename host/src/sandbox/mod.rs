@@ -575,6 +575,10 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, stdio: &CapturedOutput
     if store.data().limiter.exceeded {
         return TransformError::OutOfMemory { limit_bytes: store.data().limiter.limit };
     }
+    // The plugin said why before it trapped: its input is unusable, not the plugin broken.
+    if let (Some(_), Some(reason)) = (e.downcast_ref::<Trap>(), &store.data().declared_bad_input) {
+        return TransformError::BadInput(reason.clone());
+    }
     match e.downcast_ref::<Trap>() {
         Some(trap) => {
             // A Rust panic prints "panicked at FILE:", its message, then a "note:" line to stderr

@@ -191,6 +191,20 @@ pub fn log(level: Level, message: &str) {
     eprintln!("[{level:?}] {message}");
 }
 
+/// The start of a `log` message at level `error` by which a plugin that is about to trap says the
+/// input is unusable: the host then reports the call as `bad-input` with the rest of the message
+/// as the reason, not as a crash (see `log` in the contract).
+pub const BAD_INPUT_PREFIX: &str = "bad-input: ";
+
+/// Ends the call as `bad-input` with `reason`, from code that cannot return an error: a C
+/// library's fatal error handler (libjpeg's `error_exit` must not return, and the guest has no
+/// setjmp). Tells the host why, then traps; the instance ends with the call anyway, so nothing
+/// of the failed decode outlives it.
+pub fn refuse_and_trap(reason: &str) -> ! {
+    log(Level::Error, &format!("{BAD_INPUT_PREFIX}{reason}"));
+    std::process::abort()
+}
+
 /// How important a [`log`] message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
