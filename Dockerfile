@@ -5,8 +5,9 @@
 FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
-# The default plugin's C and C++ (libwebp, libheif with libde265) for the guest: the compilers
-# and libc++ for wasm32 from Debian, and libheif's and libde265's sources (scripts/c-sources).
+# The default plugin's C and C++ (libwebp, libjpeg-turbo, libheif with libde265) for the guest:
+# the compilers and libc++ for wasm32 from Debian, and libjpeg-turbo's, libheif's and libde265's
+# sources (scripts/c-sources).
 # Copied first, so a change elsewhere does not install them again.
 COPY scripts/c-toolchain scripts/c-sources scripts/
 COPY plugins/heif/patches plugins/heif/patches

@@ -39,16 +39,18 @@ fn main() {
              clang-19 llvm-19 wasi-libc libc++-19-dev-wasm32 libc++abi-19-dev-wasm32)"
         );
     }
-    // The HEIC decoder's C++ sources (libheif, libde265) come from Debian, checked and patched by
-    // scripts/c-sources; it does nothing when they are there already.
+    // The HEIC decoder's C++ sources (libheif, libde265) and the JPEG decoder's C sources
+    // (libjpeg-turbo) come from Debian, checked and patched by scripts/c-sources; it does nothing
+    // when they are there already.
     let sources = Command::new(root.join("scripts/c-sources")).status();
     if !sources.is_ok_and(|status| status.success()) {
         panic!(
-            "scripts/c-sources could not fetch libheif and libde265 into plugins/heif/vendor (it needs curl, \
+            "scripts/c-sources could not fetch libheif, libde265 and libjpeg-turbo into plugins/*/vendor (it needs curl, \
              tar, xz, patch and deb.debian.org): run it by hand to see why"
         );
     }
     println!("cargo:rerun-if-changed={}", plugins.join("heif/vendor/.stamp").display());
+    println!("cargo:rerun-if-changed={}", plugins.join("jpeg/vendor/.stamp").display());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&plugins)

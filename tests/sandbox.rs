@@ -113,10 +113,22 @@ async fn thumbnail_plugin_gives_a_grayscale_square() {
 async fn bad_input_and_bad_options_are_typed_errors() {
     let sandbox = sandbox();
     let resize = sandbox.load("resize").await.unwrap();
-    let truncated = &jpeg(&photo(400, 300))[..600];
+    // JPEGs are decoded by libjpeg-turbo, whose errors cannot return: the plugin says why and
+    // traps, and the host reports libjpeg's reason as bad input, not a crash.
+    let whole = jpeg(&photo(400, 300));
+    let truncated = &whole[..600];
     let err = sandbox.transform(&resize, truncated, "image/jpeg", &[]).await.unwrap_err();
-    assert!(matches!(err, TransformError::BadInput(_)), "{err:?}");
+    assert!(matches!(&err, TransformError::BadInput(m) if m.contains("Premature end of JPEG file")), "{err:?}");
     assert!(err.is_permanent());
+    // Whole, but an end-of-image marker inside the compressed data (libjpeg would pad with grey).
+    let mut damaged = whole.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle..middle + 2].copy_from_slice(&[0xFF, 0xD9]);
+    let err = sandbox.transform(&resize, &damaged, "image/jpeg", &[]).await.unwrap_err();
+    assert!(matches!(&err, TransformError::BadInput(m) if m.contains("Corrupt JPEG data")), "{err:?}");
+    // The failed instance is gone with its call: the next one decodes the whole file.
+    let out = sandbox.transform(&resize, &whole, "image/jpeg", &[]).await.unwrap();
+    assert_eq!((out.header.width, out.header.height), (400, 300));
     let bomb = common::png_claiming(100_000, 100_000);
     let err = sandbox.transform(&resize, &bomb, "image/png", &[]).await.unwrap_err();
     assert!(matches!(&err, TransformError::BadInput(m) if m.contains("too large")), "{err:?}");

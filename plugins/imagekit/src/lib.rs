@@ -674,18 +674,22 @@ pub fn decode_at_least(
     options: &Options,
     need: impl Fn(u32, u32) -> (u32, u32),
 ) -> Result<DynamicImage, Error> {
-    if pixbox_kit::Format::sniff(input) == Some(pixbox_kit::Format::Heic) {
-        return heif::decode(input, options.limits());
+    match pixbox_kit::Format::sniff(input) {
+        Some(pixbox_kit::Format::Heic) => return heif::decode(input, options.limits()),
+        #[cfg(feature = "libjpeg")]
+        Some(pixbox_kit::Format::Jpeg) => {
+            if let Some(image) = jpeg::decode(input, options.limits(), &need)? {
+                return Ok(image);
+            }
+        }
+        _ => {}
     }
     Ok(pixbox_kit::decode_at_least(input, options.limits(), need)?.0)
 }
 
 /// Decodes at full size, in display orientation, 8 bits per channel, in sRGB (the kit's decode).
 pub fn decode(input: &[u8], options: &Options) -> Result<DynamicImage, Error> {
-    if pixbox_kit::Format::sniff(input) == Some(pixbox_kit::Format::Heic) {
-        return heif::decode(input, options.limits());
-    }
-    Ok(pixbox_kit::decode(input, options.limits())?.0)
+    decode_at_least(input, options, |w, h| (w, h))
 }
 
 /// The formats pixbox accepts, recognised from their magic bytes (never from names or headers).
