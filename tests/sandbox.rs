@@ -129,12 +129,69 @@ async fn bad_input_and_bad_options_are_typed_errors() {
     // The failed instance is gone with its call: the next one decodes the whole file.
     let out = sandbox.transform(&resize, &whole, "image/jpeg", &[]).await.unwrap();
     assert_eq!((out.header.width, out.header.height), (400, 300));
+    // Only the end marker missing: libjpeg reads ahead for bits the file does not need, and that
+    // alone is no damage.
+    let out = sandbox.transform(&resize, &whole[..whole.len() - 2], "image/jpeg", &[]).await.unwrap();
+    assert_eq!((out.header.width, out.header.height), (400, 300));
+    // A legal JPEG the decoder does not do (lossless: its frame marker says SOF3) is unsupported.
+    let mut lossless = whole.clone();
+    let sof = lossless.windows(2).position(|w| w == [0xFF, 0xC0]).expect("a baseline frame header");
+    lossless[sof + 1] = 0xC3;
+    let err = sandbox.transform(&resize, &lossless, "image/jpeg", &[]).await.unwrap_err();
+    assert!(matches!(&err, TransformError::Unsupported(m) if m.contains("SOF type 0xc3")), "{err:?}");
     let bomb = common::png_claiming(100_000, 100_000);
     let err = sandbox.transform(&resize, &bomb, "image/png", &[]).await.unwrap_err();
     assert!(matches!(&err, TransformError::BadInput(m) if m.contains("too large")), "{err:?}");
     let err =
         sandbox.transform(&resize, &png(&photo(8, 8)), "image/png", &params(&[("colour", "red")])).await.unwrap_err();
     assert!(matches!(&err, TransformError::Unsupported(m) if m.contains("colour")), "{err:?}");
+}
+
+/// A progressive JPEG of one 8x8 grey block whose every AC band gets a first scan and nine
+/// refinement scans (1 + 10 x `bands` scans, all legal, each carrying one Huffman code).
+fn progressive_with_scans(bands: u8) -> Vec<u8> {
+    let segment = |marker: u8, body: &[u8]| {
+        let mut s = vec![0xFF, marker];
+        s.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+        s.extend_from_slice(body);
+        s
+    };
+    let mut jpeg = vec![0xFF, 0xD8];
+    jpeg.extend(segment(0xDB, &[[0u8].as_slice(), &[1; 64]].concat()));
+    jpeg.extend(segment(0xC2, &[8, 0, 8, 0, 8, 1, 1, 0x11, 0]));
+    // One symbol (0: a DC difference of 0, an end of band) coded as the single bit 0.
+    let one_code = |class: u8| [[class].as_slice(), &[1], &[0; 15], &[0]].concat();
+    jpeg.extend(segment(0xC4, &one_code(0x00)));
+    jpeg.extend(segment(0xC4, &one_code(0x10)));
+    let mut scan = |ss: u8, se: u8, ah: u8, al: u8| {
+        jpeg.extend(segment(0xDA, &[1, 1, 0x00, ss, se, ah << 4 | al]));
+        jpeg.push(0x7F); // the code 0, padded with ones
+    };
+    scan(0, 0, 0, 0);
+    for band in 1..=bands {
+        scan(band, band, 0, 9);
+        for al in (0..9).rev() {
+            scan(band, band, al + 1, al);
+        }
+    }
+    jpeg.extend([0xFF, 0xD9]);
+    jpeg
+}
+
+/// Every scan of a progressive JPEG walks the whole image: a file of more than 500 scans is
+/// refused at the 501st, as libjpeg-turbo's own API does, before it can spend the time budget.
+#[tokio::test]
+async fn progressive_jpegs_are_limited_to_500_scans() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    // 391 scans: decoded.
+    let out = sandbox.transform(&resize, &progressive_with_scans(39), "image/jpeg", &[]).await.unwrap();
+    assert_eq!((out.header.width, out.header.height), (8, 8));
+    // 631 scans: refused, at once.
+    let started = std::time::Instant::now();
+    let err = sandbox.transform(&resize, &progressive_with_scans(63), "image/jpeg", &[]).await.unwrap_err();
+    assert!(matches!(&err, TransformError::BadInput(m) if m.contains("more than 500 scans")), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -149,14 +149,24 @@ pub struct HostState {
     log_time: std::time::Duration,
     /// `log` messages dropped past [`LOG_CALLS_PER_CALL`] or the host time allowed for logging.
     pub logs_dropped: u32,
-    /// The reason of the first `error` message starting with [`BAD_INPUT_PREFIX`]: a plugin that
-    /// is about to trap says the input is unusable (see `classify`).
-    pub declared_bad_input: Option<String>,
+    /// How the plugin said the call failed, from the first `error` message starting with
+    /// [`BAD_INPUT_PREFIX`] or [`UNSUPPORTED_PREFIX`]: it is about to trap (see `classify`).
+    pub declared: Option<Declared>,
 }
 
 /// How a plugin that cannot return an error (a C library's fatal error handler) says, before it
 /// traps, that the input is unusable: a `log` message at level `error` starting with this.
 pub const BAD_INPUT_PREFIX: &str = "bad-input: ";
+/// The same, for a legal input the plugin does not support (a JPEG feature its decoder lacks).
+pub const UNSUPPORTED_PREFIX: &str = "unsupported: ";
+
+/// A failure a plugin declared in a log message before trapping; the reason is bounded and
+/// escaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Declared {
+    BadInput(String),
+    Unsupported(String),
+}
 
 impl HostState {
     pub fn new(plugin: Arc<str>, memory_limit: usize, stdio: CapturedOutput) -> Self {
@@ -182,7 +192,7 @@ impl HostState {
             log_calls: 0,
             log_time: Default::default(),
             logs_dropped: 0,
-            declared_bad_input: None,
+            declared: None,
         }
     }
 
@@ -192,12 +202,17 @@ impl HostState {
     /// it busy, nor forge log lines.
     fn log(&mut self, level: Level, message: BoundedText<LOG_MESSAGE_BYTES>) {
         self.log_calls += 1;
-        // Kept even past the log limits: it decides how the call's trap is reported.
-        if matches!(level, Level::Error)
-            && self.declared_bad_input.is_none()
-            && let Some(reason) = message.text.strip_prefix(BAD_INPUT_PREFIX)
-        {
-            self.declared_bad_input = Some(escape(reason, ERROR_MESSAGE_BYTES));
+        // Kept even past the log limits: it decides how the call's trap is reported. Logged at
+        // info, not error: anyone can upload a damaged file, and the job's failure says it.
+        let mut level = level;
+        if matches!(level, Level::Error) && self.declared.is_none() {
+            let reason = |prefix| message.text.strip_prefix(prefix).map(|r| escape(r, ERROR_MESSAGE_BYTES));
+            self.declared = reason(BAD_INPUT_PREFIX)
+                .map(Declared::BadInput)
+                .or_else(|| reason(UNSUPPORTED_PREFIX).map(Declared::Unsupported));
+            if self.declared.is_some() {
+                level = Level::Info;
+            }
         }
         if self.log_calls > LOG_CALLS_PER_CALL || self.log_time > LOG_TIME_PER_CALL {
             self.logs_dropped += 1;

@@ -576,8 +576,11 @@ fn classify(e: wasmtime::Error, store: &Store<HostState>, stdio: &CapturedOutput
         return TransformError::OutOfMemory { limit_bytes: store.data().limiter.limit };
     }
     // The plugin said why before it trapped: its input is unusable, not the plugin broken.
-    if let (Some(_), Some(reason)) = (e.downcast_ref::<Trap>(), &store.data().declared_bad_input) {
-        return TransformError::BadInput(reason.clone());
+    if let (Some(_), Some(declared)) = (e.downcast_ref::<Trap>(), &store.data().declared) {
+        return match declared {
+            bindings::Declared::BadInput(reason) => TransformError::BadInput(reason.clone()),
+            bindings::Declared::Unsupported(reason) => TransformError::Unsupported(reason.clone()),
+        };
     }
     match e.downcast_ref::<Trap>() {
         Some(trap) => {

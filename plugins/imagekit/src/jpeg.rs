@@ -22,8 +22,9 @@ const SCALES: [u32; 5] = [1, 2, 4, 5, 6];
 /// covers `need(width, height)` x [`MARGIN`] on both axes (`need` maps the oriented full size to
 /// the smallest oriented size the caller needs; identity for a full-size decode). Returns the
 /// image in display orientation and sRGB, or `None` for CMYK files, which the kit's decoder
-/// takes. Damaged data ends the call as `bad-input` with libjpeg's reason
-/// ([`pixbox_kit::refuse_and_trap`]): libjpeg cannot return from its errors.
+/// takes. Damaged data ends the call as `bad-input` with libjpeg's reason, a JPEG feature it lacks
+/// as `unsupported` ([`pixbox_kit::end_call`]): libjpeg cannot return from its errors. (Built
+/// natively, for benchmarks, such an error aborts the process.)
 #[cfg(feature = "libjpeg")]
 pub fn decode(
     input: &[u8],
@@ -32,10 +33,13 @@ pub fn decode(
 ) -> Result<Option<DynamicImage>, Error> {
     use image::metadata::Orientation;
     use image::{GrayImage, RgbImage};
-    use pixbox_jpeg::{ColorSpace, Decoder};
+    use pixbox_jpeg::{ColorSpace, Decoder, Failure};
 
-    let mut decoder =
-        Decoder::new(input, |reason| pixbox_kit::refuse_and_trap(&format!("cannot decode image: {reason}")));
+    let mut decoder = Decoder::new(input, |failure, reason| match failure {
+        Failure::BadInput => pixbox_kit::end_call(&Error::BadInput(format!("cannot decode image: {reason}"))),
+        Failure::Unsupported => pixbox_kit::end_call(&Error::Unsupported(format!("unsupported JPEG: {reason}"))),
+        Failure::Internal => pixbox_kit::end_call(&Error::Internal(format!("libjpeg: {reason}"))),
+    });
     let header = decoder.header();
     limits.check(header.width, header.height)?;
     let gray = match header.color_space {

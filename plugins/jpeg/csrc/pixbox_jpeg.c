@@ -3,10 +3,11 @@
  *
  * libjpeg reports a fatal error by calling error_exit, which must not return; the library's
  * usual answer is setjmp/longjmp. pixbox needs none: a plugin instance lives for one call, so
- * error_exit hands the message to pixbox_jpeg_fatal (Rust), which tells the host why the input is
- * unusable and traps. Warnings about damaged data (a truncated file, a bad Huffman code) are fatal
- * too: libjpeg would pad the picture with grey and carry on, and a damaged image must be refused,
- * not stored. */
+ * error_exit hands the message, classed, to pixbox_jpeg_fatal (Rust), which calls the caller's
+ * handler: in a plugin it tells the host why and traps. (Built natively, for benchmarks, the
+ * handler cannot unwind through C: the process aborts.) Warnings about damaged data (a truncated
+ * file, a bad Huffman code) are fatal too: libjpeg would pad the picture with grey and carry on,
+ * and a damaged image must be refused, not stored. */
 
 #include <stddef.h>
 #include <stdint.h>
@@ -16,46 +17,107 @@
 #include "jpeglib.h"
 #include "jerror.h"
 
-/* Never returns (Rust: records the reason, then traps or panics). */
-extern void pixbox_jpeg_fatal(const char *message) __attribute__((noreturn));
+/* How a failure is reported: the input is damaged, it uses a JPEG feature this build lacks, or
+ * pixbox called libjpeg wrongly (a bug, not the input's fault). */
+enum { PIXBOX_BAD_INPUT = 0, PIXBOX_UNSUPPORTED = 1, PIXBOX_INTERNAL = 2 };
+
+/* Never returns: calls `handler` (a Rust fn pointer) with the class and the message. */
+extern void pixbox_jpeg_fatal(void *handler, int kind, const char *message) __attribute__((noreturn));
+
+/* The most scans a file may have: a small progressive file can hold thousands of scans, each of
+ * which walks every block of the image (libjpeg-turbo's own limit for its TurboJPEG API). */
+#define MAX_SCANS 500
 
 typedef struct {
-  struct jpeg_decompress_struct cinfo;
+  struct jpeg_decompress_struct cinfo; /* first: error callbacks get its address */
   struct jpeg_error_mgr err;
+  struct jpeg_progress_mgr progress;
+  int decoding; /* scan data is being read (set by pixbox_jpeg_start) */
 } pixbox_jpeg;
+
+static int kind_of(int code) {
+  switch (code) {
+  case JERR_SOF_UNSUPPORTED: /* lossless, hierarchical */
+  case JERR_BAD_PRECISION:   /* 12- and 16-bit samples */
+  case JERR_NOT_COMPILED:
+  case JERR_NOTIMPL:
+  case JERR_CCIR601_NOTIMPL:
+    return PIXBOX_UNSUPPORTED;
+  case JERR_BAD_STATE:
+  case JERR_BAD_BUFFER_MODE:
+  case JERR_BAD_STRUCT_SIZE:
+  case JERR_BAD_LIB_VERSION:
+  case JERR_BAD_ALLOC_CHUNK:
+  case JERR_BAD_POOL_ID:
+  case JERR_CONVERSION_NOTIMPL:
+  case JERR_OUT_OF_MEMORY: /* the host sees its memory cap first when that is the cause */
+  case JERR_VIRTUAL_BUG:
+    return PIXBOX_INTERNAL;
+  default:
+    return PIXBOX_BAD_INPUT;
+  }
+}
 
 static void fail(j_common_ptr cinfo) {
   char message[JMSG_LENGTH_MAX];
   (*cinfo->err->format_message)(cinfo, message);
-  pixbox_jpeg_fatal(message);
+  pixbox_jpeg_fatal(cinfo->client_data, kind_of(cinfo->err->msg_code), message);
 }
 
 static void warn(j_common_ptr cinfo, int level) {
   if (level >= 0) return; /* trace messages */
+  pixbox_jpeg *d = (pixbox_jpeg *)cinfo;
   switch (cinfo->err->msg_code) {
-  /* Harmless: stray bytes before a marker are skipped, an odd JFIF version or Adobe transform
-   * code is read as usual, a bad ICC marker only loses the profile. */
-  case JWRN_EXTRANEOUS_DATA:
+  /* Harmless: an odd JFIF version or Adobe transform code is read as usual, a bad ICC marker
+   * only loses the profile, and some baseline encoders write zeros where a sequential scan's
+   * spectral parameters go. */
   case JWRN_JFIF_MAJOR:
   case JWRN_ADOBE_XFORM:
   case JWRN_BOGUS_ICC:
+  case JWRN_NOT_SEQUENTIAL:
     return;
+  case JWRN_EXTRANEOUS_DATA:
+    /* Stray bytes between segments are skipped; before a restart marker they mean the decoder
+     * lost its place in the interval, whose rest it would show as garbage. */
+    if (cinfo->err->msg_parm.i[1] >= 0xD0 && cinfo->err->msg_parm.i[1] <= 0xD7) break;
+    return;
+  case JWRN_JPEG_EOF:
+    /* The file ends without its end marker. In the one scan of a sequential file libjpeg reads
+     * ahead for bits it may not need: if it needed them, it says "premature end of data
+     * segment" next, which is fatal. Anywhere else (a header, a progressive file's or a
+     * component's missing scans) the rest of the picture is missing. */
+    if (d->decoding && !d->cinfo.progressive_mode && d->cinfo.comps_in_scan == d->cinfo.num_components) return;
+    break;
   default:
-    fail(cinfo);
+    break;
   }
+  fail(cinfo);
 }
 
 static void quiet(j_common_ptr cinfo) { (void)cinfo; }
 
-/* Reads the header of the `len` bytes at `data`, which must outlive the decoder. */
-pixbox_jpeg *pixbox_jpeg_open(const uint8_t *data, size_t len) {
+static void count_scans(j_common_ptr cinfo) {
+  j_decompress_ptr d = (j_decompress_ptr)cinfo;
+  if (d->input_scan_number > MAX_SCANS) {
+    char message[64];
+    snprintf(message, sizeof message, "the JPEG has more than %d scans", MAX_SCANS);
+    pixbox_jpeg_fatal(cinfo->client_data, PIXBOX_BAD_INPUT, message);
+  }
+}
+
+/* Reads the header of the `len` bytes at `data`, which must outlive the decoder; failures go to
+ * `handler` through pixbox_jpeg_fatal. */
+pixbox_jpeg *pixbox_jpeg_open(const uint8_t *data, size_t len, void *handler) {
   pixbox_jpeg *d = calloc(1, sizeof(pixbox_jpeg));
-  if (!d) pixbox_jpeg_fatal("out of memory");
+  if (!d) pixbox_jpeg_fatal(handler, PIXBOX_INTERNAL, "out of memory");
   d->cinfo.err = jpeg_std_error(&d->err);
   d->err.error_exit = fail;
   d->err.emit_message = warn;
   d->err.output_message = quiet;
+  d->cinfo.client_data = handler; /* kept by jpeg_create_decompress */
   jpeg_create_decompress(&d->cinfo);
+  d->progress.progress_monitor = count_scans;
+  d->cinfo.progress = &d->progress;
   jpeg_mem_src(&d->cinfo, data, (unsigned long)len);
   jpeg_save_markers(&d->cinfo, JPEG_APP0 + 1, 0xFFFF); /* EXIF, for the orientation */
   jpeg_save_markers(&d->cinfo, JPEG_APP0 + 2, 0xFFFF); /* ICC profile chunks */
@@ -105,6 +167,7 @@ void pixbox_jpeg_start(pixbox_jpeg *d, unsigned eighths, int gray, uint32_t *wid
   d->cinfo.scale_denom = 8;
   d->cinfo.out_color_space = gray ? JCS_GRAYSCALE : JCS_RGB;
   d->cinfo.dct_method = JDCT_ISLOW;
+  d->decoding = 1;
   jpeg_start_decompress(&d->cinfo);
   *width = d->cinfo.output_width;
   *height = d->cinfo.output_height;
@@ -122,4 +185,3 @@ void pixbox_jpeg_close(pixbox_jpeg *d) {
   jpeg_destroy_decompress(&d->cinfo);
   free(d);
 }
-

@@ -4,15 +4,15 @@
 //! pure-Rust one the plugins use; BENCHMARKS.md.)
 //!
 //! A fatal libjpeg error (and a warning about damaged data) does not return: the C side calls the
-//! `fatal` function the caller gives [`Decoder::new`], which must not return either (in a plugin
-//! it tells the host why the input is unusable, then traps; the instance ends with the call).
+//! [`Fatal`] function the caller gives [`Decoder::new`] with the [`Failure`]'s class, and that
+//! must not return either (in a plugin it tells the host why, then traps; the instance ends with
+//! the call anyway).
 
 // The libjpeg calls are FFI; each says why it is sound.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicPtr, Ordering};
 
 #[repr(C)]
 struct Raw {
@@ -20,7 +20,7 @@ struct Raw {
 }
 
 unsafe extern "C" {
-    fn pixbox_jpeg_open(data: *const u8, len: usize) -> *mut Raw;
+    fn pixbox_jpeg_open(data: *const u8, len: usize, handler: *mut c_void) -> *mut Raw;
     fn pixbox_jpeg_info(
         d: *const Raw,
         width: *mut u32,
@@ -37,21 +37,35 @@ unsafe extern "C" {
     fn pixbox_jpeg_close(d: *mut Raw);
 }
 
-/// Where libjpeg's fatal errors go: set by [`Decoder::new`] before any libjpeg call.
-static FATAL: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+/// Why libjpeg gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The data is damaged or truncated.
+    BadInput,
+    /// A legal JPEG this build does not decode (lossless, 12-bit samples).
+    Unsupported,
+    /// libjpeg was called wrongly or ran out of memory: not the input's fault.
+    Internal,
+}
 
-/// Called by the C shim with libjpeg's message; never returns.
+/// What a decoder does when libjpeg gives up; called from C, so it must not return (and, built
+/// natively, cannot unwind: a panic there aborts the process).
+pub type Fatal = fn(Failure, &str) -> !;
+
+/// Called by the C shim with the handler given to [`Decoder::new`], the class and libjpeg's
+/// message; never returns.
 #[unsafe(no_mangle)]
-extern "C" fn pixbox_jpeg_fatal(message: *const c_char) -> ! {
+extern "C" fn pixbox_jpeg_fatal(handler: *mut c_void, kind: c_int, message: *const c_char) -> ! {
     // SAFETY: the shim passes a NUL-terminated buffer of libjpeg's message (JMSG_LENGTH_MAX).
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
-    let handler = FATAL.load(Ordering::SeqCst);
-    if handler.is_null() {
-        std::process::abort();
-    }
-    // SAFETY: only `Decoder::new` stores here, and it stores a `fn(&str) -> !`.
-    let handler: fn(&str) -> ! = unsafe { std::mem::transmute::<*mut (), fn(&str) -> !>(handler) };
-    handler(&text)
+    let kind = match kind {
+        0 => Failure::BadInput,
+        1 => Failure::Unsupported,
+        _ => Failure::Internal,
+    };
+    // SAFETY: the shim passes back the `client_data` `Decoder::new` set: a `Fatal` fn pointer.
+    let handler = unsafe { std::mem::transmute::<*mut c_void, Fatal>(handler) };
+    handler(kind, &text)
 }
 
 /// The colour model of a JPEG's components, as stored.
@@ -81,13 +95,13 @@ pub struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
-    /// Reads the header of `input`. A damaged or unsupported header calls `fatal` with libjpeg's
-    /// message; `fatal` must not return (it is called from C).
-    pub fn new(input: &'a [u8], fatal: fn(&str) -> !) -> Self {
-        FATAL.store(fatal as *mut (), Ordering::SeqCst);
-        // SAFETY: `input` outlives the decoder (the lifetime says so); errors leave through
-        // `fatal`, never back into the caller with a half-built decoder.
-        let raw = unsafe { pixbox_jpeg_open(input.as_ptr(), input.len()) };
+    /// Reads the header of `input`. A damaged or unsupported header, and any later failure of
+    /// this decoder, calls `fatal` with libjpeg's message.
+    pub fn new(input: &'a [u8], fatal: Fatal) -> Self {
+        // SAFETY: `input` outlives the decoder (the lifetime says so); the handler travels in
+        // libjpeg's `client_data`; errors leave through it, never back into the caller with a
+        // half-built decoder.
+        let raw = unsafe { pixbox_jpeg_open(input.as_ptr(), input.len(), fatal as *mut c_void) };
         Decoder { raw, input: PhantomData }
     }
 
@@ -144,7 +158,12 @@ impl<'a> Decoder<'a> {
         unsafe { pixbox_jpeg_start(self.raw, eighths, c_int::from(gray), &mut width, &mut height) };
         let channels = if gray { 1 } else { 3 };
         let stride = width as usize * channels;
-        let mut pixels = vec![0; stride * height as usize];
+        // 32-bit in the guest: a size past 4 GiB (only with pixel limits raised far past the
+        // defaults) must not wrap into a short buffer libjpeg then writes past.
+        let Some(len) = stride.checked_mul(height as usize) else {
+            panic!("a {width}x{height} decode does not fit this machine's address space");
+        };
+        let mut pixels = vec![0; len];
         // SAFETY: `pixels` holds `height` rows of `stride` bytes, the size libjpeg said it makes.
         unsafe { pixbox_jpeg_read(self.raw, pixels.as_mut_ptr(), stride) };
         (width, height, pixels)

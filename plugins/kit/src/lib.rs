@@ -191,17 +191,23 @@ pub fn log(level: Level, message: &str) {
     eprintln!("[{level:?}] {message}");
 }
 
-/// The start of a `log` message at level `error` by which a plugin that is about to trap says the
-/// input is unusable: the host then reports the call as `bad-input` with the rest of the message
-/// as the reason, not as a crash (see `log` in the contract).
+/// The starts of a `log` message at level `error` by which a plugin that is about to trap says
+/// how the call failed: the host then reports it as `bad-input` or `unsupported` with the rest of
+/// the message as the reason, not as a crash (see `log` in the contract).
 pub const BAD_INPUT_PREFIX: &str = "bad-input: ";
+pub const UNSUPPORTED_PREFIX: &str = "unsupported: ";
 
-/// Ends the call as `bad-input` with `reason`, from code that cannot return an error: a C
-/// library's fatal error handler (libjpeg's `error_exit` must not return, and the guest has no
-/// setjmp). Tells the host why, then traps; the instance ends with the call anyway, so nothing
-/// of the failed decode outlives it.
-pub fn refuse_and_trap(reason: &str) -> ! {
-    log(Level::Error, &format!("{BAD_INPUT_PREFIX}{reason}"));
+/// Ends the call with `error`, from code that cannot return one: a C library's fatal error handler
+/// (libjpeg's `error_exit` must not return, and the guest has no setjmp). For `BadInput` and
+/// `Unsupported` it tells the host so in a log message ([`BAD_INPUT_PREFIX`]), then traps; an
+/// `Internal` error traps with its message, a crash pixbox may retry. The instance ends with the
+/// call anyway, so nothing of the failed work outlives it.
+pub fn end_call(error: &Error) -> ! {
+    match error {
+        Error::BadInput(reason) => log(Level::Error, &format!("{BAD_INPUT_PREFIX}{reason}")),
+        Error::Unsupported(reason) => log(Level::Error, &format!("{UNSUPPORTED_PREFIX}{reason}")),
+        Error::Internal(reason) => log(Level::Error, reason),
+    }
     std::process::abort()
 }
 
