@@ -430,11 +430,13 @@ async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
         store.put(Bucket::Temp, key, common::png(&common::photo(64, 48)).into(), &meta).await.unwrap();
         queue.send_batch(&[jobs::Job::new(key).to_body()]).await.unwrap();
     }
-    // Three callers outside the worker keep the one slot taken, each call for a whole budget:
-    // a worker call waits behind them for more than a budget.
+    // Callers outside the worker keep the one slot taken, each call for a whole budget. Each
+    // waits a budget at most too, then asks again, so a queue of three sometimes thinned out and
+    // let every worker call in within a budget (two CI runs of many): with eight, some caller
+    // that queued before a worker call is always still waiting when the slot frees.
     let hog = sandbox.load(common::built_plugin("misbehave").to_str().unwrap()).await.unwrap();
     let hogging = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let hogs: Vec<_> = (0..3)
+    let hogs: Vec<_> = (0..8)
         .map(|_| {
             let (sandbox, hog, hogging) = (sandbox.clone(), hog.clone(), hogging.clone());
             tokio::spawn(async move {
@@ -458,7 +460,8 @@ async fn a_busy_pool_never_uses_up_a_jobs_attempts() {
     });
     let stop = tokio_util::sync::CancellationToken::new();
     let mut requeued = 0;
-    for _ in 0..40 {
+    // Bounded: the hogs stop within 20 budgets, and their calls already waiting end within 8 more.
+    for _ in 0..100 {
         requeued += worker.tick(1, &stop).await.retried;
         if requeued > 0 {
             hogging.store(false, std::sync::atomic::Ordering::Relaxed);
