@@ -1,44 +1,17 @@
-//! Compiles libjpeg-turbo's decoder (scalar C, no SIMD, 8-bit samples) with a small C shim
-//! (csrc/pixbox_jpeg.c) into one static library, for the guest and natively alike. The sources
-//! are Debian 12's, fetched by scripts/c-sources into vendor/; the headers CMake would generate
-//! are written here from their templates.
+//! Compiles libjpeg-turbo's decoder (scalar C, 8-bit samples, colour conversion in simd128)
+//! with a small C shim (csrc/pixbox_jpeg.c) into one static library, for the guest and natively
+//! alike. The sources are Debian 12's, fetched and patched by scripts/c-sources into vendor/; the
+//! headers CMake would generate are written here from their templates.
 
 use std::path::{Path, PathBuf};
 
 /// libjpeg's decompression side (what `jpeg-static` holds, minus compression), arithmetic
-/// decoding included, and the SIMD dispatcher's "no SIMD" stub: the guest has none of the x86 or
-/// Arm code libjpeg-turbo's SIMD is written in.
+/// decoding included. The SIMD dispatcher is csrc/pixbox_simd.c (jsimd_none.c and a simd128
+/// colour conversion): the guest has none of the x86 or Arm code libjpeg-turbo's SIMD is in.
 const SOURCES: &[&str] = &[
-    "jaricom",
-    "jcomapi",
-    "jdapimin",
-    "jdapistd",
-    "jdarith",
-    "jdatasrc",
-    "jdcoefct",
-    "jdcolor",
-    "jddctmgr",
-    "jdhuff",
-    "jdicc",
-    "jdinput",
-    "jdmainct",
-    "jdmarker",
-    "jdmaster",
-    "jdmerge",
-    "jdphuff",
-    "jdpostct",
-    "jdsample",
-    "jerror",
-    "jidctflt",
-    "jidctfst",
-    "jidctint",
-    "jidctred",
-    "jmemmgr",
-    "jmemnobs",
-    "jquant1",
-    "jquant2",
-    "jutils",
-    "jsimd_none",
+    "jaricom", "jcomapi", "jdapimin", "jdapistd", "jdarith", "jdatasrc", "jdcoefct", "jdcolor", "jddctmgr", "jdhuff",
+    "jdicc", "jdinput", "jdmainct", "jdmarker", "jdmaster", "jdmerge", "jdphuff", "jdpostct", "jdsample", "jerror",
+    "jidctflt", "jidctfst", "jidctint", "jidctred", "jmemmgr", "jmemnobs", "jquant1", "jquant2", "jutils",
 ];
 
 /// Values for the `@NAME@` placeholders and `#cmakedefine`s of the header templates.
@@ -68,11 +41,18 @@ fn main() {
     let src = manifest.join("vendor/libjpeg-turbo");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
     println!("cargo:rerun-if-changed=csrc");
+    println!("cargo:rerun-if-changed=patches");
     println!("cargo:rerun-if-changed=vendor/.stamp");
-    if !src.join("jpeglib.h").exists() {
+    println!("cargo:rerun-if-changed=vendor/.patches");
+    // scripts/c-sources keeps a copy of the patches it applied: they must be today's.
+    let mut patches: Vec<PathBuf> =
+        std::fs::read_dir(manifest.join("patches")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    patches.sort();
+    let today: Vec<u8> = patches.iter().flat_map(|patch| std::fs::read(patch).unwrap()).collect();
+    if !src.join("jpeglib.h").exists() || std::fs::read(manifest.join("vendor/.patches")).ok() != Some(today) {
         panic!(
-            "{} is missing: run scripts/c-sources (it fetches libjpeg-turbo from Debian; the host's build runs it \
-             itself)",
+            "{} is missing or was patched with other patches than patches/: run scripts/c-sources (it fetches \
+             libjpeg-turbo from Debian and patches it; the host's build runs it itself)",
             src.display()
         );
     }
@@ -89,7 +69,7 @@ fn main() {
     for name in SOURCES {
         c.file(src.join(format!("{name}.c")));
     }
-    c.file(manifest.join("csrc/pixbox_jpeg.c"));
+    c.file(manifest.join("csrc/pixbox_jpeg.c")).file(manifest.join("csrc/pixbox_simd.c"));
     c.compile("pixbox_jpeg");
 }
 
