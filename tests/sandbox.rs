@@ -49,6 +49,24 @@ async fn resize_fits_the_box_and_keeps_the_aspect_ratio() {
     assert_eq!((out.header.width, out.header.height), (50, 40));
 }
 
+/// In the sandbox the JPEG decoder's colour conversion and the encoder's run in WebAssembly
+/// SIMD; built natively the same code runs them one pixel at a time with libjpeg's and
+/// jpeg-encoder's own arithmetic. Both must write the same bytes: the SIMD paths are exact.
+#[tokio::test]
+async fn the_sandboxed_plugin_writes_the_bytes_the_same_code_writes_natively() {
+    let sandbox = sandbox();
+    let resize = sandbox.load("resize").await.unwrap();
+    // An odd width (a partial run of 16 pixels and a lone last chroma sample); decoded at full
+    // size (700 px), at 4/8 (200 px); chroma halved below quality 90, kept at 95.
+    let input = jpeg(&photo(1001, 667));
+    for (width, quality) in [("700", "85"), ("200", "85"), ("700", "95")] {
+        let pairs = [("width", width), ("height", width), ("quality", quality)];
+        let sandboxed = sandbox.transform(&resize, &input, "image/jpeg", &params(&pairs)).await.unwrap();
+        let native = imagekit::resize(&input, &imagekit::Options::parse(pairs).unwrap()).unwrap();
+        assert!(sandboxed.bytes == native.bytes, "width {width}, quality {quality}: the outputs differ");
+    }
+}
+
 /// Phones make panoramas of 12 000 px and more on the long side: far under the pixel limit, so
 /// taken by the upload check and the plugin alike.
 #[tokio::test]

@@ -8,6 +8,7 @@ mod formats;
 pub mod heif;
 mod jpeg;
 mod smart;
+mod ycbcr;
 
 pub use smart::focus as smart_focus;
 
