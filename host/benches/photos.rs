@@ -8,8 +8,8 @@
 //! - the same `imagekit` code built natively (the sandbox tax is the ratio of the two);
 //! - `vipsthumbnail` with `VIPS_CONCURRENCY=1`, one process per photo, and once more with all the
 //!   photos of a format in one process (no start-up cost: the stricter comparison);
-//! - with `PIXBOX_BENCH_KEEP_RESIDENT_MIB=32`, the sandbox keeps that much of each slot's memory
-//!   mapped between calls (`sandbox.keep_resident_mib`);
+//! - with `PIXBOX_BENCH_KEEP_RESIDENT_MIB=N`, the sandbox keeps N MiB of each slot's memory
+//!   mapped between calls instead of the default 32 (`sandbox.keep_resident_mib`; 0: none);
 //! - optionally the plugin of another build (`PIXBOX_BASELINE_PLUGIN=path/to/resize.wasm`), to
 //!   compare with an earlier version in the same run.
 //!
@@ -54,9 +54,11 @@ fn main() {
     let vips = which("vipsthumbnail").expect("vipsthumbnail is needed (apt-get install libvips-tools)");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    // The defaults, except `PIXBOX_BENCH_KEEP_RESIDENT_MIB` (pooling keep-resident, default off).
-    let keep_resident_mib = std::env::var("PIXBOX_BENCH_KEEP_RESIDENT_MIB").map_or(0, |v| v.parse().unwrap());
-    let sandbox = Sandbox::new(SandboxSettings { keep_resident_mib, ..SandboxSettings::default() }).unwrap();
+    // The defaults, except `PIXBOX_BENCH_KEEP_RESIDENT_MIB` (pooling keep-resident).
+    let defaults = SandboxSettings::default();
+    let keep_resident_mib =
+        std::env::var("PIXBOX_BENCH_KEEP_RESIDENT_MIB").map_or(defaults.keep_resident_mib, |v| v.parse().unwrap());
+    let sandbox = Sandbox::new(SandboxSettings { keep_resident_mib, ..defaults }).unwrap();
     let plugin = runtime.block_on(sandbox.load("resize")).unwrap();
     let baseline = std::env::var_os("PIXBOX_BASELINE_PLUGIN").map(|path| {
         let bytes = std::fs::read(&path).expect("read PIXBOX_BASELINE_PLUGIN");
