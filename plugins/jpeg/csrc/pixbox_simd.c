@@ -1,19 +1,28 @@
-/* libjpeg-turbo's SIMD hooks for pixbox: YCbCr -> RGB colour conversion in WebAssembly SIMD
- * (simd128), everything else as jsimd_none.c leaves it (libjpeg's C code).
+/* libjpeg-turbo's SIMD hooks for pixbox: YCbCr -> RGB colour conversion and the accurate 8x8
+ * inverse DCT in WebAssembly SIMD (simd128), everything else as jsimd_none.c leaves it (libjpeg's
+ * C code).
  *
  * libjpeg's own conversion looks every sample up in four tables, which no compiler vectorises;
  * this computes the same fixed-point formulas (jdcolor.c: 16 fraction bits, rounding, clamped to
  * 0..255) 16 pixels at a time, so the output is identical to libjpeg's. Built natively (benchmarks,
- * tests), the same formulas run one pixel at a time. */
+ * tests), the same formulas run one pixel at a time. The inverse DCT is jidctint.c's, four columns
+ * (then four rows) at a time, with the same 32-bit arithmetic, shortcuts and output table: its
+ * output too is libjpeg's, bit for bit; natively libjpeg's C runs. */
 
 #define JPEG_INTERNALS
 /* jsimd_none.c with its two colour-conversion hooks renamed out of the way; they are defined
  * below. */
 #define jsimd_can_ycc_rgb pixbox_none_can_ycc_rgb
 #define jsimd_ycc_rgb_convert pixbox_none_ycc_rgb_convert
+#ifdef __wasm_simd128__
+#define jsimd_can_idct_islow pixbox_none_can_idct_islow
+#define jsimd_idct_islow pixbox_none_idct_islow
+#endif
 #include "jsimd_none.c"
 #undef jsimd_can_ycc_rgb
 #undef jsimd_ycc_rgb_convert
+#undef jsimd_can_idct_islow
+#undef jsimd_idct_islow
 
 #ifdef __wasm_simd128__
 #include <wasm_simd128.h>
@@ -126,3 +135,154 @@ jsimd_ycc_rgb_convert(j_decompress_ptr cinfo, JSAMPIMAGE input_buf, JDIMENSION i
     }
   }
 }
+
+#ifdef __wasm_simd128__
+/* jidctint.c's constants for 8-bit samples: CONST_BITS 13, PASS1_BITS 2. */
+#define ISLOW_CONST_BITS 13
+#define ISLOW_PASS1_BITS 2
+
+GLOBAL(int) jsimd_can_idct_islow(void);
+GLOBAL(void) jsimd_idct_islow(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block,
+                              JSAMPARRAY output_buf, JDIMENSION output_col);
+
+GLOBAL(int)
+jsimd_can_idct_islow(void)
+{
+  /* The table below holds int multipliers: libjpeg's MULTIPLIER without WITH_SIMD. */
+  return sizeof(ISLOW_MULT_TYPE) == 4;
+}
+
+static inline v128_t mulc(v128_t v, int32_t c)
+{
+  return wasm_i32x4_mul(v, wasm_i32x4_splat(c));
+}
+
+static inline v128_t descale(v128_t v, int n)
+{
+  return wasm_i32x4_shr(wasm_i32x4_add(v, wasm_i32x4_splat(1 << (n - 1))), n);
+}
+
+/* One 1-D pass of jidctint.c over four lanes: in[0..7] are one column's (or row's) eight inputs,
+ * out[0..7] its outputs descaled by `shift` bits. */
+static inline void islow_1d(const v128_t in[8], v128_t out[8], int shift)
+{
+  /* Even part. */
+  v128_t z2 = in[2], z3 = in[6];
+  v128_t z1 = mulc(wasm_i32x4_add(z2, z3), 4433);               /* FIX_0_541196100 */
+  v128_t tmp2 = wasm_i32x4_add(z1, mulc(z3, -15137));          /* -FIX_1_847759065 */
+  v128_t tmp3 = wasm_i32x4_add(z1, mulc(z2, 6270));            /* FIX_0_765366865 */
+  v128_t tmp0 = wasm_i32x4_shl(wasm_i32x4_add(in[0], in[4]), ISLOW_CONST_BITS);
+  v128_t tmp1 = wasm_i32x4_shl(wasm_i32x4_sub(in[0], in[4]), ISLOW_CONST_BITS);
+  const v128_t tmp10 = wasm_i32x4_add(tmp0, tmp3), tmp13 = wasm_i32x4_sub(tmp0, tmp3);
+  const v128_t tmp11 = wasm_i32x4_add(tmp1, tmp2), tmp12 = wasm_i32x4_sub(tmp1, tmp2);
+  /* Odd part. */
+  tmp0 = in[7];
+  tmp1 = in[5];
+  tmp2 = in[3];
+  tmp3 = in[1];
+  z1 = wasm_i32x4_add(tmp0, tmp3);
+  z2 = wasm_i32x4_add(tmp1, tmp2);
+  z3 = wasm_i32x4_add(tmp0, tmp2);
+  v128_t z4 = wasm_i32x4_add(tmp1, tmp3);
+  const v128_t z5 = mulc(wasm_i32x4_add(z3, z4), 9633); /* FIX_1_175875602 */
+  tmp0 = mulc(tmp0, 2446);                               /* FIX_0_298631336 */
+  tmp1 = mulc(tmp1, 16819);                              /* FIX_2_053119869 */
+  tmp2 = mulc(tmp2, 25172);                              /* FIX_3_072711026 */
+  tmp3 = mulc(tmp3, 12299);                              /* FIX_1_501321110 */
+  z1 = mulc(z1, -7373);                                  /* -FIX_0_899976223 */
+  z2 = mulc(z2, -20995);                                 /* -FIX_2_562915447 */
+  z3 = wasm_i32x4_add(mulc(z3, -16069), z5);             /* -FIX_1_961570560 */
+  z4 = wasm_i32x4_add(mulc(z4, -3196), z5);              /* -FIX_0_390180644 */
+  tmp0 = wasm_i32x4_add(tmp0, wasm_i32x4_add(z1, z3));
+  tmp1 = wasm_i32x4_add(tmp1, wasm_i32x4_add(z2, z4));
+  tmp2 = wasm_i32x4_add(tmp2, wasm_i32x4_add(z2, z3));
+  tmp3 = wasm_i32x4_add(tmp3, wasm_i32x4_add(z1, z4));
+  out[0] = descale(wasm_i32x4_add(tmp10, tmp3), shift);
+  out[7] = descale(wasm_i32x4_sub(tmp10, tmp3), shift);
+  out[1] = descale(wasm_i32x4_add(tmp11, tmp2), shift);
+  out[6] = descale(wasm_i32x4_sub(tmp11, tmp2), shift);
+  out[2] = descale(wasm_i32x4_add(tmp12, tmp1), shift);
+  out[5] = descale(wasm_i32x4_sub(tmp12, tmp1), shift);
+  out[3] = descale(wasm_i32x4_add(tmp13, tmp0), shift);
+  out[4] = descale(wasm_i32x4_sub(tmp13, tmp0), shift);
+}
+
+/* Lanes where in[1..7] are all zero: jidctint.c takes a shortcut there (same result, except
+ * where the full computation would overflow, so it is kept). */
+static inline v128_t only_first(const v128_t in[8])
+{
+  v128_t any = in[1];
+  for (int i = 2; i < 8; i++)
+    any = wasm_v128_or(any, in[i]);
+  return wasm_i32x4_eq(any, wasm_i32x4_splat(0));
+}
+
+/* a, b, c, d (rows) become the columns. */
+static inline void transpose4(v128_t *a, v128_t *b, v128_t *c, v128_t *d)
+{
+  const v128_t t0 = wasm_i32x4_shuffle(*a, *b, 0, 4, 1, 5), t1 = wasm_i32x4_shuffle(*a, *b, 2, 6, 3, 7);
+  const v128_t t2 = wasm_i32x4_shuffle(*c, *d, 0, 4, 1, 5), t3 = wasm_i32x4_shuffle(*c, *d, 2, 6, 3, 7);
+  *a = wasm_i32x4_shuffle(t0, t2, 0, 1, 4, 5);
+  *b = wasm_i32x4_shuffle(t0, t2, 2, 3, 6, 7);
+  *c = wasm_i32x4_shuffle(t1, t3, 0, 1, 4, 5);
+  *d = wasm_i32x4_shuffle(t1, t3, 2, 3, 6, 7);
+}
+
+/* libjpeg's output table for a descaled value x: range_limit[x & RANGE_MASK], i.e. x + 128
+ * clamped to 0..255 once x is wrapped into -512..511 (jdmaster.c, prepare_range_limit_table). */
+static inline v128_t to_sample(v128_t x)
+{
+  const v128_t wrapped =
+      wasm_i32x4_sub(wasm_v128_and(wasm_i32x4_add(x, wasm_i32x4_splat(512)), wasm_i32x4_splat(1023)),
+                     wasm_i32x4_splat(512));
+  return wasm_i32x4_add(wrapped, wasm_i32x4_splat(CENTERJSAMPLE));
+}
+
+GLOBAL(void)
+jsimd_idct_islow(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block, JSAMPARRAY output_buf,
+                 JDIMENSION output_col)
+{
+  const ISLOW_MULT_TYPE *quant = (const ISLOW_MULT_TYPE *)compptr->dct_table;
+  /* ws[half][row]: pass 1's output, lanes = columns 4 * half .. 4 * half + 3. */
+  v128_t ws[2][8];
+  (void)cinfo;
+  /* Pass 1: columns, four at a time. */
+  for (int half = 0; half < 2; half++) {
+    v128_t raw[8], in[8];
+    for (int row = 0; row < 8; row++) {
+      const v128_t coefs = wasm_v128_load(coef_block + 8 * row);
+      raw[row] = half ? wasm_i32x4_extend_high_i16x8(coefs) : wasm_i32x4_extend_low_i16x8(coefs);
+      in[row] = wasm_i32x4_mul(raw[row], wasm_v128_load(quant + 8 * row + 4 * half));
+    }
+    islow_1d(in, ws[half], ISLOW_CONST_BITS - ISLOW_PASS1_BITS);
+    const v128_t dc_only = only_first(raw), dc = wasm_i32x4_shl(in[0], ISLOW_PASS1_BITS);
+    for (int row = 0; row < 8; row++)
+      ws[half][row] = wasm_v128_bitselect(dc, ws[half][row], dc_only);
+  }
+  /* Pass 2: rows, four at a time (the workspace transposed, lanes = rows). */
+  for (int rows = 0; rows < 2; rows++) {
+    v128_t in[8], out[8];
+    for (int half = 0; half < 2; half++) {
+      v128_t *block = &ws[half][4 * rows];
+      transpose4(&block[0], &block[1], &block[2], &block[3]);
+      for (int i = 0; i < 4; i++)
+        in[4 * half + i] = block[i];
+    }
+    islow_1d(in, out, ISLOW_CONST_BITS + ISLOW_PASS1_BITS + 3);
+    const v128_t dc_only = only_first(in), dc = descale(in[0], ISLOW_PASS1_BITS + 3);
+    for (int col = 0; col < 8; col++)
+      out[col] = to_sample(wasm_v128_bitselect(dc, out[col], dc_only));
+    /* out[col] lane r = row 4 * rows + r: narrow (saturating: the clamp), then gather each row. */
+    const v128_t low = wasm_u8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(out[0], out[1]),
+                                               wasm_i16x8_narrow_i32x4(out[2], out[3]));
+    const v128_t high = wasm_u8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(out[4], out[5]),
+                                                wasm_i16x8_narrow_i32x4(out[6], out[7]));
+    JSAMPROW r0 = output_buf[4 * rows] + output_col, r1 = output_buf[4 * rows + 1] + output_col;
+    JSAMPROW r2 = output_buf[4 * rows + 2] + output_col, r3 = output_buf[4 * rows + 3] + output_col;
+    wasm_v128_store64_lane(r0, wasm_i8x16_shuffle(low, high, 0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0), 0);
+    wasm_v128_store64_lane(r1, wasm_i8x16_shuffle(low, high, 1, 5, 9, 13, 17, 21, 25, 29, 0, 0, 0, 0, 0, 0, 0, 0), 0);
+    wasm_v128_store64_lane(r2, wasm_i8x16_shuffle(low, high, 2, 6, 10, 14, 18, 22, 26, 30, 0, 0, 0, 0, 0, 0, 0, 0), 0);
+    wasm_v128_store64_lane(r3, wasm_i8x16_shuffle(low, high, 3, 7, 11, 15, 19, 23, 27, 31, 0, 0, 0, 0, 0, 0, 0, 0), 0);
+  }
+}
+#endif
