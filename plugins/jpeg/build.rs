@@ -1,4 +1,4 @@
-//! Compiles libjpeg-turbo's decoder (scalar C, 8-bit samples, colour conversion in simd128)
+//! Compiles libjpeg-turbo's decoder (C, 8-bit samples; colour conversion and IDCTs in simd128)
 //! with a small C shim (csrc/pixbox_jpeg.c) into one static library, for the guest and natively
 //! alike. The sources are Debian 12's, fetched and patched by scripts/c-sources into vendor/; the
 //! headers CMake would generate are written here from their templates.
@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 /// libjpeg's decompression side (what `jpeg-static` holds, minus compression), arithmetic
-/// decoding included. The SIMD dispatcher is csrc/pixbox_simd.c (jsimd_none.c and a simd128
-/// colour conversion): the guest has none of the x86 or Arm code libjpeg-turbo's SIMD is in.
+/// decoding included. The SIMD dispatcher is csrc/pixbox_simd.c (jsimd_none.c, and simd128 colour
+/// conversion and IDCTs): the guest has none of the x86 or Arm code libjpeg-turbo's SIMD is in.
 const SOURCES: &[&str] = &[
     "jaricom", "jcomapi", "jdapimin", "jdapistd", "jdarith", "jdatasrc", "jdcoefct", "jdcolor", "jddctmgr", "jdhuff",
     "jdicc", "jdinput", "jdmainct", "jdmarker", "jdmaster", "jdmerge", "jdphuff", "jdpostct", "jdsample", "jerror",

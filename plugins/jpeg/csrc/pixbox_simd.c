@@ -1,13 +1,15 @@
-/* libjpeg-turbo's SIMD hooks for pixbox: YCbCr -> RGB colour conversion and the accurate 8x8
- * inverse DCT in WebAssembly SIMD (simd128), everything else as jsimd_none.c leaves it (libjpeg's
- * C code).
+/* libjpeg-turbo's SIMD hooks for pixbox: YCbCr -> RGB colour conversion and the inverse DCTs a
+ * decode at 8/8 and 5/8 runs (8x8; 5x5, and 10x10 for halved chroma) in WebAssembly SIMD
+ * (simd128), everything else as jsimd_none.c leaves it (libjpeg's C code). libjpeg has no hook
+ * for the 5x5 and 10x10 transforms: patches/libjpeg-turbo-wasm-idct.patch points jddctmgr.c at
+ * the ones here.
  *
  * libjpeg's own conversion looks every sample up in four tables, which no compiler vectorises;
  * this computes the same fixed-point formulas (jdcolor.c: 16 fraction bits, rounding, clamped to
  * 0..255) 16 pixels at a time, so the output is identical to libjpeg's. Built natively (benchmarks,
- * tests), the same formulas run one pixel at a time. The inverse DCT is jidctint.c's, four columns
- * (then four rows) at a time, with the same 32-bit arithmetic, shortcuts and output table: its
- * output too is libjpeg's, bit for bit; natively libjpeg's C runs. */
+ * tests), the same formulas run one pixel at a time. The inverse DCTs are jidctint.c's, four
+ * columns (then four rows) at a time, with the same 32-bit arithmetic, shortcuts and output table:
+ * their output too is libjpeg's, bit for bit; natively libjpeg's C runs. */
 
 #define JPEG_INTERNALS
 /* jsimd_none.c with its two colour-conversion hooks renamed out of the way; they are defined
@@ -238,6 +240,51 @@ static inline v128_t to_sample(v128_t x)
   return wasm_i32x4_add(wrapped, wasm_i32x4_splat(CENTERJSAMPLE));
 }
 
+/* Four vectors of 32-bit lanes as 16 bytes, saturating (the clamp to 0..255). */
+static inline v128_t narrow4(v128_t a, v128_t b, v128_t c, v128_t d)
+{
+  return wasm_u8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(a, b), wasm_i16x8_narrow_i32x4(c, d));
+}
+
+/* Byte 4 * col + r of `low` (columns 0-3) and `high` (4-7) is row r's sample of that column. */
+#define ROW_BYTES(low, high, r) \
+  wasm_i8x16_shuffle(low, high, r, 4 + r, 8 + r, 12 + r, 16 + r, 20 + r, 24 + r, 28 + r, r, r, r, r, r, r, r, r)
+
+/* Writes `rows` rows (1..=4) of `columns` samples (5, 8 or 10) from out[col], lane r = row
+ * first_row + r, already offset to 0..255 but not yet clamped. */
+static inline void put_rows(JSAMPARRAY output_buf, JDIMENSION output_col, int first_row, int rows, const v128_t *out,
+                            int columns)
+{
+  const v128_t zero = wasm_i32x4_splat(0);
+  const v128_t low = narrow4(out[0], out[1], out[2], out[3]);
+  const v128_t high = columns == 5 ? narrow4(out[4], zero, zero, zero) : narrow4(out[4], out[5], out[6], out[7]);
+  const v128_t tail = columns == 10 ? narrow4(out[8], out[9], zero, zero) : zero;
+  const v128_t row[4] = {ROW_BYTES(low, high, 0), ROW_BYTES(low, high, 1), ROW_BYTES(low, high, 2),
+                         ROW_BYTES(low, high, 3)};
+  const v128_t row_tail[4] = {ROW_BYTES(tail, tail, 0), ROW_BYTES(tail, tail, 1), ROW_BYTES(tail, tail, 2),
+                              ROW_BYTES(tail, tail, 3)};
+  for (int r = 0; r < rows; r++) {
+    JSAMPROW to = output_buf[first_row + r] + output_col;
+    if (columns == 5) {
+      wasm_v128_store32_lane(to, row[r], 0);
+      wasm_v128_store8_lane(to + 4, row[r], 4);
+    } else {
+      wasm_v128_store64_lane(to, row[r], 0);
+      if (columns == 10)
+        wasm_v128_store16_lane(to + 8, row_tail[r], 0);
+    }
+  }
+}
+
+/* 8 dequantized coefficients of row `row` as two vectors of four columns (jidctint.c's
+ * DEQUANTIZE with int multipliers). */
+static inline void dequantize_row(JCOEFPTR coef_block, const ISLOW_MULT_TYPE *quant, int row, v128_t out[2])
+{
+  const v128_t coefs = wasm_v128_load(coef_block + 8 * row);
+  out[0] = wasm_i32x4_mul(wasm_i32x4_extend_low_i16x8(coefs), wasm_v128_load(quant + 8 * row));
+  out[1] = wasm_i32x4_mul(wasm_i32x4_extend_high_i16x8(coefs), wasm_v128_load(quant + 8 * row + 4));
+}
+
 GLOBAL(void)
 jsimd_idct_islow(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block, JSAMPARRAY output_buf,
                  JDIMENSION output_col)
@@ -272,17 +319,177 @@ jsimd_idct_islow(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR 
     const v128_t dc_only = only_first(in), dc = descale(in[0], ISLOW_PASS1_BITS + 3);
     for (int col = 0; col < 8; col++)
       out[col] = to_sample(wasm_v128_bitselect(dc, out[col], dc_only));
-    /* out[col] lane r = row 4 * rows + r: narrow (saturating: the clamp), then gather each row. */
-    const v128_t low = wasm_u8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(out[0], out[1]),
-                                               wasm_i16x8_narrow_i32x4(out[2], out[3]));
-    const v128_t high = wasm_u8x16_narrow_i16x8(wasm_i16x8_narrow_i32x4(out[4], out[5]),
-                                                wasm_i16x8_narrow_i32x4(out[6], out[7]));
-    JSAMPROW r0 = output_buf[4 * rows] + output_col, r1 = output_buf[4 * rows + 1] + output_col;
-    JSAMPROW r2 = output_buf[4 * rows + 2] + output_col, r3 = output_buf[4 * rows + 3] + output_col;
-    wasm_v128_store64_lane(r0, wasm_i8x16_shuffle(low, high, 0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0), 0);
-    wasm_v128_store64_lane(r1, wasm_i8x16_shuffle(low, high, 1, 5, 9, 13, 17, 21, 25, 29, 0, 0, 0, 0, 0, 0, 0, 0), 0);
-    wasm_v128_store64_lane(r2, wasm_i8x16_shuffle(low, high, 2, 6, 10, 14, 18, 22, 26, 30, 0, 0, 0, 0, 0, 0, 0, 0), 0);
-    wasm_v128_store64_lane(r3, wasm_i8x16_shuffle(low, high, 3, 7, 11, 15, 19, 23, 27, 31, 0, 0, 0, 0, 0, 0, 0, 0), 0);
+    put_rows(output_buf, output_col, 4 * rows, 4, out, 8);
+  }
+}
+
+/* jidctint.c's FIX() for CONST_BITS 13. */
+#define FIX13(x) ((int32_t)((x) * 8192 + 0.5))
+
+static inline v128_t add(v128_t a, v128_t b)
+{
+  return wasm_i32x4_add(a, b);
+}
+
+static inline v128_t sub(v128_t a, v128_t b)
+{
+  return wasm_i32x4_sub(a, b);
+}
+
+/* jpeg_idct_5x5's 1-D transform; `tmp12` is in[0] already scaled and rounded as the pass does. */
+static inline void idct5(const v128_t in[5], v128_t out[5], v128_t tmp12, int shift)
+{
+  v128_t tmp0 = in[2], tmp1 = in[4];
+  v128_t z1 = mulc(add(tmp0, tmp1), FIX13(0.790569415)); /* (c2+c4)/2 */
+  v128_t z2 = mulc(sub(tmp0, tmp1), FIX13(0.353553391)); /* (c2-c4)/2 */
+  v128_t z3 = add(tmp12, z2);
+  const v128_t tmp10 = add(z3, z1), tmp11 = sub(z3, z1);
+  tmp12 = sub(tmp12, wasm_i32x4_shl(z2, 2));
+  z2 = in[1];
+  z3 = in[3];
+  z1 = mulc(add(z2, z3), FIX13(0.831253876));         /* c3 */
+  tmp0 = add(z1, mulc(z2, FIX13(0.513743148)));       /* c1-c3 */
+  tmp1 = sub(z1, mulc(z3, FIX13(2.176250899)));       /* c1+c3 */
+  out[0] = wasm_i32x4_shr(add(tmp10, tmp0), shift);
+  out[4] = wasm_i32x4_shr(sub(tmp10, tmp0), shift);
+  out[1] = wasm_i32x4_shr(add(tmp11, tmp1), shift);
+  out[3] = wasm_i32x4_shr(sub(tmp11, tmp1), shift);
+  out[2] = wasm_i32x4_shr(tmp12, shift);
+}
+
+/* jpeg_idct_10x10's 1-D transform: 8 inputs, 10 outputs; its two passes differ in where they
+ * round and shift (`first`: the column pass). */
+static inline void idct10(const v128_t in[8], v128_t out[10], int first)
+{
+  const int shift = first ? ISLOW_CONST_BITS - ISLOW_PASS1_BITS : ISLOW_CONST_BITS + ISLOW_PASS1_BITS + 3;
+  /* Even part. */
+  v128_t z3 = first ? add(wasm_i32x4_shl(in[0], ISLOW_CONST_BITS),
+                          wasm_i32x4_splat(1 << (ISLOW_CONST_BITS - ISLOW_PASS1_BITS - 1)))
+                    : wasm_i32x4_shl(add(in[0], wasm_i32x4_splat(1 << (ISLOW_PASS1_BITS + 2))), ISLOW_CONST_BITS);
+  v128_t z4 = in[4];
+  v128_t z1 = mulc(z4, FIX13(1.144122806)); /* c4 */
+  v128_t z2 = mulc(z4, FIX13(0.437016024)); /* c8 */
+  v128_t tmp10 = add(z3, z1), tmp11 = sub(z3, z2);
+  v128_t tmp22 = sub(z3, wasm_i32x4_shl(sub(z1, z2), 1)); /* c0 = (c4-c8)*2 */
+  if (first)
+    tmp22 = wasm_i32x4_shr(tmp22, shift);
+  z2 = in[2];
+  z3 = in[6];
+  z1 = mulc(add(z2, z3), FIX13(0.831253876));              /* c6 */
+  v128_t tmp12 = add(z1, mulc(z2, FIX13(0.513743148)));    /* c2-c6 */
+  v128_t tmp13 = sub(z1, mulc(z3, FIX13(2.176250899)));    /* c2+c6 */
+  const v128_t tmp20 = add(tmp10, tmp12), tmp24 = sub(tmp10, tmp12);
+  const v128_t tmp21 = add(tmp11, tmp13), tmp23 = sub(tmp11, tmp13);
+  /* Odd part. */
+  z1 = in[1];
+  z2 = in[3];
+  z3 = in[5];
+  z4 = in[7];
+  const v128_t z5 = wasm_i32x4_shl(z3, ISLOW_CONST_BITS);
+  tmp11 = add(z2, z4);
+  tmp13 = sub(z2, z4);
+  tmp12 = mulc(tmp13, FIX13(0.309016994));                 /* (c3-c7)/2 */
+  z2 = mulc(tmp11, FIX13(0.951056516));                    /* (c3+c7)/2 */
+  z4 = add(z5, tmp12);
+  tmp10 = add(add(mulc(z1, FIX13(1.396802247)), z2), z4);  /* c1 */
+  const v128_t tmp14 = add(sub(mulc(z1, FIX13(0.221231742)), z2), z4); /* c9 */
+  z2 = mulc(tmp11, FIX13(0.587785252));                    /* (c1-c9)/2 */
+  z4 = sub(sub(z5, tmp12), wasm_i32x4_shl(tmp13, ISLOW_CONST_BITS - 1));
+  tmp12 = first ? wasm_i32x4_shl(sub(sub(z1, tmp13), z3), ISLOW_PASS1_BITS)
+                : sub(wasm_i32x4_shl(sub(z1, tmp13), ISLOW_CONST_BITS), z5);
+  tmp11 = sub(sub(mulc(z1, FIX13(1.260073511)), z2), z4);  /* c3 */
+  tmp13 = add(sub(mulc(z1, FIX13(0.642039522)), z2), z4);  /* c7 */
+  out[0] = wasm_i32x4_shr(add(tmp20, tmp10), shift);
+  out[9] = wasm_i32x4_shr(sub(tmp20, tmp10), shift);
+  out[1] = wasm_i32x4_shr(add(tmp21, tmp11), shift);
+  out[8] = wasm_i32x4_shr(sub(tmp21, tmp11), shift);
+  out[2] = first ? add(tmp22, tmp12) : wasm_i32x4_shr(add(tmp22, tmp12), shift);
+  out[7] = first ? sub(tmp22, tmp12) : wasm_i32x4_shr(sub(tmp22, tmp12), shift);
+  out[3] = wasm_i32x4_shr(add(tmp23, tmp13), shift);
+  out[6] = wasm_i32x4_shr(sub(tmp23, tmp13), shift);
+  out[4] = wasm_i32x4_shr(add(tmp24, tmp14), shift);
+  out[5] = wasm_i32x4_shr(sub(tmp24, tmp14), shift);
+}
+
+/* Lanes of block[0..count) (rows, lanes = columns) transposed into in[] by column, rows past
+ * `count` taken as zero. */
+static inline void columns_of(v128_t ws[2][10], int first_row, int count, v128_t in[8])
+{
+  const v128_t zero = wasm_i32x4_splat(0);
+  for (int half = 0; half < 2; half++) {
+    v128_t a = ws[half][first_row], b = count > 1 ? ws[half][first_row + 1] : zero;
+    v128_t c = count > 2 ? ws[half][first_row + 2] : zero, d = count > 3 ? ws[half][first_row + 3] : zero;
+    transpose4(&a, &b, &c, &d);
+    in[4 * half] = a;
+    in[4 * half + 1] = b;
+    in[4 * half + 2] = c;
+    in[4 * half + 3] = d;
+  }
+}
+
+GLOBAL(void) pixbox_idct_5x5(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block,
+                             JSAMPARRAY output_buf, JDIMENSION output_col);
+GLOBAL(void) pixbox_idct_10x10(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block,
+                               JSAMPARRAY output_buf, JDIMENSION output_col);
+
+/* jpeg_idct_5x5 (decoding at 5/8): the 5x5 top-left coefficients to 5x5 samples. */
+GLOBAL(void)
+pixbox_idct_5x5(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block, JSAMPARRAY output_buf,
+                JDIMENSION output_col)
+{
+  const ISLOW_MULT_TYPE *quant = (const ISLOW_MULT_TYPE *)compptr->dct_table;
+  v128_t ws[2][10];
+  (void)cinfo;
+  /* Pass 1: columns 0-3, then 4 (with 5-7, unused). */
+  v128_t rows[5][2];
+  for (int row = 0; row < 5; row++)
+    dequantize_row(coef_block, quant, row, rows[row]);
+  for (int half = 0; half < 2; half++) {
+    const v128_t in[5] = {rows[0][half], rows[1][half], rows[2][half], rows[3][half], rows[4][half]};
+    const v128_t tmp12 = add(wasm_i32x4_shl(in[0], ISLOW_CONST_BITS),
+                             wasm_i32x4_splat(1 << (ISLOW_CONST_BITS - ISLOW_PASS1_BITS - 1)));
+    idct5(in, ws[half], tmp12, ISLOW_CONST_BITS - ISLOW_PASS1_BITS);
+  }
+  /* Pass 2: rows 0-3, then 4. */
+  for (int first_row = 0; first_row < 5; first_row += 4) {
+    const int count = first_row == 0 ? 4 : 1;
+    v128_t in[8], out[5];
+    columns_of(ws, first_row, count, in);
+    const v128_t tmp12 =
+        wasm_i32x4_shl(add(in[0], wasm_i32x4_splat(1 << (ISLOW_PASS1_BITS + 2))), ISLOW_CONST_BITS);
+    idct5(in, out, tmp12, ISLOW_CONST_BITS + ISLOW_PASS1_BITS + 3);
+    for (int col = 0; col < 5; col++)
+      out[col] = to_sample(out[col]);
+    put_rows(output_buf, output_col, first_row, count, out, 5);
+  }
+}
+
+/* jpeg_idct_10x10 (chroma of 4:2:0 decoded at 5/8, scaled up in the transform): 8x8
+ * coefficients to 10x10 samples. */
+GLOBAL(void)
+pixbox_idct_10x10(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block, JSAMPARRAY output_buf,
+                  JDIMENSION output_col)
+{
+  const ISLOW_MULT_TYPE *quant = (const ISLOW_MULT_TYPE *)compptr->dct_table;
+  v128_t ws[2][10];
+  (void)cinfo;
+  v128_t rows[8][2];
+  for (int row = 0; row < 8; row++)
+    dequantize_row(coef_block, quant, row, rows[row]);
+  for (int half = 0; half < 2; half++) {
+    v128_t in[8];
+    for (int row = 0; row < 8; row++)
+      in[row] = rows[row][half];
+    idct10(in, ws[half], 1);
+  }
+  for (int first_row = 0; first_row < 10; first_row += 4) {
+    const int count = first_row == 8 ? 2 : 4;
+    v128_t in[8], out[10];
+    columns_of(ws, first_row, count, in);
+    idct10(in, out, 0);
+    for (int col = 0; col < 10; col++)
+      out[col] = to_sample(out[col]);
+    put_rows(output_buf, output_col, first_row, count, out, 10);
   }
 }
 #endif
