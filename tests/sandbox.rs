@@ -58,7 +58,8 @@ async fn the_sandboxed_plugin_writes_the_bytes_the_same_code_writes_natively() {
     let resize = sandbox.load("resize").await.unwrap();
     // An odd width (a partial run of 16 pixels and a lone last chroma sample); decoded at full
     // size (700 px: the 8x8 transform), at 5/8 (440 px: 5x5, and 10x10 for the halved chroma), at
-    // 4/8 (200 px); the output's chroma halved below quality 90, kept at 95.
+    // 4/8 (200 px: 4x4, and the 8x8 for the chroma); the output's chroma halved below quality 90,
+    // kept at 95.
     let input = jpeg(&photo(1001, 667));
     for (width, quality) in [("700", "85"), ("440", "85"), ("200", "85"), ("700", "95")] {
         let pairs = [("width", width), ("height", width), ("quality", quality)];

@@ -1,5 +1,5 @@
 /* libjpeg-turbo's SIMD hooks for pixbox: YCbCr -> RGB colour conversion and the inverse DCTs a
- * decode at 8/8 and 5/8 runs (8x8; 5x5, and 10x10 for halved chroma) in WebAssembly SIMD
+ * decode at 8/8, 5/8 and 4/8 runs (8x8; 5x5, and 10x10 for halved chroma; 4x4) in WebAssembly SIMD
  * (simd128), everything else as jsimd_none.c leaves it (libjpeg's C code). libjpeg has no hook
  * for the 5x5 and 10x10 transforms: patches/libjpeg-turbo-wasm-idct.patch points jddctmgr.c at
  * the ones here.
@@ -19,12 +19,16 @@
 #ifdef __wasm_simd128__
 #define jsimd_can_idct_islow pixbox_none_can_idct_islow
 #define jsimd_idct_islow pixbox_none_idct_islow
+#define jsimd_can_idct_4x4 pixbox_none_can_idct_4x4
+#define jsimd_idct_4x4 pixbox_none_idct_4x4
 #endif
 #include "jsimd_none.c"
 #undef jsimd_can_ycc_rgb
 #undef jsimd_ycc_rgb_convert
 #undef jsimd_can_idct_islow
 #undef jsimd_idct_islow
+#undef jsimd_can_idct_4x4
+#undef jsimd_idct_4x4
 
 #ifdef __wasm_simd128__
 #include <wasm_simd128.h>
@@ -250,14 +254,16 @@ static inline v128_t narrow4(v128_t a, v128_t b, v128_t c, v128_t d)
 #define ROW_BYTES(low, high, r) \
   wasm_i8x16_shuffle(low, high, r, 4 + r, 8 + r, 12 + r, 16 + r, 20 + r, 24 + r, 28 + r, r, r, r, r, r, r, r, r)
 
-/* Writes `rows` rows (1..=4) of `columns` samples (5, 8 or 10) from out[col], lane r = row
+/* Writes `rows` rows (1..=4) of `columns` samples (4, 5, 8 or 10) from out[col], lane r = row
  * first_row + r, already offset to 0..255 but not yet clamped. */
 static inline void put_rows(JSAMPARRAY output_buf, JDIMENSION output_col, int first_row, int rows, const v128_t *out,
                             int columns)
 {
   const v128_t zero = wasm_i32x4_splat(0);
   const v128_t low = narrow4(out[0], out[1], out[2], out[3]);
-  const v128_t high = columns == 5 ? narrow4(out[4], zero, zero, zero) : narrow4(out[4], out[5], out[6], out[7]);
+  const v128_t high = columns == 4   ? zero
+                      : columns == 5 ? narrow4(out[4], zero, zero, zero)
+                                     : narrow4(out[4], out[5], out[6], out[7]);
   const v128_t tail = columns == 10 ? narrow4(out[8], out[9], zero, zero) : zero;
   const v128_t row[4] = {ROW_BYTES(low, high, 0), ROW_BYTES(low, high, 1), ROW_BYTES(low, high, 2),
                          ROW_BYTES(low, high, 3)};
@@ -265,7 +271,9 @@ static inline void put_rows(JSAMPARRAY output_buf, JDIMENSION output_col, int fi
                               ROW_BYTES(tail, tail, 3)};
   for (int r = 0; r < rows; r++) {
     JSAMPROW to = output_buf[first_row + r] + output_col;
-    if (columns == 5) {
+    if (columns == 4) {
+      wasm_v128_store32_lane(to, row[r], 0);
+    } else if (columns == 5) {
       wasm_v128_store32_lane(to, row[r], 0);
       wasm_v128_store8_lane(to + 4, row[r], 4);
     } else {
@@ -491,5 +499,75 @@ pixbox_idct_10x10(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR
       out[col] = to_sample(out[col]);
     put_rows(output_buf, output_col, first_row, count, out, 10);
   }
+}
+
+GLOBAL(int) jsimd_can_idct_4x4(void);
+GLOBAL(void) jsimd_idct_4x4(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block,
+                            JSAMPARRAY output_buf, JDIMENSION output_col);
+
+GLOBAL(int)
+jsimd_can_idct_4x4(void)
+{
+  return sizeof(ISLOW_MULT_TYPE) == 4;
+}
+
+/* jidctred.c's 4-point transform (from 8 inputs, the fifth unused); outputs descaled by `shift`
+ * bits. */
+static inline void idct4(const v128_t in[8], v128_t out[4], int shift)
+{
+  /* Even part. */
+  v128_t tmp0 = wasm_i32x4_shl(in[0], ISLOW_CONST_BITS + 1);
+  v128_t tmp2 = add(mulc(in[2], 15137), mulc(in[6], -6270)); /* FIX_1_847759065, -FIX_0_765366865 */
+  const v128_t tmp10 = add(tmp0, tmp2), tmp12 = sub(tmp0, tmp2);
+  /* Odd part. */
+  const v128_t z1 = in[7], z2 = in[5], z3 = in[3], z4 = in[1];
+  tmp0 = add(add(mulc(z1, -1730), mulc(z2, 11893)), add(mulc(z3, -17799), mulc(z4, 8697)));
+  tmp2 = add(add(mulc(z1, -4176), mulc(z2, -4926)), add(mulc(z3, 7373), mulc(z4, 20995)));
+  out[0] = descale(add(tmp10, tmp2), shift);
+  out[3] = descale(sub(tmp10, tmp2), shift);
+  out[1] = descale(add(tmp12, tmp0), shift);
+  out[2] = descale(sub(tmp12, tmp0), shift);
+}
+
+/* Lanes where every input the 4-point transform reads but the first is zero (its shortcut). */
+static inline v128_t only_first4(const v128_t in[8])
+{
+  const v128_t any = wasm_v128_or(wasm_v128_or(wasm_v128_or(in[1], in[2]), wasm_v128_or(in[3], in[5])),
+                                  wasm_v128_or(in[6], in[7]));
+  return wasm_i32x4_eq(any, wasm_i32x4_splat(0));
+}
+
+/* jpeg_idct_4x4 (decoding at 4/8): 8x8 coefficients to 4x4 samples. */
+GLOBAL(void)
+jsimd_idct_4x4(j_decompress_ptr cinfo, jpeg_component_info *compptr, JCOEFPTR coef_block, JSAMPARRAY output_buf,
+               JDIMENSION output_col)
+{
+  const ISLOW_MULT_TYPE *quant = (const ISLOW_MULT_TYPE *)compptr->dct_table;
+  v128_t ws[2][10];
+  (void)cinfo;
+  v128_t rows[8][2];
+  for (int row = 0; row < 8; row++)
+    dequantize_row(coef_block, quant, row, rows[row]);
+  /* Pass 1: columns (jidctred.c skips column 4, which pass 2 never reads). */
+  for (int half = 0; half < 2; half++) {
+    v128_t in[8], raw[8];
+    for (int row = 0; row < 8; row++) {
+      const v128_t coefs = wasm_v128_load(coef_block + 8 * row);
+      raw[row] = half ? wasm_i32x4_extend_high_i16x8(coefs) : wasm_i32x4_extend_low_i16x8(coefs);
+      in[row] = rows[row][half];
+    }
+    idct4(in, ws[half], ISLOW_CONST_BITS - ISLOW_PASS1_BITS + 1);
+    const v128_t dc_only = only_first4(raw), dc = wasm_i32x4_shl(in[0], ISLOW_PASS1_BITS);
+    for (int row = 0; row < 4; row++)
+      ws[half][row] = wasm_v128_bitselect(dc, ws[half][row], dc_only);
+  }
+  /* Pass 2: the four rows. */
+  v128_t in[8], out[4];
+  columns_of(ws, 0, 4, in);
+  idct4(in, out, ISLOW_CONST_BITS + ISLOW_PASS1_BITS + 3 + 1);
+  const v128_t dc_only = only_first4(in), dc = descale(in[0], ISLOW_PASS1_BITS + 3);
+  for (int col = 0; col < 4; col++)
+    out[col] = to_sample(wasm_v128_bitselect(dc, out[col], dc_only));
+  put_rows(output_buf, output_col, 0, 4, out, 4);
 }
 #endif
