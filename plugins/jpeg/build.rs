@@ -63,7 +63,8 @@ fn main() {
     let mut c = cc::Build::new();
     c.include(&out).include(&src).warnings(false);
     if std::env::var("TARGET").unwrap().starts_with("wasm32") {
-        // Lets clang vectorise the colour conversion and upsampling loops (wasmtime runs SIMD).
+        // WebAssembly SIMD (wasmtime runs it): turns on csrc/pixbox_simd.c's simd128 paths
+        // (`__wasm_simd128__`) and lets clang vectorise the rest where it can.
         c.flag("-msimd128");
     }
     for name in SOURCES {

@@ -18,12 +18,14 @@ pub(crate) struct Rgb<'a> {
 }
 
 impl<'a> Rgb<'a> {
-    /// `pixels` holds `width` x `height` RGB pixels. With `halve_chroma`, the encoder must be set
-    /// to 4:2:2 (`SamplingFactor::F_2_1`) and to `ChromaSubsamplingMethod::Nearest`: it then reads
-    /// the averages this writes instead of averaging itself.
+    /// `pixels` starts with `width` x `height` RGB pixels (the rest is ignored, as the encoder
+    /// does). With `halve_chroma`, the encoder must be set to 4:2:2 (`SamplingFactor::F_2_1`) and
+    /// to `ChromaSubsamplingMethod::Nearest`: it then reads the averages this writes instead of
+    /// averaging itself.
     pub(crate) fn new(pixels: &'a [u8], width: u16, height: u16, halve_chroma: bool) -> Self {
-        assert_eq!(pixels.len(), usize::from(width) * usize::from(height) * 3, "not {width}x{height} RGB pixels");
-        Rgb { pixels, width, height, halve_chroma }
+        let len = usize::from(width) * usize::from(height) * 3;
+        assert!(pixels.len() >= len, "fewer than {width}x{height} RGB pixels");
+        Rgb { pixels: &pixels[..len], width, height, halve_chroma }
     }
 }
 

@@ -7,13 +7,12 @@
  * libjpeg's own conversion looks every sample up in four tables, which no compiler vectorises;
  * this computes the same fixed-point formulas (jdcolor.c: 16 fraction bits, rounding, clamped to
  * 0..255) 16 pixels at a time, so the output is identical to libjpeg's. Built natively (benchmarks,
- * tests), the same formulas run one pixel at a time. The inverse DCTs are jidctint.c's, four
- * columns (then four rows) at a time, with the same 32-bit arithmetic, shortcuts and output table:
+ * tests), the same formulas run one pixel at a time. The inverse DCTs are jidctint.c's (4x4:
+ * jidctred.c's), four columns (then four rows) at a time, with the same 32-bit arithmetic, shortcuts and output table:
  * their output too is libjpeg's, bit for bit; natively libjpeg's C runs. */
 
 #define JPEG_INTERNALS
-/* jsimd_none.c with its two colour-conversion hooks renamed out of the way; they are defined
- * below. */
+/* jsimd_none.c with the hooks defined below renamed out of the way. */
 #define jsimd_can_ycc_rgb pixbox_none_can_ycc_rgb
 #define jsimd_ycc_rgb_convert pixbox_none_ycc_rgb_convert
 #ifdef __wasm_simd128__
