@@ -9,7 +9,7 @@
 //! - `vipsthumbnail` with `VIPS_CONCURRENCY=1`, one process per photo, and once more with all the
 //!   photos of a format in one process (no start-up cost: the stricter comparison);
 //! - with `PIXBOX_BENCH_KEEP_RESIDENT_MIB=N`, the sandbox keeps N MiB of each slot's memory
-//!   mapped between calls instead of the default 32 (`sandbox.keep_resident_mib`; 0: none);
+//!   mapped between calls instead of the default 128 (`sandbox.keep_resident_mib`; 0: none);
 //! - optionally the plugin of another build (`PIXBOX_BASELINE_PLUGIN=path/to/resize.wasm`), to
 //!   compare with an earlier version in the same run.
 //!

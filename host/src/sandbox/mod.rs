@@ -57,8 +57,8 @@ pub struct SandboxSettings {
     /// 2-6 MP photos (a 4 MP photo to 1024 px grows its memory to 12-14 MiB). No more is kept than a
     /// call grew its memory to, and calls reuse the least recently used slot of their own plugin,
     /// so resident memory grows by up to this x (the most calls run at once) for each plugin
-    /// loaded, never past `max_instances` x this. 32 by default; 0 returns every page to the
-    /// kernel after each call.
+    /// loaded, never past `max_instances` x this. 128 by default (an 18 MP progressive JPEG's
+    /// decode grows to ~100 MiB); 0 returns every page to the kernel after each call.
     pub keep_resident_mib: u64,
     /// Where compiled plugins are cached; default `<data_dir>/plugin-cache`.
     pub cache_dir: Option<PathBuf>,
@@ -71,7 +71,7 @@ impl Default for SandboxSettings {
             time_budget_ms: 10_000,
             max_output_mib: 64,
             max_instances: 32,
-            keep_resident_mib: 32,
+            keep_resident_mib: 128,
             cache_dir: None,
         }
     }
