@@ -11,6 +11,7 @@ WORKDIR /src
 # Copied first, so a change elsewhere does not install them again.
 COPY scripts/c-toolchain scripts/c-sources scripts/
 COPY plugins/heif/patches plugins/heif/patches
+COPY plugins/jpeg/patches plugins/jpeg/patches
 RUN apt-get update && scripts/c-toolchain && rm -rf /var/lib/apt/lists/*
 COPY . .
 # The crate registry and the target folder are BuildKit cache mounts: after a source change a

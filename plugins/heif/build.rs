@@ -2,6 +2,9 @@
 //! shim (csrc/pixbox_heif.c) into one static library for the guest, and links libc++ for it.
 //! The sources are Debian 12's, fetched and patched by scripts/c-sources into vendor/.
 
+#[path = "../vendored.rs"]
+mod vendored;
+
 use std::path::{Path, PathBuf};
 
 /// libde265's decoder (its encoder, SSE and ARM code left out).
@@ -68,22 +71,7 @@ fn main() {
     let vendor = manifest.join("vendor");
     let de265 = vendor.join("libde265");
     let heif = vendor.join("libheif");
-    println!("cargo:rerun-if-changed=csrc");
-    println!("cargo:rerun-if-changed=patches");
-    println!("cargo:rerun-if-changed=vendor/.stamp");
-    println!("cargo:rerun-if-changed=vendor/.patches");
-    // scripts/c-sources keeps a copy of the patches it applied: they must be today's.
-    let mut patches: Vec<PathBuf> =
-        std::fs::read_dir(manifest.join("patches")).unwrap().map(|entry| entry.unwrap().path()).collect();
-    patches.sort();
-    let today: Vec<u8> = patches.iter().flat_map(|patch| std::fs::read(patch).unwrap()).collect();
-    if std::fs::read(vendor.join(".patches")).ok() != Some(today) {
-        panic!(
-            "{} is missing or was patched with other patches than patches/: run scripts/c-sources (it \
-             fetches libheif and libde265 from Debian and patches them; the host's build runs it itself)",
-            vendor.display()
-        );
-    }
+    vendored::check(&manifest, "libheif and libde265");
     let target = std::env::var("TARGET").unwrap();
     let wasm = target.starts_with("wasm32");
 

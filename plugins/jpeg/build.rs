@@ -3,6 +3,9 @@
 //! alike. The sources are Debian 12's, fetched and patched by scripts/c-sources into vendor/; the
 //! headers CMake would generate are written here from their templates.
 
+#[path = "../vendored.rs"]
+mod vendored;
+
 use std::path::{Path, PathBuf};
 
 /// libjpeg's decompression side (what `jpeg-static` holds, minus compression), arithmetic
@@ -40,22 +43,7 @@ fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let src = manifest.join("vendor/libjpeg-turbo");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
-    println!("cargo:rerun-if-changed=csrc");
-    println!("cargo:rerun-if-changed=patches");
-    println!("cargo:rerun-if-changed=vendor/.stamp");
-    println!("cargo:rerun-if-changed=vendor/.patches");
-    // scripts/c-sources keeps a copy of the patches it applied: they must be today's.
-    let mut patches: Vec<PathBuf> =
-        std::fs::read_dir(manifest.join("patches")).unwrap().map(|entry| entry.unwrap().path()).collect();
-    patches.sort();
-    let today: Vec<u8> = patches.iter().flat_map(|patch| std::fs::read(patch).unwrap()).collect();
-    if !src.join("jpeglib.h").exists() || std::fs::read(manifest.join("vendor/.patches")).ok() != Some(today) {
-        panic!(
-            "{} is missing or was patched with other patches than patches/: run scripts/c-sources (it fetches \
-             libjpeg-turbo from Debian and patches it; the host's build runs it itself)",
-            src.display()
-        );
-    }
+    vendored::check(&manifest, "libjpeg-turbo");
     let pointer_width = std::env::var("CARGO_CFG_TARGET_POINTER_WIDTH").unwrap();
     for name in ["jconfig.h", "jconfigint.h", "jversion.h"] {
         configure(&src.join(format!("{name}.in")), &out.join(name), &pointer_width);
